@@ -1,0 +1,69 @@
+"""dataset_formats: turn raw preference data into paired, tokenized Arrow tables.
+
+Public API::
+
+    import dataset_formats as df
+    df.list_formats()                       # registered adapters
+    df.get_format("hh-rlhf")                # one adapter
+    df.convert("data.jsonl.gz", "out.parquet", format="hh-rlhf", tokenizer="path/to/tok")
+    df.register_format(MyAdapter)           # in-process registration (notebooks)
+"""
+
+from .adapter import FormatAdapter, NoOptions
+from .errors import (
+    DatasetFormatError,
+    DuplicateFormatError,
+    InputFileError,
+    OptionError,
+    OutputExistsError,
+    PluginError,
+    RecordError,
+    TemplateError,
+    UnknownFormatError,
+)
+from .hookspecs import hookimpl
+from .records import Message, PreferencePair
+from .registry import (
+    FormatInfo,
+    detect_format,
+    get_format,
+    list_formats,
+    register_format,
+    unregister_format_plugin,
+)
+from .schema import PAIR_COLUMNS, pair_schema
+
+__all__ = [
+    "DatasetFormatError",
+    "DuplicateFormatError",
+    "FormatAdapter",
+    "FormatInfo",
+    "InputFileError",
+    "Message",
+    "NoOptions",
+    "OptionError",
+    "OutputExistsError",
+    "PAIR_COLUMNS",
+    "PluginError",
+    "PreferencePair",
+    "RecordError",
+    "TemplateError",
+    "UnknownFormatError",
+    "convert",
+    "detect_format",
+    "get_format",
+    "hookimpl",
+    "list_formats",
+    "pair_schema",
+    "register_format",
+    "unregister_format_plugin",
+]
+
+
+def __getattr__(name: str):
+    # The conversion pipeline imports tokenizers/transformers; load it only when used.
+    if name in ("convert", "ConvertStats", "ConvertOptions"):
+        from . import convert as _convert
+
+        return getattr(_convert, name)
+    raise AttributeError(f"module 'dataset_formats' has no attribute {name!r}")

@@ -1,0 +1,41 @@
+"""Text-level records that adapters emit, before rendering and tokenization."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+#: A chat message: ``{"role": "system" | "user" | "assistant", "content": str}``.
+Message = dict[str, Any]
+#: Text, or a list of messages.
+Content = Union[str, list[Message]]
+
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass
+class PreferencePair:
+    """One preference pair as an adapter reads it from a source row.
+
+    Attributes:
+        prompt: the shared context: rendered plain text, a list of messages (system/user/assistant
+            turns ending with a user turn), or None when the source has an implicit prompt (the
+            shared part is then found at token level).
+        chosen: the preferred response: text, or a list of assistant message(s); when ``prompt`` is
+            None it is the whole chosen text/conversation.
+        rejected: the dispreferred response, same shape as ``chosen``.
+        margin: how much better chosen is (Llama 2 margin), or None when the source gives none.
+        row: the 0-based source row number, set by the pipeline (provenance column ``source_row``).
+        meta: extra provenance an adapter wants to keep (not written unless asked for).
+    """
+
+    prompt: Content | None
+    chosen: Content
+    rejected: Content
+    margin: float | None = None
+    row: int = -1
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def is_conversational(self) -> bool:
+        """True when the pair holds messages rather than plain text."""
+        return any(isinstance(x, list) for x in (self.prompt, self.chosen, self.rejected))

