@@ -1,0 +1,364 @@
+"""Stream raw rows from input files in batches, each row with its 0-based row number.
+
+Supported inputs: JSON Lines (``.jsonl``, ``.ndjson``), JSON (an array of objects, or JSON Lines
+under a ``.json`` name), Parquet, CSV, and a ``datasets.save_to_disk`` folder; any of the
+file formats may be gzip-compressed (``.gz``). JSON Lines, Parquet, CSV and ``datasets`` folders
+are read batch by batch, so memory stays flat however large the file; a JSON array has to be
+parsed whole.
+
+A row that cannot be parsed (a malformed JSON line, bytes that are not UTF-8, a value that is
+not an object) is yielded as a located :class:`~dataset_formats.errors.RecordError` in place of
+the row, so the pipeline can reject that row alone. A file that cannot be read at all raises
+:class:`~dataset_formats.errors.InputFileError`.
+
+Row numbers: for JSON Lines, row ``N`` is line ``N + 1`` of the file (blank lines are skipped but
+keep their number); for the other formats it is the 0-based index of the record.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import os
+import sys
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Union
+
+from .errors import InputFileError, RecordError
+
+#: A batch of ``(row_number, row)`` where ``row`` is a dict or the RecordError that replaced it.
+RowBatch = list[tuple[int, Union[dict[str, Any], RecordError]]]
+
+DEFAULT_BATCH_SIZE = 1000
+KINDS = ("jsonl", "json", "parquet", "csv", "datasets")
+_SUFFIX_KIND = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".csv": "csv",
+}
+_GZIP_MAGIC = b"\x1f\x8b"
+_CORRUPT = (EOFError, zlib.error, gzip.BadGzipFile)
+
+
+def input_kind(path: str | os.PathLike) -> str:
+    """The kind of an input (one of :data:`KINDS`), from its suffix; a folder is a ``datasets`` folder.
+
+    Raises:
+        InputFileError: the path is missing, unreadable, or has an unsupported suffix.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InputFileError(str(p), "no such file or directory; check the path")
+    if p.is_dir():
+        if (p / "dataset_info.json").exists() or (p / "state.json").exists() or (p / "dataset_dict.json").exists():
+            return "datasets"
+        raise InputFileError(
+            str(p), "is a directory, not a file or a datasets.save_to_disk folder; pass a data file instead"
+        )
+    name = p.name.lower()
+    if name.endswith(".gz"):
+        name = name[:-3]
+    kind = _SUFFIX_KIND.get(os.path.splitext(name)[1])
+    if kind is None:
+        supported = ", ".join(sorted(_SUFFIX_KIND)) + " (optionally .gz), or a datasets folder"
+        raise InputFileError(str(p), f"unsupported file type {p.suffix!r}; supported: {supported}")
+    if not os.access(p, os.R_OK):
+        raise InputFileError(str(p), "permission denied; make the file readable")
+    return kind
+
+
+def iter_row_batches(path: str | os.PathLike, batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[RowBatch]:
+    """Yield the rows of ``path`` in batches of at most ``batch_size``.
+
+    Args:
+        path: an input file or ``datasets`` folder (see the module docstring for the formats).
+        batch_size: rows per batch.
+
+    Returns:
+        An iterator of batches; each batch is a list of ``(row_number, dict | RecordError)``.
+
+    Raises:
+        InputFileError: the file is missing, a plain directory, unreadable or a corrupt gzip.
+    """
+    kind = input_kind(path)
+    reader = {
+        "jsonl": _jsonl_rows,
+        "json": _json_rows,
+        "parquet": _parquet_batches,
+        "csv": _csv_rows,
+        "datasets": _datasets_batches,
+    }[kind]
+    if kind in ("parquet", "datasets"):
+        yield from reader(Path(path), batch_size)
+        return
+    batch: RowBatch = []
+    for item in reader(Path(path)):
+        batch.append(item)
+        if len(batch) >= batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def peek_rows(path: str | os.PathLike, n: int = 20) -> list[dict[str, Any]]:
+    """The first ``n`` parseable rows of ``path`` (for format detection)."""
+    out: list[dict[str, Any]] = []
+    for batch in iter_row_batches(path, batch_size=n):
+        out.extend(row for _, row in batch if isinstance(row, dict))
+        if len(out) >= n:
+            break
+    return out[:n]
+
+
+def count_rows(path: str | os.PathLike) -> int | None:
+    """The number of rows when it is known without reading the data (Parquet, datasets), else None."""
+    kind = input_kind(path)
+    if kind == "parquet" and not str(path).lower().endswith(".gz"):
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows
+    if kind == "datasets":
+        return len(_load_datasets_folder(Path(path)))
+    return None
+
+
+def _open_binary(path: Path) -> io.BufferedIOBase:
+    try:
+        fh = open(path, "rb")
+        magic = fh.peek(2)[:2] if hasattr(fh, "peek") else b""
+    except PermissionError as exc:
+        raise InputFileError(str(path), "permission denied; make the file readable") from exc
+    except OSError as exc:
+        raise InputFileError(str(path), f"cannot be opened: {exc.strerror or exc}") from exc
+    if magic == _GZIP_MAGIC:
+        return gzip.GzipFile(fileobj=fh, mode="rb")  # type: ignore[return-value]
+    if path.name.lower().endswith(".gz"):
+        fh.close()
+        raise InputFileError(str(path), "has a .gz suffix but is not gzip data; decompress or rename it")
+    return fh
+
+
+def _corrupt(path: Path, after_row: int, exc: BaseException) -> InputFileError:
+    where = f" after row {after_row}" if after_row >= 0 else ""
+    return InputFileError(
+        str(path),
+        f"corrupt or truncated gzip data{where} ({type(exc).__name__}: {exc}); "
+        "re-create the file or check it with `gzip -t`",
+    )
+
+
+def _decode_line(raw: bytes, path: Path, row: int) -> str | RecordError:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return RecordError(
+            f"line is not valid UTF-8 (byte {raw[exc.start:exc.start + 1]!r} at offset {exc.start}); "
+            "re-encode the file as UTF-8",
+            reason="invalid_utf8",
+            path=str(path),
+            row=row,
+        )
+    return text
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | RecordError]]:
+    fh = _open_binary(path)
+    row = -1
+    try:
+        with fh:
+            for row, raw in enumerate(fh):
+                if row == 0 and raw.startswith(b"\xef\xbb\xbf"):
+                    raw = raw[3:]  # UTF-8 byte-order mark
+                if not raw.strip():
+                    continue
+                text = _decode_line(raw, path, row)
+                if isinstance(text, RecordError):
+                    yield row, text
+                    continue
+                yield row, _parse_json_object(text, path, row)
+    except _CORRUPT as exc:
+        raise _corrupt(path, row, exc) from exc
+    except OSError as exc:
+        raise InputFileError(str(path), f"read failed after row {row}: {exc}") from exc
+
+
+def _parse_json_object(text: str, path: Path, row: int) -> dict[str, Any] | RecordError:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        snippet = text.strip()
+        snippet = snippet[:60] + ("..." if len(snippet) > 60 else "")
+        return RecordError(
+            f"malformed JSON ({exc.msg} at column {exc.colno}): {snippet!r}; fix or remove this line",
+            reason="malformed_json",
+            value=snippet,
+            path=str(path),
+            row=row,
+        )
+    return _as_object(value, path, row)
+
+
+def _as_object(value: Any, path: Path, row: int) -> dict[str, Any] | RecordError:
+    if isinstance(value, dict):
+        return value
+    shown = repr(value)
+    shown = shown[:60] + ("..." if len(shown) > 60 else "")
+    return RecordError(
+        f"expected a JSON object with named fields, got {type(value).__name__} {shown}",
+        reason="not_an_object",
+        value=value,
+        path=str(path),
+        row=row,
+    )
+
+
+def _json_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | RecordError]]:
+    fh = _open_binary(path)
+    with fh:
+        try:
+            head = fh.peek(64)[:64] if hasattr(fh, "peek") else b""
+        except _CORRUPT as exc:
+            raise _corrupt(path, -1, exc) from exc
+        if head.startswith(b"\xef\xbb\xbf"):
+            head = head[3:]
+        if not head.lstrip().startswith(b"["):
+            # JSON Lines saved under a .json name (as `datasets` writes them).
+            pass
+        else:
+            try:
+                data = json.loads(fh.read().decode("utf-8-sig"))
+            except _CORRUPT as exc:
+                raise _corrupt(path, -1, exc) from exc
+            except UnicodeDecodeError as exc:
+                raise InputFileError(str(path), f"is not valid UTF-8 ({exc.reason} at byte {exc.start})") from exc
+            except json.JSONDecodeError as exc:
+                raise InputFileError(
+                    str(path), f"malformed JSON array ({exc.msg} at line {exc.lineno} column {exc.colno})"
+                ) from exc
+            for row, value in enumerate(data):
+                yield row, _as_object(value, path, row)
+            return
+    yield from _jsonl_rows(path)
+
+
+def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | RecordError]]:
+    csv.field_size_limit(sys.maxsize)
+    fh = _open_binary(path)
+    row = -1
+    try:
+        with fh, io.TextIOWrapper(fh, encoding="utf-8-sig", newline="") as text:
+            reader = csv.DictReader(text)
+            for row, record in enumerate(reader):
+                if None in record:
+                    yield row, RecordError(
+                        f"has {len(reader.fieldnames or []) + len(record[None])} values but the header has "
+                        f"{len(reader.fieldnames or [])} columns; quote fields that contain commas",
+                        reason="malformed_csv",
+                        path=str(path),
+                        row=row,
+                    )
+                    continue
+                yield row, {k: _csv_value(v) for k, v in record.items()}
+    except _CORRUPT as exc:
+        raise _corrupt(path, row, exc) from exc
+    except UnicodeDecodeError as exc:
+        raise InputFileError(str(path), f"is not valid UTF-8 after row {row} ({exc.reason})") from exc
+    except csv.Error as exc:
+        raise InputFileError(str(path), f"malformed CSV after row {row}: {exc}") from exc
+
+
+def _csv_value(value: str | None) -> Any:
+    """CSV cells are text; give numbers back as numbers and empty cells as None."""
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        pass
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return number
+
+
+def _parquet_batches(path: Path, batch_size: int) -> Iterator[RowBatch]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        if path.name.lower().endswith(".gz"):
+            source = _open_binary(path)
+            pf = pq.ParquetFile(pa.PythonFile(source, mode="r"))
+        else:
+            pf = pq.ParquetFile(path)
+    except InputFileError:
+        raise
+    except (pa.ArrowException, OSError, *_CORRUPT) as exc:
+        raise InputFileError(str(path), f"is not a readable Parquet file ({exc})") from exc
+    row = 0
+    try:
+        for record_batch in pf.iter_batches(batch_size=batch_size):
+            rows = record_batch.to_pylist()
+            yield [(row + i, r) for i, r in enumerate(rows)]
+            row += len(rows)
+    except (pa.ArrowException, OSError) as exc:
+        raise InputFileError(str(path), f"Parquet read failed after row {row}: {exc}") from exc
+
+
+def _load_datasets_folder(path: Path):
+    import datasets
+
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except Exception as exc:  # datasets raises several unrelated types for a broken folder
+        raise InputFileError(str(path), f"is not a loadable datasets folder ({type(exc).__name__}: {exc})") from exc
+    if isinstance(loaded, datasets.DatasetDict):
+        splits = list(loaded)
+        if len(splits) != 1:
+            raise InputFileError(
+                str(path), f"holds splits {splits}; pass one split folder, e.g. {str(path / splits[0])!r}"
+            )
+        loaded = loaded[splits[0]]
+    return loaded
+
+
+def _datasets_batches(path: Path, batch_size: int) -> Iterator[RowBatch]:
+    dataset = _load_datasets_folder(path)
+    row = 0
+    for record_batch in dataset.with_format("arrow").iter(batch_size=batch_size):
+        rows = record_batch.to_pylist()
+        yield [(row + i, r) for i, r in enumerate(rows)]
+        row += len(rows)
+
+
+def iter_object_batches(rows: Any, batch_size: int = DEFAULT_BATCH_SIZE, source: str = "<rows>") -> Iterator[RowBatch]:
+    """Batch in-memory rows (an iterable of dicts or a ``datasets.Dataset``) like :func:`iter_row_batches`."""
+    try:
+        import datasets
+
+        if isinstance(rows, datasets.Dataset):
+            row = 0
+            for record_batch in rows.with_format("arrow").iter(batch_size=batch_size):
+                items = record_batch.to_pylist()
+                yield [(row + i, r) for i, r in enumerate(items)]
+                row += len(items)
+            return
+    except ImportError:  # pragma: no cover - datasets is a dependency
+        pass
+    batch: RowBatch = []
+    for row, value in enumerate(rows):
+        batch.append((row, _as_object(value, Path(source), row)))
+        if len(batch) >= batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
