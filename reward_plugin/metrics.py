@@ -1,0 +1,124 @@
+"""Pairwise reward metrics and the reward statistics saved with a trained model."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: File written next to the model weights; downstream RLHF normalises rewards with it.
+REWARD_STATS_FILE = "reward_stats.json"
+
+
+def _as_array(values: Any) -> np.ndarray:
+    if hasattr(values, "detach"):  # torch tensor (bf16 has no numpy dtype)
+        values = values.detach().float().cpu().numpy()
+    return np.asarray(values, dtype=np.float64).reshape(-1)
+
+
+def reward_metrics(rewards_chosen: Any, rewards_rejected: Any) -> dict[str, float]:
+    """Accuracy, mean reward margin and the mean/std of chosen and rejected rewards.
+
+    A pair counts as correct only when the chosen reward is strictly higher, so ties count as
+    wrong. Standard deviations are population ones (``ddof=0``).
+
+    Args:
+        rewards_chosen: ``(n,)`` rewards of the preferred responses (tensor, array or list).
+        rewards_rejected: ``(n,)`` rewards of the dispreferred responses.
+
+    Returns:
+        ``{"accuracy", "margin", "rewards/chosen_mean", "rewards/chosen_std",
+        "rewards/rejected_mean", "rewards/rejected_std"}`` as floats (NaN for no pairs).
+    """
+    chosen, rejected = _as_array(rewards_chosen), _as_array(rewards_rejected)
+    if chosen.shape != rejected.shape:
+        raise ValueError(f"{chosen.size} chosen rewards but {rejected.size} rejected rewards; they come in pairs")
+    if chosen.size == 0:
+        nan = float("nan")
+        return dict.fromkeys(_METRIC_KEYS, nan)
+    return {
+        "accuracy": float(np.mean(chosen > rejected)),
+        "margin": float(np.mean(chosen - rejected)),
+        "rewards/chosen_mean": float(chosen.mean()),
+        "rewards/chosen_std": float(chosen.std()),
+        "rewards/rejected_mean": float(rejected.mean()),
+        "rewards/rejected_std": float(rejected.std()),
+    }
+
+
+_METRIC_KEYS = (
+    "accuracy",
+    "margin",
+    "rewards/chosen_mean",
+    "rewards/chosen_std",
+    "rewards/rejected_mean",
+    "rewards/rejected_std",
+)
+
+
+def compute_reward_metrics(eval_pred: Any) -> dict[str, float]:
+    """The trainer's default ``compute_metrics``: :func:`reward_metrics` over an ``EvalPrediction``.
+
+    Args:
+        eval_pred: its ``predictions`` have shape ``(n, 2)``: column 0 the chosen rewards, column 1
+            the rejected ones.
+
+    Returns:
+        The :func:`reward_metrics` dictionary.
+    """
+    predictions = eval_pred.predictions if hasattr(eval_pred, "predictions") else eval_pred[0]
+    predictions = np.asarray(predictions, dtype=np.float64)
+    if predictions.ndim != 2 or predictions.shape[1] != 2:
+        raise ValueError(
+            f"reward predictions must have shape (n, 2) (chosen, rejected), got {predictions.shape}"
+        )
+    return reward_metrics(predictions[:, 0], predictions[:, 1])
+
+
+def reward_statistics(rewards_chosen: Any, rewards_rejected: Any, split: str) -> dict[str, Any]:
+    """Statistics of a model's rewards for normalising them downstream (``(r - mean) / std``).
+
+    ``mean`` and ``std`` are taken over all responses, chosen and rejected together.
+
+    Args:
+        rewards_chosen: ``(n,)`` rewards of the preferred responses.
+        rewards_rejected: ``(n,)`` rewards of the dispreferred responses.
+        split: which data they come from (``"eval"`` or ``"train"``), recorded in the result.
+
+    Returns:
+        ``{"mean", "std", "num_pairs", "split", "accuracy", "margin", "chosen_mean", ...}``.
+    """
+    chosen, rejected = _as_array(rewards_chosen), _as_array(rewards_rejected)
+    both = np.concatenate([chosen, rejected])
+    metrics = reward_metrics(chosen, rejected)
+    return {
+        "mean": float(both.mean()) if both.size else math.nan,
+        "std": float(both.std()) if both.size else math.nan,
+        "num_pairs": int(chosen.size),
+        "split": split,
+        "accuracy": metrics["accuracy"],
+        "margin": metrics["margin"],
+        "chosen_mean": metrics["rewards/chosen_mean"],
+        "chosen_std": metrics["rewards/chosen_std"],
+        "rejected_mean": metrics["rewards/rejected_mean"],
+        "rejected_std": metrics["rewards/rejected_std"],
+    }
+
+
+def write_reward_stats(stats: dict[str, Any], output_dir: str | Path) -> Path:
+    """Write ``stats`` as ``reward_stats.json`` in ``output_dir`` and return the file's path."""
+    path = Path(output_dir) / REWARD_STATS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return path
+
+
+def read_reward_stats(model_dir: str | Path) -> dict[str, Any] | None:
+    """The ``reward_stats.json`` of a saved model folder, or ``None`` when it has none."""
+    path = Path(model_dir) / REWARD_STATS_FILE
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))

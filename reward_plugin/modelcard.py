@@ -1,0 +1,148 @@
+"""The model card (``README.md``) written next to a trained reward model."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+MODEL_CARD_FILE = "README.md"
+
+#: Training arguments worth showing on the card, in this order.
+_CARD_ARGS = (
+    "learning_rate",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "num_train_epochs",
+    "max_steps",
+    "lr_scheduler_type",
+    "warmup_steps",
+    "weight_decay",
+    "seed",
+    "max_length",
+    "truncation",
+    "center_rewards_coefficient",
+    "pair_batching",
+    "group_by_length",
+    "bf16",
+    "gradient_checkpointing",
+)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+def render_model_card(
+    *,
+    model_name: str,
+    base_model: str | None = None,
+    args: Any = None,
+    metrics: dict[str, float] | None = None,
+    reward_stats: dict[str, Any] | None = None,
+    peft: bool = False,
+    uses_margin: bool = False,
+    versions: dict[str, str] | None = None,
+) -> str:
+    """The text of a reward model's card: YAML front matter, usage, training setup and results.
+
+    Args:
+        model_name: the folder or Hub name of the trained model.
+        base_model: the model it was trained from (a Hub id or path), when known.
+        args: the ``RewardConfig`` used.
+        metrics: last evaluation (or training) metrics to report.
+        reward_stats: the saved reward statistics (``mean``, ``std``, ...).
+        peft: whether the folder holds a PEFT adapter rather than full weights.
+        uses_margin: whether the training data carried a per-pair margin.
+        versions: library versions to list.
+
+    Returns:
+        Markdown text.
+    """
+    front = ["---", "library_name: " + ("peft" if peft else "transformers")]
+    if base_model:
+        front.append(f"base_model: {json.dumps(base_model)}")
+    front += ["tags:", "- reward-model", "- reward-plugin", "- text-classification", "---", ""]
+    lines = front + [
+        f"# {model_name}",
+        "",
+        "A pairwise (Bradley-Terry) reward model: it gives one scalar score per text, higher for the "
+        "response people preferred."
+        + (f" Trained from `{base_model}`" if base_model else "")
+        + " with reward-plugin's `RewardTrainer`, loss `-logsigmoid(r_chosen - r_rejected"
+        + (" - margin" if uses_margin else "")
+        + ")`"
+        + (" plus the reward-centring term" if args is not None and getattr(args, "center_rewards_coefficient", None) else "")
+        + ".",
+        "",
+        "## Usage",
+        "",
+        "```python",
+    ]
+    if peft:
+        lines += [
+            "from peft import AutoPeftModelForSequenceClassification",
+            "from transformers import AutoTokenizer",
+            "",
+            'model = AutoPeftModelForSequenceClassification.from_pretrained("PATH/TO/THIS/FOLDER", num_labels=1)',
+        ]
+    else:
+        lines += [
+            "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
+            "",
+            'model = AutoModelForSequenceClassification.from_pretrained("PATH/TO/THIS/FOLDER")',
+        ]
+    lines += [
+        'tokenizer = AutoTokenizer.from_pretrained("PATH/TO/THIS/FOLDER")',
+        'inputs = tokenizer("\\n\\nHuman: Hi!\\n\\nAssistant: Hello, how can I help?", return_tensors="pt")',
+        "reward = model(**inputs).logits[0, 0].item()",
+        "```",
+        "",
+    ]
+    if reward_stats:
+        lines += [
+            "## Reward statistics",
+            "",
+            f"Over the {reward_stats.get('split', '?')} set ({reward_stats.get('num_pairs', '?')} pairs), the rewards "
+            f"have mean {_fmt(reward_stats.get('mean'))} and standard deviation {_fmt(reward_stats.get('std'))}. "
+            "They are saved in `reward_stats.json` and as `reward_mean`/`reward_std` in `config.json`; "
+            "normalise rewards for RLHF with `(reward - reward_mean) / reward_std`.",
+            "",
+        ]
+    if metrics:
+        lines += ["## Results", "", "| metric | value |", "| --- | --- |"]
+        lines += [f"| {key} | {_fmt(value)} |" for key, value in sorted(metrics.items())]
+        lines.append("")
+    if args is not None:
+        lines += ["## Training setup", "", "| parameter | value |", "| --- | --- |"]
+        lines += [f"| {name} | {_fmt(getattr(args, name))} |" for name in _CARD_ARGS if hasattr(args, name)]
+        lines.append("")
+    if versions:
+        lines += ["## Framework versions", ""]
+        lines += [f"- {name} {version}" for name, version in sorted(versions.items())]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_model_card(output_dir: str | Path, **kwargs: Any) -> Path:
+    """Render the card (see :func:`render_model_card`) into ``output_dir/README.md``; return its path."""
+    path = Path(output_dir) / MODEL_CARD_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_model_card(**kwargs), encoding="utf-8")
+    return path
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shaped a training run."""
+    import importlib.metadata as md
+
+    versions = {}
+    for name in ("reward-plugin", "transformers", "torch", "datasets", "peft", "accelerate"):
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            continue
+    return versions

@@ -1,0 +1,371 @@
+"""`RewardTrainer`: pairwise reward-model training on top of `transformers.Trainer`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel, Trainer, TrainerCallback
+from transformers.trainer_utils import EvalPrediction, has_length
+
+from .collator import MARGIN_COLUMN, PAIR_COLUMNS, RewardDataCollatorWithPadding
+from .config import RewardConfig
+from .data import column_names, pair_lengths, prepare_dataset
+from .errors import ConfigError, DataError
+from .loss import pairwise_loss
+from .metrics import compute_reward_metrics, reward_metrics, reward_statistics, write_reward_stats
+from .modelcard import library_versions, write_model_card
+from .modeling import (
+    apply_peft,
+    check_reward_head,
+    disable_dropout,
+    ensure_pad_token,
+    load_reward_model,
+    load_tokenizer,
+)
+from .sampler import LengthGroupedPairSampler
+from .scoring import ScoreReader, unwrap_model
+
+logger = logging.getLogger(__name__)
+
+#: Pairs sampled from the train set for the reward statistics when there is no eval set.
+TRAIN_STATS_PAIRS = 2048
+
+
+class RewardTrainer(Trainer):
+    """Trains a sequence-classification model (one output) on preference pairs.
+
+    The loss is ``-logsigmoid(r_chosen - r_rejected - margin)`` averaged over pairs, plus
+    ``center_rewards_coefficient * mean((r_chosen + r_rejected)^2)`` when set; a reward is the
+    head's score at the last attended token of a sequence. Train and eval logs carry
+    ``accuracy`` (ties count as wrong), ``margin`` (mean ``r_chosen - r_rejected``) and
+    ``rewards/{chosen,rejected}_{mean,std}``. ``predict`` returns per-pair rewards, shape
+    ``(n, 2)`` (chosen, rejected); its ``label_ids`` are the data's margins (zeros without).
+
+    After ``train()`` the reward mean/std (eval set, else a train sample) go to
+    ``model.config.reward_mean``/``reward_std`` and ``output_dir/reward_stats.json``, and a model
+    card ``README.md`` is written; ``save_model()`` stores all of it with the weights.
+
+    Args:
+        model: a ``PreTrainedModel`` with ``num_labels=1`` (normally from
+            ``AutoModelForSequenceClassification``), or a name/path loaded that way.
+        args: a :class:`RewardConfig` (default: one with ``output_dir="<model>-reward"``).
+        data_collator: default :class:`RewardDataCollatorWithPadding` (see ``_default_collator``).
+        train_dataset: tokenized pairs (legacy four columns or ``chosen_ids``/``rejected_ids``) or
+            text rows in a dataset-toolkit format (tokenized with ``processing_class``).
+        eval_dataset: same layouts; a Dataset or a dict of them.
+        processing_class: the tokenizer (loaded from the model's folder when omitted).
+        model_init: a function returning a fresh model (hyperparameter search).
+        compute_metrics: replaces the default reward metrics of ``evaluate``; it gets an
+            ``EvalPrediction`` whose ``predictions`` are ``(n, 2)`` rewards.
+        callbacks, optimizers, optimizer_cls_and_kwargs, preprocess_logits_for_metrics: as in
+            ``transformers.Trainer``.
+        max_length: overrides ``args.max_length``.
+        peft_config: a ``peft.PeftConfig``; the model is wrapped and its head stays fully trainable.
+        tokenizer: old name of ``processing_class``.
+    """
+
+    loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
+    _tag_names = ["reward-plugin", "reward-model"]
+
+    def __init__(
+        self,
+        model: PreTrainedModel | nn.Module | str | None = None,
+        args: RewardConfig | None = None,
+        data_collator: Callable | None = None,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        processing_class: Any = None,
+        model_init: Callable[..., PreTrainedModel] | None = None,
+        compute_metrics: Callable[[EvalPrediction], dict] | None = None,
+        callbacks: list[TrainerCallback] | None = None,
+        optimizers: tuple[Any, Any] = (None, None),
+        preprocess_logits_for_metrics: Callable | None = None,
+        max_length: int | None = None,
+        peft_config: Any = None,
+        *,
+        tokenizer: Any = None,
+        optimizer_cls_and_kwargs: tuple[type, dict[str, Any]] | None = None,
+    ):
+        if model is None and model_init is None:
+            raise ConfigError("pass `model` (a model or a name/path) or `model_init`")
+        if args is None:
+            name = model if isinstance(model, str) else getattr(getattr(model, "config", None), "_name_or_path", "")
+            args = RewardConfig(output_dir=f"{Path(str(name or 'model')).name or 'model'}-reward")
+        elif not isinstance(args, RewardConfig):
+            raise ConfigError(
+                f"`args` must be a reward_plugin.RewardConfig, got {type(args).__name__}; build one with "
+                "RewardConfig(output_dir=..., ...)"
+            )
+        if tokenizer is not None and processing_class is not None and tokenizer is not processing_class:
+            raise ConfigError("pass the tokenizer once: `processing_class` or its old name `tokenizer`, not both")
+        processing_class = processing_class if processing_class is not None else tokenizer
+        if max_length is not None:
+            if args.max_length is not None and args.max_length != max_length:
+                logger.warning("max_length=%d given to the trainer overrides args.max_length=%d", max_length, args.max_length)
+            args.max_length = max_length
+        self.args = args
+        self._peft_config = peft_config
+
+        from transformers import set_seed
+
+        set_seed(args.seed)  # a loaded model's new head is random: make it reproducible
+        if isinstance(model, str):
+            model_path = model
+            model = load_reward_model(
+                model_path, trust_remote_code=args.trust_remote_code, init_kwargs=args.model_init_kwargs
+            )
+            if processing_class is None:
+                processing_class = load_tokenizer(model_path, trust_remote_code=args.trust_remote_code)
+        elif model is not None and args.model_init_kwargs:
+            logger.warning("`model_init_kwargs` is ignored: the model is already loaded")
+        if processing_class is None and model is not None:
+            name = getattr(getattr(unwrap_model(model), "config", None), "_name_or_path", None)
+            processing_class = load_tokenizer(name, trust_remote_code=args.trust_remote_code)
+        self.processing_class = processing_class
+        if model is not None:
+            model = self._prepare_model(model)
+
+        train_dataset = self._prepare(train_dataset, "train") if train_dataset is not None else None
+        if isinstance(eval_dataset, dict):
+            eval_dataset = {key: self._prepare(ds, key) for key, ds in eval_dataset.items()}
+        elif eval_dataset is not None:
+            eval_dataset = self._prepare(eval_dataset, "eval")
+        if data_collator is None:
+            data_collator = self._default_collator()
+
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            model_init=model_init,
+            compute_metrics=compute_metrics if compute_metrics is not None else compute_reward_metrics,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
+            preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+        )
+        if self.args.n_gpu > 1:
+            raise ConfigError(
+                "RewardTrainer does not run under nn.DataParallel (several GPUs in one process); launch with "
+                "`accelerate launch` or `torchrun`, or expose one GPU with CUDA_VISIBLE_DEVICES"
+            )
+        # The loss never goes through the model, so the model's loss kwargs must not change GA scaling.
+        self.model_accepts_loss_kwargs = False
+        self.can_return_loss = True
+        self.label_names = []
+        self._train_rewards: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.reward_stats: dict[str, Any] | None = None
+        self._uses_margin = any(
+            MARGIN_COLUMN in column_names(ds)
+            for ds in [train_dataset, *(eval_dataset.values() if isinstance(eval_dataset, dict) else [eval_dataset])]
+            if ds is not None
+        )
+
+    # ----------------------------------------------------------------- set-up
+
+    def _prepare_model(self, model: nn.Module) -> nn.Module:
+        """Pad token, PEFT, dropout and the score reader, for the given or a ``model_init`` model."""
+        check_reward_head(model)
+        self._pad_token_id = ensure_pad_token(model, self.processing_class)
+        if self._peft_config is not None:
+            model = apply_peft(model, self._peft_config, gradient_checkpointing=bool(self.args.gradient_checkpointing))
+        if self.args.disable_dropout:
+            disable_dropout(model)
+        self._score_reader = ScoreReader(model)
+        return model
+
+    def call_model_init(self, trial: Any = None) -> nn.Module:
+        return self._prepare_model(super().call_model_init(trial))
+
+    def _prepare(self, dataset: Any, name: str) -> Any:
+        return prepare_dataset(
+            dataset,
+            tokenizer=self.processing_class,
+            dataset_format=self.args.dataset_format,
+            max_length=self.args.max_length,
+            truncation=self.args.truncation,
+            chat_template=self.args.chat_template,
+            num_proc=self.args.dataset_num_proc,
+            name=name,
+        )
+
+    def _default_collator(self) -> Callable:
+        """The collator used when none is passed: pads pairs for ``args.pair_batching``."""
+        tok = self.processing_class
+        keep = {getattr(tok, f"{kind}_token_id", None) for kind in ("bos", "eos", "cls", "sep")} if tok else set()
+        return RewardDataCollatorWithPadding(
+            pad_token_id=self._pad_token_id,
+            pad_to_multiple_of=self.args.pad_to_multiple_of,
+            max_length=self.args.max_length,
+            truncation=self.args.truncation,
+            keep_token_ids={i for i in keep if isinstance(i, int)},
+            padding_side="right",
+        )
+
+    def _set_signature_columns_if_needed(self) -> None:
+        if self._signature_columns is None:
+            self._signature_columns = [*PAIR_COLUMNS, "chosen_ids", "rejected_ids", MARGIN_COLUMN]
+
+    def _get_train_sampler(self, train_dataset: Any = None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        grouped = self.args.group_by_length or self.args.train_sampling_strategy == "group_by_length"
+        if grouped and dataset is not None and has_length(dataset) and hasattr(dataset, "with_format"):
+            cap = self.args.max_length or 2**62
+            lengths = [min(n, cap) for n in pair_lengths(dataset)]
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            return LengthGroupedPairSampler(lengths, batch_size=self.args.train_batch_size, seed=seed)
+        if train_dataset is None:
+            return super()._get_train_sampler()
+        return super()._get_train_sampler(train_dataset)
+
+    def _get_eval_sampler(self, eval_dataset: Any):
+        if self.args.train_sampling_strategy == "group_by_length" and has_length(eval_dataset):
+            # transformers' length grouping looks for an `input_ids` column that pairs do not have.
+            if self.args.world_size <= 1:
+                return torch.utils.data.SequentialSampler(eval_dataset)
+            return None
+        return super()._get_eval_sampler(eval_dataset)
+
+    # ------------------------------------------------------------ the loss
+
+    def compute_rewards(self, model: nn.Module, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(rewards_chosen, rewards_rejected)``, each ``(batch,)``, from one forward pass.
+
+        Standard layout: chosen and rejected rows are stacked along the batch dimension (padded to
+        one length) and scored at their last attended token.
+        """
+        chosen_ids, rejected_ids = inputs["input_ids_chosen"], inputs["input_ids_rejected"]
+        chosen_mask, rejected_mask = inputs["attention_mask_chosen"], inputs["attention_mask_rejected"]
+        length = max(chosen_ids.shape[1], rejected_ids.shape[1])
+
+        def widen(t: torch.Tensor, value: int) -> torch.Tensor:
+            return nn.functional.pad(t, (0, length - t.shape[1]), value=value) if t.shape[1] < length else t
+
+        input_ids = torch.cat([widen(chosen_ids, self._pad_token_id), widen(rejected_ids, self._pad_token_id)])
+        attention_mask = torch.cat([widen(chosen_mask, 0), widen(rejected_mask, 0)])
+        rewards = self._score_reader.rewards(model, input_ids=input_ids, attention_mask=attention_mask)
+        return rewards[: chosen_ids.shape[0]], rewards[chosen_ids.shape[0] :]
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        rewards_chosen, rewards_rejected = self.compute_rewards(model, inputs)
+        loss = pairwise_loss(
+            rewards_chosen,
+            rewards_rejected,
+            margin=inputs.get(MARGIN_COLUMN),
+            center_rewards_coefficient=self.args.center_rewards_coefficient,
+        )
+        if model.training:
+            gathered = self.accelerator.gather(torch.stack([rewards_chosen.detach(), rewards_rejected.detach()], 1))
+            self._train_rewards.append(gathered.float().cpu())
+        if return_outputs:
+            return loss, {"rewards_chosen": rewards_chosen, "rewards_rejected": rewards_rejected}
+        return loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
+        loss = loss.detach()
+        if prediction_loss_only:
+            return loss, None, None
+        rewards = torch.stack([outputs["rewards_chosen"], outputs["rewards_rejected"]], dim=1).float()
+        margin = inputs.get(MARGIN_COLUMN)
+        labels = margin.float() if margin is not None else torch.zeros(rewards.shape[0], device=rewards.device)
+        return loss, rewards, labels
+
+    # ------------------------------------------------------- logging, eval
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._train_rewards:
+            rewards = torch.cat(self._train_rewards)
+            logs.update(reward_metrics(rewards[:, 0], rewards[:, 1]))
+            self._train_rewards.clear()
+        super().log(logs, start_time)
+
+    def _prepare_eval_arg(self, dataset: Any, name: str) -> Any:
+        if dataset is None or isinstance(dataset, str):
+            return dataset
+        if isinstance(dataset, dict):
+            return {key: self._prepare(ds, key) for key, ds in dataset.items()}
+        return self._prepare(dataset, name)
+
+    def evaluate(self, eval_dataset: Any = None, ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval"):
+        return super().evaluate(self._prepare_eval_arg(eval_dataset, "eval"), ignore_keys, metric_key_prefix)
+
+    def predict(self, test_dataset: Any, ignore_keys: list[str] | None = None, metric_key_prefix: str = "test"):
+        """Per-pair rewards: ``predictions`` of shape ``(n, 2)`` (chosen, rejected), plus metrics."""
+        return super().predict(self._prepare(test_dataset, "test"), ignore_keys, metric_key_prefix)
+
+    # ----------------------------------------------------- after training
+
+    def train(self, *args: Any, **kwargs: Any):
+        output = super().train(*args, **kwargs)
+        if self.args.save_reward_stats:
+            self.compute_reward_stats()
+        if self.args.should_save:
+            if self.reward_stats is not None:
+                write_reward_stats(self.reward_stats, self.args.output_dir)
+            self.create_model_card()
+        return output
+
+    def compute_reward_stats(self) -> dict[str, Any]:
+        """Mean/std of the current model's rewards (eval set, else a train sample), stored in the model config."""
+        dataset, split = self.eval_dataset, "eval"
+        if isinstance(dataset, dict):
+            split, dataset = next(iter(dataset.items()))
+        if dataset is None:
+            dataset, split = self.train_dataset, "train"
+            if has_length(dataset) and len(dataset) > TRAIN_STATS_PAIRS and hasattr(dataset, "shuffle"):
+                dataset = dataset.shuffle(seed=self.args.seed).select(range(TRAIN_STATS_PAIRS))
+        if dataset is None:
+            raise DataError("no dataset to compute reward statistics on: pass `train_dataset` or `eval_dataset`")
+        # Through the eval loop so the numbers are gathered across processes; not logged as a "test" run.
+        compute_metrics, self.compute_metrics = self.compute_metrics, None
+        try:
+            predictions = Trainer.predict(self, dataset, metric_key_prefix="reward_stats").predictions
+        finally:
+            self.compute_metrics = compute_metrics
+        stats = reward_statistics(predictions[:, 0], predictions[:, 1], split=split)
+        config = unwrap_model(self.model).config
+        config.reward_mean = stats["mean"]
+        config.reward_std = stats["std"]
+        self.reward_stats = stats
+        return stats
+
+    def create_model_card(self, model_name: str | None = None, **kwargs: Any) -> None:
+        """Write the model card ``README.md`` into ``args.output_dir``."""
+        self._write_card(self.args.output_dir, model_name)
+
+    def _write_card(self, output_dir: str, model_name: str | None = None) -> None:
+        base = unwrap_model(self.model)
+        base_name = getattr(base.config, "_name_or_path", None) or None
+        metrics = {}
+        for entry in self.state.log_history:
+            metrics.update({k: v for k, v in entry.items() if k.startswith("eval_") and isinstance(v, (int, float))})
+        write_model_card(
+            output_dir,
+            model_name=model_name or Path(output_dir).resolve().name,
+            base_model=base_name,
+            args=self.args,
+            metrics=metrics or None,
+            reward_stats=self.reward_stats,
+            peft=self._peft_config is not None or hasattr(self.model, "peft_config"),
+            uses_margin=self._uses_margin,
+            versions=library_versions(),
+        )
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        super()._save(output_dir, state_dict)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if self.args.should_save:
+            if self.reward_stats is not None:
+                write_reward_stats(self.reward_stats, output_dir)
+            self._write_card(output_dir)
