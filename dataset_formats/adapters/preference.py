@@ -1,0 +1,98 @@
+"""The ``preference`` adapter: TRL preference rows (explicit/implicit prompt, text or conversational)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..adapter import FormatAdapter
+from ..errors import RecordError
+from ..hookspecs import hookimpl
+from ..records import Message, PreferencePair
+from . import _fields
+
+
+@dataclass
+class PreferenceOptions:
+    """Options of the ``preference`` adapter.
+
+    Attributes:
+        margin_field: the column holding an optional per-row margin ("" to ignore margins).
+        allow_empty_response: keep pairs whose chosen or rejected response is empty.
+    """
+
+    margin_field: str = "margin"
+    allow_empty_response: bool = False
+
+
+def split_common_prompt(chosen: list[Message], rejected: list[Message]) -> tuple[list[Message] | None, list, list]:
+    """Split two whole conversations into (shared prompt messages, chosen rest, rejected rest).
+
+    The prompt is the longest common run of messages that ends before an assistant message in
+    both conversations (so the rest starts with the answers); None when there is none.
+    """
+    k = 0
+    while k < min(len(chosen), len(rejected)) and chosen[k] == rejected[k]:
+        k += 1
+    while k > 0 and not (
+        k < len(chosen) and k < len(rejected)
+        and chosen[k]["role"] == "assistant" and rejected[k]["role"] == "assistant"
+        and chosen[k - 1]["role"] != "assistant"
+    ):
+        k -= 1
+    if k == 0:
+        return None, chosen, rejected
+    return chosen[:k], chosen[k:], rejected[k:]
+
+
+class PreferenceAdapter(FormatAdapter):
+    """TRL-style preference rows.
+
+    * explicit prompt, text: ``{"prompt": str, "chosen": str, "rejected": str}``
+    * implicit prompt, text: ``{"chosen": str, "rejected": str}`` (whole texts)
+    * conversational: the same keys holding lists of ``{role, content}`` messages; an implicit
+      conversational prompt is recovered as the messages both conversations share.
+    * optional ``margin`` (a number) on any of them.
+    """
+
+    name = "preference"
+    description = "TRL preference rows: prompt?/chosen/rejected as text or {role, content} messages, optional margin"
+    Options = PreferenceOptions
+    required_fields = ("chosen", "rejected")
+
+    def to_pairs(self, row: Mapping[str, Any], options: PreferenceOptions) -> list[PreferencePair]:
+        chosen_raw = _fields.require(row, "chosen")
+        rejected_raw = _fields.require(row, "rejected")
+        prompt_raw = row.get("prompt")
+        conversational = isinstance(chosen_raw, list)
+        if conversational:
+            chosen = _fields.messages(chosen_raw, "chosen")
+            rejected = _fields.messages(rejected_raw, "rejected")
+            if prompt_raw is None:
+                prompt, chosen, rejected = split_common_prompt(chosen, rejected)
+            elif isinstance(prompt_raw, list):
+                prompt = _fields.messages(prompt_raw, "prompt")
+            else:
+                raise RecordError(
+                    f"prompt must be a list of messages when chosen/rejected are messages, got "
+                    f"{type(prompt_raw).__name__} {_fields._short(prompt_raw)}",
+                    field="prompt", reason="wrong_type", value=prompt_raw,
+                )
+        else:
+            chosen = _fields.text(row, "chosen")
+            rejected = _fields.text(row, "rejected")
+            prompt = _fields.text(row, "prompt", optional=True)
+        _fields.check_responses(chosen, rejected, allow_empty=options.allow_empty_response)
+        margin = None
+        if options.margin_field:
+            margin = _fields.number(row, options.margin_field, optional=True)
+        return [PreferencePair(prompt, chosen, rejected, margin=margin)]
+
+    def detect(self, columns: list[str], sample: list[dict[str, Any]]) -> bool:
+        return super().detect(columns, sample)
+
+
+@hookimpl(trylast=True)
+def register_formats(register):
+    register(PreferenceAdapter())
