@@ -118,25 +118,27 @@ def _from_text(
     chat_template: str | None,
     name: str,
 ) -> Any:
+    import itertools
+
+    import datasets
     import dataset_formats
     from dataset_formats.convert import encode_rows
 
-    if not _is_map_style(dataset):
-        raise DataError(
-            f"the {name} dataset is an IterableDataset of text rows; convert it first with "
-            "`reward-plugin convert` (or pass a map-style Dataset) so it can be tokenized up front"
-        )
-    rows = dataset.to_list()
-    if not rows:
+    sample = dataset.select(range(min(20, len(dataset)))).to_list() if _is_map_style(dataset) else list(
+        itertools.islice(dataset, 20)
+    )
+    if not sample:
         raise DataError(f"the {name} dataset has no rows (columns: {', '.join(columns) or 'none'})")
+    columns = columns or sorted({key for row in sample for key in row})
     fmt = dataset_format
     if fmt == "auto":
-        fmt = dataset_formats.detect_format(columns, rows[:5])
+        fmt = dataset_formats.detect_format(columns, sample)
         if fmt is None:
-            raise DataError(missing_columns_message(columns, f"the {name} dataset") + (
-                "; it is not text data of any known format either: set `dataset_format` "
-                "(see `reward-plugin formats`) or tokenize it with `reward-plugin convert`"
-            ))
+            raise DataError(
+                missing_columns_message(columns, f"the {name} dataset")
+                + "; nor is it text data of a known format: set `dataset_format` (see `reward-plugin formats`) "
+                "or tokenize it with `reward-plugin convert`"
+            )
     if tokenizer is None:
         raise ConfigError(
             f"the {name} dataset holds text ({fmt!r} rows); pass `processing_class` (a tokenizer) to "
@@ -144,20 +146,19 @@ def _from_text(
         )
     try:
         table, stats = encode_rows(
-            rows,
+            dataset,
             format=fmt,
             tokenizer=tokenizer,
+            chat_template=chat_template,
             max_length=max_length,
             truncation=truncation,
-            chat_template=chat_template,
+            source=f"{name} dataset",
         )
     except dataset_formats.DatasetFormatError as exc:
-        raise DataError(f"the {name} dataset could not be converted as {fmt!r} rows: {exc}") from exc
-    logger.info("%s dataset: converted %d %r rows into %d pairs (%s)", name, len(rows), fmt, table.num_rows, stats)
+        raise DataError(f"the {name} dataset could not be read as {fmt!r} rows: {exc}") from exc
+    logger.info("%s dataset converted as %r rows:\n%s", name, fmt, stats.summary())
     if table.num_rows == 0:
-        raise DataError(f"the {name} dataset gave no pairs when read as {fmt!r} rows ({stats})")
-    import datasets
-
+        raise DataError(f"the {name} dataset gave no pairs when read as {fmt!r} rows: {stats.summary()}")
     return datasets.Dataset(table)
 
 

@@ -109,3 +109,31 @@ def tiny_llama(bpe_tokenizer):
     torch.manual_seed(0)
     config = tiny_llama_config(vocab_size=len(bpe_tokenizer), pad_token_id=bpe_tokenizer.pad_token_id)
     return AutoModelForSequenceClassification.from_config(config)
+
+
+def tokenized_pairs(tokenizer, n: int = 16, max_length: int = 48, margin: bool = False, offset: int = 0):
+    """A ``datasets.Dataset`` of ``n`` hh-rlhf pairs in the four-column layout.
+
+    Each transcript is tokenized and cut on the left to ``max_length`` tokens (the end of the
+    conversation, where chosen and rejected differ, is kept). With ``margin`` a float column
+    ``margin`` (0.0, 0.5, 1.0, ...) is added.
+    """
+    import datasets
+
+    rows = read_hh_rows(offset + n)[offset:]
+    side = tokenizer.truncation_side
+    tokenizer.truncation_side = "left"
+    try:
+        chosen = tokenizer([r["chosen"] for r in rows], truncation=True, max_length=max_length)
+        rejected = tokenizer([r["rejected"] for r in rows], truncation=True, max_length=max_length)
+    finally:
+        tokenizer.truncation_side = side
+    data = {
+        "input_ids_chosen": chosen["input_ids"],
+        "attention_mask_chosen": chosen["attention_mask"],
+        "input_ids_rejected": rejected["input_ids"],
+        "attention_mask_rejected": rejected["attention_mask"],
+    }
+    if margin:
+        data["margin"] = [0.5 * (i % 3) for i in range(n)]
+    return datasets.Dataset.from_dict(data)
