@@ -45,7 +45,9 @@ class LengthPolicy:
             raise OptionError(
                 f"`truncation` must be one of {', '.join(TRUNCATION_CHOICES)}, got {self.truncation!r}"
             )
-        if self.max_length is not None and (isinstance(self.max_length, bool) or not isinstance(self.max_length, int)):
+        if self.max_length is not None and (
+            isinstance(self.max_length, bool) or not isinstance(self.max_length, int)
+        ):
             raise OptionError(f"`max_length` must be a positive integer or None, got {self.max_length!r}")
         if self.max_length is not None and self.max_length < 1:
             raise OptionError(f"`max_length` must be a positive integer, got {self.max_length!r}")
@@ -86,7 +88,9 @@ def load_tokenizer(spec: Any, *, trust_remote_code: bool = False) -> Any:
         if not isinstance(spec, str) or not spec:
             raise OptionError(f"`tokenizer` must be a path, a hub name or a tokenizer object, got {spec!r}")
         try:
-            tokenizer = AutoTokenizer.from_pretrained(spec, use_fast=True, trust_remote_code=trust_remote_code)
+            tokenizer = AutoTokenizer.from_pretrained(
+                spec, use_fast=True, trust_remote_code=trust_remote_code
+            )
         except Exception as exc:  # transformers raises OSError, ValueError, KeyError… for a bad spec
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise OptionError(
@@ -126,10 +130,16 @@ class PairEncoder:
     def tokenize(self, texts: list[str]) -> Any:
         """One batched call of the tokenizer (ids only; masks are all ones and built in Arrow)."""
         return self.tokenizer(
-            texts, add_special_tokens=True, return_attention_mask=False, return_token_type_ids=False, verbose=False
+            texts,
+            add_special_tokens=True,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+            verbose=False,
         )
 
-    def encode(self, prompts: Sequence[str], chosen: Sequence[str], rejected: Sequence[str]) -> list[EncodedPair]:
+    def encode(
+        self, prompts: Sequence[str], chosen: Sequence[str], rejected: Sequence[str]
+    ) -> list[EncodedPair]:
         """Encode pairs of full texts; ``chosen[i]`` and ``rejected[i]`` start with ``prompts[i]``.
 
         Args:
@@ -158,7 +168,9 @@ class PairEncoder:
 
     # boundaries --------------------------------------------------------------------------------
 
-    def _with_boundary(self, ids: list[int], encoding: Any, prompt: str, text: str) -> tuple[list[int], int | None]:
+    def _with_boundary(
+        self, ids: list[int], encoding: Any, prompt: str, text: str
+    ) -> tuple[list[int], int | None]:
         """``ids`` (without a doubled BOS) and the index of the first response token (None: unknown)."""
         if not prompt or not text.startswith(prompt):
             boundary = None
@@ -166,7 +178,13 @@ class PairEncoder:
             boundary = _first_token_at_or_after(encoding, len(prompt), len(text), len(ids) - self.n_trail)
         nl = self.n_lead
         # A chat template that writes the BOS token itself plus a tokenizer that adds one gives <s><s>.
-        if nl and self.bos_id is not None and len(ids) > nl and ids[nl - 1] == self.bos_id and ids[nl] == self.bos_id:
+        if (
+            nl
+            and self.bos_id is not None
+            and len(ids) > nl
+            and ids[nl - 1] == self.bos_id
+            and ids[nl] == self.bos_id
+        ):
             ids = ids[:nl] + ids[nl + 1 :]
             if boundary is not None and boundary > nl:
                 boundary -= 1

@@ -26,12 +26,12 @@ import sys
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from .errors import InputFileError, RecordError
 
 #: A batch of ``(row_number, row)`` where ``row`` is a dict or the RecordError that replaced it.
-RowBatch = list[tuple[int, Union[dict[str, Any], RecordError]]]
+RowBatch = list[tuple[int, dict[str, Any] | RecordError]]
 
 DEFAULT_BATCH_SIZE = 1000
 KINDS = ("jsonl", "json", "parquet", "csv", "datasets")
@@ -57,14 +57,17 @@ def input_kind(path: str | os.PathLike) -> str:
     if not p.exists():
         raise InputFileError(str(p), "no such file or directory; check the path")
     if p.is_dir():
-        if (p / "dataset_info.json").exists() or (p / "state.json").exists() or (p / "dataset_dict.json").exists():
+        if (
+            (p / "dataset_info.json").exists()
+            or (p / "state.json").exists()
+            or (p / "dataset_dict.json").exists()
+        ):
             return "datasets"
         raise InputFileError(
             str(p), "is a directory, not a file or a datasets.save_to_disk folder; pass a data file instead"
         )
     name = p.name.lower()
-    if name.endswith(".gz"):
-        name = name[:-3]
+    name = name.removesuffix(".gz")
     kind = _SUFFIX_KIND.get(os.path.splitext(name)[1])
     if kind is None:
         supported = ", ".join(sorted(_SUFFIX_KIND)) + " (optionally .gz), or a datasets folder"
@@ -160,7 +163,7 @@ def _decode_line(raw: bytes, path: Path, row: int) -> str | RecordError:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         return RecordError(
-            f"line is not valid UTF-8 (byte {raw[exc.start:exc.start + 1]!r} at offset {exc.start}); "
+            f"line is not valid UTF-8 (byte {raw[exc.start : exc.start + 1]!r} at offset {exc.start}); "
             "re-encode the file as UTF-8",
             reason="invalid_utf8",
             path=str(path),
@@ -238,7 +241,9 @@ def _json_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | RecordError]]
             except _CORRUPT as exc:
                 raise _corrupt(path, -1, exc) from exc
             except UnicodeDecodeError as exc:
-                raise InputFileError(str(path), f"is not valid UTF-8 ({exc.reason} at byte {exc.start})") from exc
+                raise InputFileError(
+                    str(path), f"is not valid UTF-8 ({exc.reason} at byte {exc.start})"
+                ) from exc
             except json.JSONDecodeError as exc:
                 raise InputFileError(
                     str(path), f"malformed JSON array ({exc.msg} at line {exc.lineno} column {exc.colno})"
@@ -258,12 +263,15 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | RecordError]]:
             reader = csv.DictReader(text)
             for row, record in enumerate(reader):
                 if None in record:
-                    yield row, RecordError(
-                        f"has {len(reader.fieldnames or []) + len(record[None])} values but the header has "
-                        f"{len(reader.fieldnames or [])} columns; quote fields that contain commas",
-                        reason="malformed_csv",
-                        path=str(path),
-                        row=row,
+                    yield (
+                        row,
+                        RecordError(
+                            f"has {len(reader.fieldnames or []) + len(record[None])} values but the header has "
+                            f"{len(reader.fieldnames or [])} columns; quote fields that contain commas",
+                            reason="malformed_csv",
+                            path=str(path),
+                            row=row,
+                        ),
                     )
                     continue
                 yield row, {k: _csv_value(v) for k, v in record.items()}
@@ -320,7 +328,9 @@ def _load_datasets_folder(path: Path):
     try:
         loaded = datasets.load_from_disk(str(path))
     except Exception as exc:  # datasets raises several unrelated types for a broken folder
-        raise InputFileError(str(path), f"is not a loadable datasets folder ({type(exc).__name__}: {exc})") from exc
+        raise InputFileError(
+            str(path), f"is not a loadable datasets folder ({type(exc).__name__}: {exc})"
+        ) from exc
     if isinstance(loaded, datasets.DatasetDict):
         splits = list(loaded)
         if len(splits) != 1:
@@ -340,7 +350,9 @@ def _datasets_batches(path: Path, batch_size: int) -> Iterator[RowBatch]:
         row += len(rows)
 
 
-def iter_object_batches(rows: Any, batch_size: int = DEFAULT_BATCH_SIZE, source: str = "<rows>") -> Iterator[RowBatch]:
+def iter_object_batches(
+    rows: Any, batch_size: int = DEFAULT_BATCH_SIZE, source: str = "<rows>"
+) -> Iterator[RowBatch]:
     """Batch in-memory rows (an iterable of dicts or a ``datasets.Dataset``) like :func:`iter_row_batches`."""
     try:
         import datasets

@@ -6,7 +6,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dataset_formats.encoding import EncodedPair, LengthPolicy, PairEncoder, build_record_batch, load_tokenizer
+from dataset_formats.encoding import (
+    EncodedPair,
+    LengthPolicy,
+    PairEncoder,
+    build_record_batch,
+    load_tokenizer,
+)
 from dataset_formats.errors import OptionError
 from dataset_formats.schema import PAIR_COLUMNS
 
@@ -93,7 +99,9 @@ def test_implicit_prompt_uses_the_common_token_prefix(minilm):
     cls, sep = minilm.cls_token_id, minilm.sep_token_id
     p, c, r = _pieces(minilm, PROMPT), _pieces(minilm, CHOSEN), _pieces(minilm, REJECTED)
     L = 2 + len(p) + max(len(c), len(r)) - 3
-    pair = _encode(minilm, LengthPolicy(L, "left"), prompt="", chosen=PROMPT + CHOSEN, rejected=PROMPT + REJECTED)
+    pair = _encode(
+        minilm, LengthPolicy(L, "left"), prompt="", chosen=PROMPT + CHOSEN, rejected=PROMPT + REJECTED
+    )
     assert pair.ids_chosen == [cls] + p[3:] + c + [sep]
     assert pair.ids_rejected == [cls] + p[3:] + r + [sep]
 
@@ -113,8 +121,12 @@ def test_bos_written_by_a_template_is_not_doubled(tmp_path, bpe_tokenizer):
     from transformers import PreTrainedTokenizerFast
 
     backend = bpe_tokenizer.backend_tokenizer
-    backend.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", backend.token_to_id("<s>"))])
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    backend.post_processor = TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", backend.token_to_id("<s>"))]
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
     encoder = PairEncoder(tok, LengthPolicy(12, "left"))
     assert (encoder.n_lead, encoder.n_trail) == (1, 0)
     prompt = "<s>" + PROMPT
@@ -169,7 +181,11 @@ def test_record_batch_schema_masks_and_margin(minilm):
     assert "margin" not in build_record_batch(pairs, [4, 9], None).schema.names
 
 
-WORDS = st.lists(st.sampled_from(["the", "cat", "sat", "on", "mat", "why", "dog", "ran", "far", "away"]), min_size=1, max_size=40)
+WORDS = st.lists(
+    st.sampled_from(["the", "cat", "sat", "on", "mat", "why", "dog", "ran", "far", "away"]),
+    min_size=1,
+    max_size=40,
+)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -16,7 +16,7 @@ from dataset_formats.reading import count_rows, input_kind, iter_row_batches, pe
 
 ROWS = [
     {"chosen": "\n\nHuman: hi\n\nAssistant: hello", "rejected": "\n\nHuman: hi\n\nAssistant: go", "score": 1},
-    {"chosen": "a, \"quoted\"\nline", "rejected": "b", "score": 2},
+    {"chosen": 'a, "quoted"\nline', "rejected": "b", "score": 2},
     {"chosen": "ünïcödé ✓", "rejected": "c", "score": 3},
 ]
 
@@ -40,7 +40,18 @@ def _write_csv(path, rows, opener=open):
 
 @pytest.mark.parametrize(
     "name",
-    ["d.jsonl", "d.jsonl.gz", "d.ndjson", "d.json", "d.json.gz", "lines.json", "d.parquet", "d.csv", "d.csv.gz", "ds"],
+    [
+        "d.jsonl",
+        "d.jsonl.gz",
+        "d.ndjson",
+        "d.json",
+        "d.json.gz",
+        "lines.json",
+        "d.parquet",
+        "d.csv",
+        "d.csv.gz",
+        "ds",
+    ],
 )
 def test_every_kind_gives_the_same_rows_with_row_numbers(tmp_path, name):
     path = tmp_path / name
@@ -164,7 +175,9 @@ def test_kind_peek_and_count(tmp_path):
 @pytest.mark.parametrize("kind", ["jsonl.gz", "parquet", "csv"])
 def test_reading_streams_in_batches(tmp_path, kind):
     """Peak Python memory while iterating stays far below the size of the data as Python objects."""
-    rows = [{"chosen": f"chosen text number {i} " * 8, "rejected": f"rejected {i} " * 8} for i in range(20000)]
+    rows = [
+        {"chosen": f"chosen text number {i} " * 8, "rejected": f"rejected {i} " * 8} for i in range(20000)
+    ]
     path = tmp_path / f"big.{kind}"
     if kind == "parquet":
         pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=500)

@@ -1,0 +1,329 @@
+"""The conversion pipeline: raw rows -> adapter -> render -> tokenize + length policy -> Arrow output.
+
+``convert()`` streams input files batch by batch into an atomically written output;
+``encode_rows()`` does the same for in-memory rows and returns a ``pyarrow.Table``. Both return a
+:class:`ConvertStats` with ``rows_read == rows_written + rows_rejected``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from .encoding import LengthPolicy, PairEncoder, load_tokenizer
+from .errors import OptionError, OutputExistsError
+from .pipeline import BatchProcessor, ConvertStats, run_batches
+from .reading import DEFAULT_BATCH_SIZE, count_rows, iter_object_batches, iter_row_batches, peek_rows
+from .registry import detect_format, get_format, list_formats
+from .schema import MARGIN_COLUMN, pair_schema
+from .writing import PairWriter, output_kind
+
+ON_ERROR_CHOICES = ("raise", "skip")
+
+
+def _tokenizer_name(spec: Any, tokenizer: Any) -> str:
+    return (
+        spec if isinstance(spec, str) else str(getattr(tokenizer, "name_or_path", type(tokenizer).__name__))
+    )
+
+
+def _check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise OptionError(f"`{name}` must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _resolve_format(format: str, samples: list[tuple[str, list[dict[str, Any]]]]) -> str:
+    """``format`` itself, or the format detected for every source (they must agree)."""
+    if format != "auto":
+        get_format(format)  # UnknownFormatError lists the names
+        return format
+    found: dict[str, str] = {}
+    for source, rows in samples:
+        columns = sorted({key for row in rows for key in row})
+        name = detect_format(columns, rows) if rows else None
+        if name is None:
+            names = ", ".join(info.name for info in list_formats())
+            raise OptionError(
+                f"{source}: could not detect the dataset format from columns {columns}; "
+                f"pass --format with one of: {names}"
+            )
+        found[source] = name
+    if len(set(found.values())) > 1:
+        detail = ", ".join(f"{s} -> {n}" for s, n in found.items())
+        raise OptionError(
+            f"inputs have different formats ({detail}); convert them separately or pass --format"
+        )
+    return next(iter(found.values()))
+
+
+def _make_processor(
+    format_name: str,
+    tokenizer: Any,
+    chat_template: Any,
+    policy: LengthPolicy,
+    on_error: str,
+    format_options: dict[str, Any] | None,
+) -> BatchProcessor:
+    adapter = get_format(format_name)
+    options = adapter.make_options(format_options)
+    encoder = PairEncoder(tokenizer, policy)
+    template = None
+    if chat_template is not None:
+        from .rendering import load_chat_template
+
+        template = load_chat_template(chat_template, tokenizer)
+    return BatchProcessor(adapter, options, encoder, template, raise_errors=on_error == "raise")
+
+
+def convert(
+    inputs: str | os.PathLike | Sequence[str | os.PathLike],
+    output: str | os.PathLike,
+    *,
+    format: str = "auto",
+    tokenizer: Any,
+    chat_template: str | None = None,
+    max_length: int | None = None,
+    truncation: str = "left",
+    on_error: str = "raise",
+    rejects: str | os.PathLike | None = None,
+    num_proc: int = 1,
+    format_options: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    stats_json: str | os.PathLike | None = None,
+    trust_remote_code: bool = False,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> ConvertStats:
+    """Convert preference data files into one paired, tokenized table.
+
+    Args:
+        inputs: one or more input files (``.jsonl``, ``.json``, ``.parquet``, ``.csv``, ``.gz`` of
+            those) or ``datasets.save_to_disk`` folders; all in the same format.
+        output: ``.parquet``, ``.arrow`` (IPC stream) or a folder name (``datasets.save_to_disk``).
+        format: a registered format name, or ``"auto"`` to detect it from the first rows.
+        tokenizer: a fast tokenizer, or a folder / cached hub name to load one from.
+        chat_template: a template name from ``templates/``, a ``.jinja`` path, or ``"tokenizer"``.
+        max_length: the longest sequence to keep (None: no limit).
+        truncation: ``left`` (cut the oldest prompt tokens), ``right`` or ``drop``.
+        on_error: ``raise`` (the first bad row raises and nothing is written) or ``skip`` (bad rows
+            are counted and written to ``rejects``).
+        rejects: a JSON Lines file for rejected rows (file, row, field, reason, message).
+        num_proc: worker processes; the output is byte-identical to ``num_proc=1``.
+        format_options: adapter options (``--option KEY=VALUE``).
+        overwrite: replace existing output, rejects and stats files.
+        progress: show a progress bar on stderr (only when stderr is a terminal).
+        stats_json: write :meth:`ConvertStats.to_dict` to this file.
+        trust_remote_code: allow a tokenizer with custom code (off unless you set it).
+        batch_size: source rows per batch.
+
+    Returns:
+        The :class:`ConvertStats` of the run.
+
+    Raises:
+        RecordError: a bad row under ``on_error="raise"`` (no output is left behind).
+        InputFileError, OutputExistsError, OptionError, UnknownFormatError, TemplateError.
+    """
+    started = time.perf_counter()
+    paths = [Path(inputs)] if isinstance(inputs, (str, os.PathLike)) else [Path(p) for p in inputs]
+    if not paths:
+        raise OptionError("no input files given")
+    _check_choice("on_error", on_error, ON_ERROR_CHOICES)
+    if not isinstance(num_proc, int) or num_proc < 1:
+        raise OptionError(f"`num_proc` must be a positive integer, got {num_proc!r}")
+    policy = LengthPolicy(max_length, truncation)
+    output_kind(output)
+    side_files = [Path(p) for p in (rejects, stats_json) if p is not None]
+    for path in [Path(output), *side_files]:
+        if path.exists() and not overwrite:
+            raise OutputExistsError(str(path))
+    samples = [(str(p), peek_rows(p)) for p in paths] if format == "auto" else []
+    format_name = _resolve_format(format, samples)
+    tok = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code)
+    processor = _make_processor(format_name, tok, chat_template, policy, on_error, format_options)
+    stats = ConvertStats(
+        format=format_name,
+        tokenizer=_tokenizer_name(tokenizer, tok),
+        max_length=max_length,
+        truncation=truncation,
+        inputs=[str(p) for p in paths],
+        output=str(output),
+    )
+    metadata = {
+        "format": format_name,
+        "format_options": format_options or {},
+        "tokenizer": stats.tokenizer,
+        "chat_template": chat_template if isinstance(chat_template, str) else None,
+        "max_length": max_length,
+        "truncation": truncation,
+    }
+    empty = pair_schema(with_margin=processor.adapter.produces_margin)
+    with (
+        PairWriter(output, overwrite=overwrite, metadata=metadata, empty_schema=empty) as writer,
+        _RejectsFile(rejects, overwrite) as rejects_out,
+        _progress_bar(paths, progress) as bar,
+    ):
+        batches = ((str(p), batch) for p in paths for batch in iter_row_batches(p, batch_size))
+        for result in run_batches(processor, batches, num_proc):
+            stats.add(result.stats)
+            rejects_out.write(result.rejects)
+            if result.batch is not None:
+                writer.write(result.batch)
+            bar.update(result.stats.rows_read)
+        stats.margin = writer._schema is not None and MARGIN_COLUMN in writer._schema.names
+        stats.margin = stats.margin or (writer._schema is None and processor.adapter.produces_margin)
+        stats.seconds = round(time.perf_counter() - started, 3)
+        if stats_json is not None:
+            _write_json_atomically(Path(stats_json), stats.to_dict(), overwrite)
+        rejects_out.commit()
+        writer.commit()
+    return stats
+
+
+def encode_rows(
+    rows: Iterable[dict[str, Any]] | Any,
+    *,
+    format: str = "auto",
+    tokenizer: Any,
+    chat_template: str | None = None,
+    max_length: int | None = None,
+    truncation: str = "left",
+    on_error: str = "raise",
+    format_options: dict[str, Any] | None = None,
+    source: str = "<rows>",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> tuple[pa.Table, ConvertStats]:
+    """Convert in-memory rows (dicts, or a ``datasets.Dataset``) into a paired ``pyarrow.Table``.
+
+    Args:
+        rows: the raw rows.
+        format, tokenizer, chat_template, max_length, truncation, on_error, format_options: as in
+            :func:`convert`.
+        source: the name used for these rows in error messages.
+        batch_size: rows per tokenizer call.
+
+    Returns:
+        ``(table, stats)``; ``table`` has the four pair columns, ``margin`` when any pair has one
+        (or the adapter always makes one), and ``source_row``.
+    """
+    started = time.perf_counter()
+    _check_choice("on_error", on_error, ON_ERROR_CHOICES)
+    policy = LengthPolicy(max_length, truncation)
+    batches = iter_object_batches(rows, batch_size, source)
+    first = next(batches, [])
+    if format == "auto":
+        sample = [r for _, r in first[:20] if isinstance(r, dict)]
+        format_name = _resolve_format(format, [(source, sample)])
+    else:
+        format_name = _resolve_format(format, [])
+    tok = load_tokenizer(tokenizer)
+    processor = _make_processor(format_name, tok, chat_template, policy, on_error, format_options)
+    stats = ConvertStats(
+        format=format_name,
+        tokenizer=_tokenizer_name(tokenizer, tok),
+        max_length=max_length,
+        truncation=truncation,
+        inputs=[source],
+    )
+    parts: list[pa.RecordBatch] = []
+
+    def all_batches() -> Iterator[tuple[str, Any]]:
+        if first:
+            yield source, first
+        for batch in batches:
+            yield source, batch
+
+    for result in run_batches(processor, all_batches(), 1):
+        stats.add(result.stats)
+        if result.batch is not None:
+            parts.append(result.batch)
+    with_margin = processor.adapter.produces_margin or any(MARGIN_COLUMN in b.schema.names for b in parts)
+    schema = pair_schema(with_margin=with_margin)
+    parts = [_conform(b, schema) for b in parts]
+    table = pa.Table.from_batches(parts, schema=schema)
+    stats.margin = with_margin
+    stats.seconds = round(time.perf_counter() - started, 3)
+    return table, stats
+
+
+def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    if MARGIN_COLUMN in schema.names and MARGIN_COLUMN not in batch.schema.names:
+        zeros = pa.array([0.0] * batch.num_rows, type=pa.float32())
+        batch = batch.add_column(schema.get_field_index(MARGIN_COLUMN), schema.field(MARGIN_COLUMN), zeros)
+    return batch
+
+
+class _RejectsFile:
+    """Rejected rows as JSON Lines, written to a temporary file and moved into place on commit."""
+
+    def __init__(self, path: str | os.PathLike | None, overwrite: bool):
+        self.path = Path(path) if path is not None else None
+        self._fh = None
+        if self.path is not None:
+            if self.path.exists() and not overwrite:
+                raise OutputExistsError(str(self.path))
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+            self._fh = open(self._tmp, "w", encoding="utf-8")
+
+    def write(self, entries: list[dict[str, Any]]) -> None:
+        if self._fh is not None:
+            for entry in entries:
+                self._fh.write(json.dumps(entry, ensure_ascii=False, default=repr) + "\n")
+
+    def commit(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+            os.replace(self._tmp, self.path)  # type: ignore[arg-type]
+
+    def __enter__(self) -> _RejectsFile:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+            self._tmp.unlink(missing_ok=True)
+
+
+def _write_json_atomically(path: Path, data: dict[str, Any], overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise OutputExistsError(str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class _progress_bar:
+    """A tqdm bar on stderr over source rows (off unless ``enabled`` and stderr is a terminal)."""
+
+    def __init__(self, paths: list[Path], enabled: bool):
+        self._bar = None
+        if enabled and sys.stderr.isatty():
+            from tqdm.auto import tqdm
+
+            totals = [count_rows(p) for p in paths]
+            total = sum(totals) if all(t is not None for t in totals) else None  # type: ignore[misc]
+            self._bar = tqdm(total=total, unit=" rows", desc="convert", file=sys.stderr, dynamic_ncols=True)
+
+    def update(self, n: int) -> None:
+        if self._bar is not None:
+            self._bar.update(n)
+
+    def __enter__(self) -> _progress_bar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+__all__ = ["ConvertStats", "convert", "encode_rows"]

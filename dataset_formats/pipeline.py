@@ -1,0 +1,332 @@
+"""One batch through the pipeline (adapter -> render -> encode), its counters, and running batches.
+
+:class:`BatchProcessor` is what each worker process runs; :func:`run_batches` feeds it batches in
+one process or several (results come back in input order, so the output does not depend on the
+number of processes).
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from .adapter import FormatAdapter
+from .encoding import PairEncoder, build_record_batch, render_pairs
+from .errors import DatasetFormatError, RecordError
+from .reading import RowBatch
+from .records import PreferencePair
+
+#: Reasons that come from the length policy the user chose; they are counted, never raised.
+POLICY_REASONS = ("too_long", "identical_after_truncation")
+
+
+@dataclass
+class ConvertStats:
+    """What a conversion read, wrote and rejected.
+
+    ``rows_*`` count source rows: a row is written when at least one of its pairs is written, else
+    rejected (``rejected_by_reason`` counts rejected rows by the reason of their first failure), so
+    ``rows_read == rows_written + rows_rejected``. ``pairs_*`` count output rows (an adapter may
+    make several pairs of one source row). ``rows_truncated`` counts written rows with a truncated
+    pair; ``pairs_prompt_truncated`` / ``pairs_response_truncated`` say which part was cut.
+    ``ties_dropped`` counts tied candidates a ranking adapter skipped.
+    """
+
+    rows_read: int = 0
+    rows_written: int = 0
+    rows_rejected: int = 0
+    rows_truncated: int = 0
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    pairs_written: int = 0
+    pairs_rejected: int = 0
+    pairs_prompt_truncated: int = 0
+    pairs_response_truncated: int = 0
+    ties_dropped: int = 0
+    format: str = ""
+    tokenizer: str = ""
+    max_length: int | None = None
+    truncation: str = "left"
+    margin: bool = False
+    inputs: list[str] = field(default_factory=list)
+    output: str | None = None
+    seconds: float = 0.0
+
+    _COUNTERS = (
+        "rows_read",
+        "rows_written",
+        "rows_rejected",
+        "rows_truncated",
+        "pairs_written",
+        "pairs_rejected",
+        "pairs_prompt_truncated",
+        "pairs_response_truncated",
+        "ties_dropped",
+    )
+
+    def add(self, other: ConvertStats) -> None:
+        """Add the counters of ``other`` (one batch) to these."""
+        for name in self._COUNTERS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for reason, count in other.rejected_by_reason.items():
+            self.rejected_by_reason[reason] = self.rejected_by_reason.get(reason, 0) + count
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (what ``--stats-json`` writes)."""
+        data = asdict(self)
+        data["rejected_by_reason"] = dict(sorted(self.rejected_by_reason.items()))
+        return data
+
+    def summary(self) -> str:
+        """A few human-readable lines for the CLI."""
+        written = f"pairs written: {self.pairs_written}" + (" (with margin column)" if self.margin else "")
+        if self.max_length:
+            written += f", rows truncated: {self.rows_truncated}"
+        lines = [
+            f"rows read: {self.rows_read}, written: {self.rows_written}, rejected: {self.rows_rejected}",
+            written,
+        ]
+        if self.rejected_by_reason:
+            lines.append(
+                "rejected by reason: "
+                + ", ".join(f"{k}: {v}" for k, v in sorted(self.rejected_by_reason.items()))
+            )
+        if self.ties_dropped:
+            lines.append(f"ties dropped: {self.ties_dropped}")
+        lines.append(f"format: {self.format}, tokenizer: {self.tokenizer}, max_length: {self.max_length}")
+        return "\n".join(lines)
+
+
+@dataclass
+class BatchResult:
+    """The encoded pairs of one batch, its counters, its reject entries, or the error that stopped it."""
+
+    batch: pa.RecordBatch | None
+    stats: ConvertStats
+    rejects: list[dict[str, Any]]
+    error: dict[str, Any] | None = None
+
+
+def _short(value: Any, limit: int = 200) -> Any:
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def reject_entry(error: RecordError, pair: int | None = None) -> dict[str, Any]:
+    """The rejects-file line of one rejected row (or pair)."""
+    entry: dict[str, Any] = {"file": error.path, "row": error.row}
+    if pair is not None:
+        entry["pair"] = pair
+    entry.update(field=error.field, reason=error.reason, message=str(error), value=_short(error.value))
+    return entry
+
+
+def error_from_entry(entry: dict[str, Any]) -> RecordError:
+    """Rebuild the RecordError of a reject entry (errors cross process boundaries as dicts)."""
+    return RecordError(
+        entry["detail"], field=entry["field"], reason=entry["reason"], path=entry["file"], row=entry["row"]
+    )
+
+
+def _check_margin(pair: PreferencePair) -> None:
+    m = pair.margin
+    if m is None:
+        return
+    if isinstance(m, bool) or not isinstance(m, (int, float)) or not math.isfinite(m):
+        raise RecordError(
+            f"margin must be a finite number, got {m!r}; fix the value or drop the margin field",
+            field="margin",
+            reason="invalid_margin",
+            value=m,
+        )
+
+
+class BatchProcessor:
+    """Adapter + options + template + encoder: turns one batch of raw rows into an Arrow batch.
+
+    Args:
+        adapter: the format adapter.
+        options: the adapter's options object.
+        encoder: the :class:`PairEncoder` (tokenizer + length policy).
+        template: a chat template from ``load_chat_template`` or None.
+        raise_errors: raise the first bad row's RecordError instead of rejecting it.
+    """
+
+    def __init__(
+        self, adapter: FormatAdapter, options: Any, encoder: PairEncoder, template: Any, raise_errors: bool
+    ):
+        self.adapter = adapter
+        self.options = options
+        self.encoder = encoder
+        self.template = template
+        self.raise_errors = raise_errors
+
+    def _adapt(self, row: dict[str, Any]) -> list[PreferencePair]:
+        try:
+            pairs = self.adapter.to_pairs(row, self.options)
+        except RecordError:
+            raise
+        except DatasetFormatError as exc:
+            raise RecordError(str(exc), reason="invalid") from exc
+        except Exception as exc:  # an adapter bug on odd input must not crash the run
+            raise RecordError(
+                f"format {self.adapter.name!r} failed on this row: {type(exc).__name__}: {exc}",
+                reason="adapter_error",
+            ) from exc
+        if not pairs:
+            raise RecordError(f"format {self.adapter.name!r} made no pairs of this row", reason="no_pairs")
+        return list(pairs)
+
+    def process(self, path: str, rows: RowBatch) -> BatchResult:
+        """Run one batch; with ``raise_errors`` the first bad row (by row number) raises."""
+        stats = ConvertStats(rows_read=len(rows))
+        failures: list[tuple[int, int | None, RecordError]] = []  # (row, pair index, error)
+        pairs: list[PreferencePair] = []
+        pair_index: list[int] = []
+        counts: dict[int, int] = {}
+        for row, record in rows:
+            if isinstance(record, RecordError):
+                failures.append((row, None, record.locate(path, row)))
+                continue
+            try:
+                made = self._adapt(record)
+            except RecordError as exc:
+                failures.append((row, None, exc.locate(path, row)))
+                continue
+            stats.ties_dropped += int(made[0].meta.get("ties_dropped", 0) or 0)
+            counts[row] = len(made)
+            for k, pair in enumerate(made):
+                pair.row = row
+                pairs.append(pair)
+                pair_index.append(k)
+        rendered = render_pairs(pairs, self.template, self.encoder.tokenizer)
+        good: list[int] = []
+        for i, (pair, item) in enumerate(zip(pairs, rendered)):
+            if isinstance(item, RecordError):
+                failures.append((pair.row, pair_index[i], item.locate(path, pair.row)))
+                continue
+            try:
+                _check_margin(pair)
+            except RecordError as exc:
+                failures.append((pair.row, pair_index[i], exc.locate(path, pair.row)))
+                continue
+            good.append(i)
+        encoded = self.encoder.encode(
+            [rendered[i].prompt for i in good],
+            [rendered[i].chosen for i in good],
+            [rendered[i].rejected for i in good],
+        )
+        written: list[int] = []
+        kept = []
+        for i, enc in zip(good, encoded):
+            pair = pairs[i]
+            if not enc.ok:
+                error = RecordError(
+                    enc.message, field=enc.field, reason=enc.reason or "invalid", path=path, row=pair.row
+                )
+                failures.append((pair.row, pair_index[i], error))
+                continue
+            written.append(i)
+            kept.append(enc)
+            stats.pairs_prompt_truncated += enc.prompt_cut
+            stats.pairs_response_truncated += enc.response_cut
+        if self.raise_errors:
+            fatal = [f for f in failures if f[2].reason not in POLICY_REASONS]
+            if fatal:
+                raise min(fatal, key=lambda f: (f[0], f[1] or 0))[2]
+        return self._result(path, rows, pairs, written, kept, failures, counts, stats)
+
+    def _result(self, path, rows, pairs, written, kept, failures, counts, stats) -> BatchResult:
+        rows_with_output = {pairs[i].row for i in written}
+        truncated_rows = {pairs[i].row for i, enc in zip(written, kept) if enc.truncated}
+        failures.sort(key=lambda f: (f[0], -1 if f[1] is None else f[1]))
+        rejects = []
+        first_reason: dict[int, str] = {}
+        for row, k, error in failures:
+            multi = counts.get(row, 1) > 1
+            rejects.append(reject_entry(error, k if multi else None))
+            first_reason.setdefault(row, error.reason)
+            if k is not None:
+                stats.pairs_rejected += 1
+        for row, reason in first_reason.items():
+            if row not in rows_with_output:
+                stats.rows_rejected += 1
+                stats.rejected_by_reason[reason] = stats.rejected_by_reason.get(reason, 0) + 1
+        stats.rows_written = len(rows_with_output)
+        stats.rows_truncated = len(truncated_rows)
+        stats.pairs_written = len(written)
+        batch = None
+        if written:
+            margins = [pairs[i].margin for i in written]
+            with_margin = self.adapter.produces_margin or any(m is not None for m in margins)
+            batch = build_record_batch(
+                kept, [pairs[i].row for i in written], margins if with_margin else None
+            )
+        return BatchResult(batch, stats, rejects)
+
+
+# running batches -------------------------------------------------------------------------------
+
+_WORKER: BatchProcessor | None = None
+
+
+def _init_worker(processor: BatchProcessor) -> None:
+    global _WORKER
+    _WORKER = processor
+
+
+def _work(item: tuple[str, RowBatch]) -> BatchResult:
+    assert _WORKER is not None
+    path, rows = item
+    try:
+        return _WORKER.process(path, rows)
+    except RecordError as exc:  # sent back as data: RecordError does not pickle with its fields
+        entry = reject_entry(exc)
+        entry["detail"] = exc.detail
+        return BatchResult(None, ConvertStats(), [], error=entry)
+
+
+def run_batches(
+    processor: BatchProcessor, batches: Iterable[tuple[str, RowBatch]], num_proc: int = 1
+) -> Iterator[BatchResult]:
+    """Process ``(path, rows)`` batches in order, in this process or in ``num_proc`` workers.
+
+    At most ``2 * num_proc`` batches are in flight, so memory stays bounded on large inputs.
+    """
+    if num_proc <= 1:
+        for path, rows in batches:
+            yield processor.process(path, rows)
+        return
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    # Each worker is one process; the tokenizer's own thread pool would only oversubscribe the CPUs.
+    previous = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        with context.Pool(num_proc, initializer=_init_worker, initargs=(processor,)) as pool:
+            pending: deque = deque()
+            for item in batches:
+                pending.append(pool.apply_async(_work, (item,)))
+                if len(pending) >= 2 * num_proc:
+                    yield _checked(pending.popleft().get())
+            while pending:
+                yield _checked(pending.popleft().get())
+    finally:
+        if previous is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = previous
+
+
+def _checked(result: BatchResult) -> BatchResult:
+    if result.error is not None:
+        raise error_from_entry(result.error)
+    return result
