@@ -1,0 +1,52 @@
+"""Reward metrics and statistics against hand-computed values."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from transformers import EvalPrediction
+
+from reward_plugin.metrics import (
+    compute_reward_metrics,
+    read_reward_stats,
+    reward_metrics,
+    reward_statistics,
+    write_reward_stats,
+)
+
+
+def test_accuracy_counts_ties_as_wrong():
+    m = reward_metrics([1.0, 2.0, 0.5, 3.0], [0.0, 2.0, 1.0, 1.0])
+    assert m["accuracy"] == 0.5  # pair 2 is a tie, pair 3 is wrong
+    assert m["margin"] == pytest.approx((1 + 0 - 0.5 + 2) / 4)
+    assert m["rewards/chosen_mean"] == pytest.approx(1.625)
+    assert m["rewards/chosen_std"] == pytest.approx(math.sqrt(np.mean((np.array([1, 2, 0.5, 3]) - 1.625) ** 2)))
+    assert m["rewards/rejected_mean"] == pytest.approx(1.0)
+    assert m["rewards/rejected_std"] == pytest.approx(math.sqrt(0.5))
+
+
+def test_accepts_bf16_tensors_and_eval_predictions():
+    rc = torch.tensor([1.0, -1.0], dtype=torch.bfloat16)
+    rr = torch.tensor([0.5, 0.0], dtype=torch.bfloat16)
+    assert reward_metrics(rc, rr)["accuracy"] == 0.5
+    pred = EvalPrediction(predictions=np.array([[1.0, 0.5], [-1.0, 0.0]]), label_ids=np.zeros(2))
+    assert compute_reward_metrics(pred) == reward_metrics([1.0, -1.0], [0.5, 0.0])
+
+
+def test_predictions_must_be_pairs():
+    with pytest.raises(ValueError, match=r"shape \(n, 2\)"):
+        compute_reward_metrics(EvalPrediction(predictions=np.zeros((3, 1)), label_ids=None))
+
+
+def test_statistics_pool_chosen_and_rejected(tmp_path):
+    stats = reward_statistics([1.0, 3.0], [0.0, 0.0], split="eval")
+    assert stats["mean"] == pytest.approx(1.0)
+    assert stats["std"] == pytest.approx(math.sqrt((0 + 4 + 1 + 1) / 4))
+    assert stats["num_pairs"] == 2 and stats["split"] == "eval" and stats["accuracy"] == 1.0
+    path = write_reward_stats(stats, tmp_path)
+    assert json.loads(path.read_text()) == stats == read_reward_stats(tmp_path)
+    assert read_reward_stats(tmp_path / "missing") is None
