@@ -110,19 +110,27 @@ def check_responses(chosen: Any, rejected: Any, *, allow_empty: bool = False,
     Responses equal after stripping surrounding whitespace count as identical: they carry no
     preference signal and often tokenize to the same ids.
     """
-    c, r = _flat(chosen), _flat(rejected)
     if not allow_empty:
-        for value, field in ((c, fields[0]), (r, fields[1])):
-            if not value.strip():
+        for value, field in ((chosen, fields[0]), (rejected, fields[1])):
+            content = _content(value)
+            if not content.strip():
                 raise RecordError(
-                    f"the response is empty ({value!r}); fix the row or pass --option allow_empty_response=true",
+                    f"the response is empty ({content!r}); fix the row or pass --option allow_empty_response=true",
                     field=field, reason="empty_response", value=value,
                 )
+    c, r = _flat(chosen), _flat(rejected)
     if c.strip() == r.strip():
         raise RecordError(
-            f"chosen and rejected are the same response ({_short(c)}); a pair needs two different responses",
-            field=fields[1], reason="identical_pair", value=r,
+            f"chosen and rejected are the same response ({_short(_content(chosen))}); "
+            "a pair needs two different responses",
+            field=fields[1], reason="identical_pair", value=rejected,
         )
+
+
+def _content(value: Any) -> str:
+    if isinstance(value, list):
+        return "".join(str(m.get("content", "")) for m in value if isinstance(m, Mapping))
+    return value if isinstance(value, str) else str(value)
 
 
 def _flat(value: Any) -> str:

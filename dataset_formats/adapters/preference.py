@@ -46,6 +46,55 @@ def split_common_prompt(chosen: list[Message], rejected: list[Message]) -> tuple
     return chosen[:k], chosen[k:], rejected[k:]
 
 
+def read_preference(
+    row: Mapping[str, Any],
+    *,
+    prompt_field: str = "prompt",
+    chosen_field: str = "chosen",
+    rejected_field: str = "rejected",
+    allow_empty: bool = False,
+) -> tuple[str | list[Message] | None, str | list[Message], str | list[Message]]:
+    """Read prompt/chosen/rejected in any TRL preference layout and check the responses.
+
+    Text rows keep their texts. When chosen/rejected are message lists, a list ``prompt`` is
+    used as is; a missing prompt is recovered as the messages both conversations share; a text
+    prompt (as in ultrafeedback_binarized, where the conversations repeat it as the first user
+    turn) is likewise recovered from the shared messages, or else becomes one user message.
+
+    Returns:
+        ``(prompt, chosen, rejected)``.
+    """
+    chosen_raw = _fields.require(row, chosen_field)
+    rejected_raw = _fields.require(row, rejected_field)
+    prompt_raw = row.get(prompt_field)
+    if isinstance(chosen_raw, list):
+        chosen = _fields.messages(chosen_raw, chosen_field)
+        rejected = _fields.messages(rejected_raw, rejected_field)
+        if isinstance(prompt_raw, list):
+            prompt: Any = _fields.messages(prompt_raw, prompt_field)
+        elif prompt_raw is None or isinstance(prompt_raw, str):
+            prompt, chosen, rejected = split_common_prompt(chosen, rejected)
+            if isinstance(prompt_raw, str) and prompt is None and prompt_raw:
+                prompt = [{"role": "user", "content": prompt_raw}]
+        else:
+            raise RecordError(
+                f"prompt must be text or a list of messages, got {type(prompt_raw).__name__} "
+                f"{_fields._short(prompt_raw)}",
+                field=prompt_field, reason="wrong_type", value=prompt_raw,
+            )
+    else:
+        chosen = _fields.text(row, chosen_field)
+        if isinstance(rejected_raw, list):
+            raise RecordError(
+                "rejected is a list of messages but chosen is text; give both in the same layout",
+                field=rejected_field, reason="wrong_type", value=rejected_raw,
+            )
+        rejected = _fields.text(row, rejected_field)
+        prompt = _fields.text(row, prompt_field, optional=True)
+    _fields.check_responses(chosen, rejected, allow_empty=allow_empty, fields=(chosen_field, rejected_field))
+    return prompt, chosen, rejected
+
+
 class PreferenceAdapter(FormatAdapter):
     """TRL-style preference rows.
 
@@ -62,28 +111,7 @@ class PreferenceAdapter(FormatAdapter):
     required_fields = ("chosen", "rejected")
 
     def to_pairs(self, row: Mapping[str, Any], options: PreferenceOptions) -> list[PreferencePair]:
-        chosen_raw = _fields.require(row, "chosen")
-        rejected_raw = _fields.require(row, "rejected")
-        prompt_raw = row.get("prompt")
-        conversational = isinstance(chosen_raw, list)
-        if conversational:
-            chosen = _fields.messages(chosen_raw, "chosen")
-            rejected = _fields.messages(rejected_raw, "rejected")
-            if prompt_raw is None:
-                prompt, chosen, rejected = split_common_prompt(chosen, rejected)
-            elif isinstance(prompt_raw, list):
-                prompt = _fields.messages(prompt_raw, "prompt")
-            else:
-                raise RecordError(
-                    f"prompt must be a list of messages when chosen/rejected are messages, got "
-                    f"{type(prompt_raw).__name__} {_fields._short(prompt_raw)}",
-                    field="prompt", reason="wrong_type", value=prompt_raw,
-                )
-        else:
-            chosen = _fields.text(row, "chosen")
-            rejected = _fields.text(row, "rejected")
-            prompt = _fields.text(row, "prompt", optional=True)
-        _fields.check_responses(chosen, rejected, allow_empty=options.allow_empty_response)
+        prompt, chosen, rejected = read_preference(row, allow_empty=options.allow_empty_response)
         margin = None
         if options.margin_field:
             margin = _fields.number(row, options.margin_field, optional=True)
