@@ -36,7 +36,9 @@ class ConvertStats:
     ``rows_read == rows_written + rows_rejected``. ``pairs_*`` count output rows (an adapter may
     make several pairs of one source row). ``rows_truncated`` counts written rows with a truncated
     pair; ``pairs_prompt_truncated`` / ``pairs_response_truncated`` say which part was cut.
-    ``ties_dropped`` counts tied candidates a ranking adapter skipped.
+    ``ties_dropped`` counts tied candidate pairs a ranking adapter skipped and
+    ``candidates_dropped`` the other candidates adapters left out, by kind (the
+    ``pairs[0].meta["<kind>_dropped"]`` counts of each row).
     """
 
     rows_read: int = 0
@@ -49,6 +51,7 @@ class ConvertStats:
     pairs_prompt_truncated: int = 0
     pairs_response_truncated: int = 0
     ties_dropped: int = 0
+    candidates_dropped: dict[str, int] = field(default_factory=dict)
     format: str = ""
     tokenizer: str = ""
     max_length: int | None = None
@@ -76,11 +79,14 @@ class ConvertStats:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for reason, count in other.rejected_by_reason.items():
             self.rejected_by_reason[reason] = self.rejected_by_reason.get(reason, 0) + count
+        for kind, count in other.candidates_dropped.items():
+            self.candidates_dropped[kind] = self.candidates_dropped.get(kind, 0) + count
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (what ``--stats-json`` writes)."""
         data = asdict(self)
         data["rejected_by_reason"] = dict(sorted(self.rejected_by_reason.items()))
+        data["candidates_dropped"] = dict(sorted(self.candidates_dropped.items()))
         return data
 
     def summary(self) -> str:
@@ -99,6 +105,9 @@ class ConvertStats:
             )
         if self.ties_dropped:
             lines.append(f"ties dropped: {self.ties_dropped}")
+        if self.candidates_dropped:
+            dropped = ", ".join(f"{k}: {v}" for k, v in sorted(self.candidates_dropped.items()))
+            lines.append(f"candidates left out: {dropped}")
         lines.append(f"format: {self.format}, tokenizer: {self.tokenizer}, max_length: {self.max_length}")
         return "\n".join(lines)
 
@@ -185,6 +194,17 @@ class BatchProcessor:
             raise RecordError(f"format {self.adapter.name!r} made no pairs of this row", reason="no_pairs")
         return list(pairs)
 
+    @staticmethod
+    def _count_dropped(meta: dict[str, Any], stats: ConvertStats) -> None:
+        for key, value in meta.items():
+            if not key.endswith("_dropped") or not isinstance(value, int) or not value:
+                continue
+            if key == "ties_dropped":
+                stats.ties_dropped += value
+            else:
+                kind = key[: -len("_dropped")]
+                stats.candidates_dropped[kind] = stats.candidates_dropped.get(kind, 0) + value
+
     def process(self, path: str, rows: RowBatch) -> BatchResult:
         """Run one batch; with ``raise_errors`` the first bad row (by row number) raises."""
         stats = ConvertStats(rows_read=len(rows))
@@ -201,7 +221,7 @@ class BatchProcessor:
             except RecordError as exc:
                 failures.append((row, None, exc.locate(path, row)))
                 continue
-            stats.ties_dropped += int(made[0].meta.get("ties_dropped", 0) or 0)
+            self._count_dropped(made[0].meta, stats)
             counts[row] = len(made)
             for k, pair in enumerate(made):
                 pair.row = row
