@@ -81,41 +81,42 @@ def _text_config(model: nn.Module):
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
-def ensure_pad_token(model: nn.Module, tokenizer: Any) -> int:
+def ensure_pad_token(model: nn.Module | None, tokenizer: Any) -> int:
     """Give the tokenizer and the model the same pad token and return its id.
 
     Order of preference: the tokenizer's pad token, the model config's ``pad_token_id``, the EOS
     token (safe here: rewards are read where the attention mask ends, not where padding starts),
-    and last a new ``<pad>`` token (the embeddings are resized).
+    and last a new ``<pad>`` token (the model's embeddings are resized).
 
     Args:
-        model: the reward model (before PEFT wrapping).
+        model: the reward model (before PEFT wrapping), or None to settle the tokenizer alone.
         tokenizer: its tokenizer, or None for pre-tokenized data without one.
 
     Returns:
-        The pad token id written to ``model.config.pad_token_id``.
+        The pad token id, also written to ``model.config.pad_token_id``.
     """
-    config = _text_config(model)
+    config = _text_config(model) if model is not None else None
+    config_pad = getattr(config, "pad_token_id", None)
     if tokenizer is None:
-        pad_id = config.pad_token_id
+        pad_id = config_pad
         if pad_id is None:
             eos = getattr(config, "eos_token_id", None)
             pad_id = (eos[0] if isinstance(eos, (list, tuple)) and eos else eos) or 0
     else:
         if tokenizer.pad_token is None:
-            vocab_size = len(tokenizer)
-            if isinstance(config.pad_token_id, int) and 0 <= config.pad_token_id < vocab_size:
-                tokenizer.pad_token = tokenizer.convert_ids_to_tokens(config.pad_token_id)
+            if isinstance(config_pad, int) and 0 <= config_pad < len(tokenizer):
+                tokenizer.pad_token = tokenizer.convert_ids_to_tokens(config_pad)
             elif tokenizer.eos_token is not None:
                 tokenizer.pad_token = tokenizer.eos_token
             else:
                 tokenizer.add_special_tokens({"pad_token": "<pad>"})
-                unwrap_model(model).resize_token_embeddings(len(tokenizer))
-                logger.warning("the tokenizer had no pad or EOS token; added '<pad>' and resized the embeddings")
+                logger.warning("the tokenizer had no pad or EOS token; added '<pad>' (id %d)", tokenizer.pad_token_id)
         pad_id = tokenizer.pad_token_id
-    if config.pad_token_id != pad_id:
+        if model is not None and pad_id >= unwrap_model(model).get_input_embeddings().weight.shape[0]:
+            unwrap_model(model).resize_token_embeddings(len(tokenizer))
+    if model is not None:
         config.pad_token_id = pad_id
-    unwrap_model(model).config.pad_token_id = pad_id
+        unwrap_model(model).config.pad_token_id = pad_id
     return int(pad_id)
 
 

@@ -129,6 +129,8 @@ class RewardTrainer(Trainer):
         self.processing_class = processing_class
         if model is not None:
             model = self._prepare_model(model)
+        else:  # model_init: Trainer builds the model later; the collator needs the pad id now
+            self._pad_token_id = ensure_pad_token(None, processing_class) if processing_class is not None else 0
 
         train_dataset = self._prepare(train_dataset, "train") if train_dataset is not None else None
         if isinstance(eval_dataset, dict):
