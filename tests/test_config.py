@@ -1,0 +1,83 @@
+"""RewardConfig: defaults, validation, and HfArgumentParser flags."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from transformers import HfArgumentParser, TrainingArguments
+
+from reward_plugin import ConfigError, RewardConfig
+from reward_plugin.config import cpu_has_native_bf16
+
+REWARD_FIELDS = {
+    "model_init_kwargs", "trust_remote_code", "disable_dropout", "max_length", "truncation", "dataset_format",
+    "chat_template", "dataset_num_proc", "pad_to_multiple_of", "group_by_length", "pair_batching",
+    "center_rewards_coefficient", "save_reward_stats",
+}
+
+
+def test_defaults(tmp_path):
+    c = RewardConfig(output_dir=str(tmp_path))
+    assert c.max_length is None and c.center_rewards_coefficient is None and c.chat_template is None
+    assert c.gradient_checkpointing is True and c.disable_dropout is True and c.trust_remote_code is False
+    assert (c.truncation, c.dataset_format, c.pair_batching) == ("left", "auto", "standard")
+    assert c.group_by_length is False and c.save_reward_stats is True and c.remove_unused_columns is False
+    assert c.logging_steps == 10
+
+
+def test_every_field_has_help():
+    ours = {f.name: f for f in dataclasses.fields(RewardConfig)}
+    assert REWARD_FIELDS <= set(ours)
+    for name in REWARD_FIELDS | {"gradient_checkpointing", "bf16", "logging_steps", "remove_unused_columns"}:
+        assert ours[name].metadata.get("help"), name
+
+
+def test_bf16_auto_follows_the_hardware(tmp_path):
+    import torch
+
+    c = RewardConfig(output_dir=str(tmp_path))
+    if not torch.cuda.is_available():
+        assert c.bf16 is cpu_has_native_bf16()
+        assert c.use_cpu is cpu_has_native_bf16()
+    assert RewardConfig(output_dir=str(tmp_path), bf16=False).bf16 is False
+
+
+def test_gradient_checkpointing_is_handed_to_the_new_name_without_a_warning(tmp_path, recwarn):
+    on = RewardConfig(output_dir=str(tmp_path))
+    off = RewardConfig(output_dir=str(tmp_path), gradient_checkpointing=False)
+    if any(f.name == "activation_checkpointing" for f in dataclasses.fields(TrainingArguments)):
+        assert on.activation_checkpointing is True and off.activation_checkpointing is False
+    assert not [w for w in recwarn if "gradient_checkpointing" in str(w.message)]
+
+
+def test_parser_turns_fields_into_flags(tmp_path):
+    parser = HfArgumentParser(RewardConfig)
+    (c,) = parser.parse_args_into_dataclasses([
+        "--output_dir", str(tmp_path), "--max_length", "256", "--no_gradient_checkpointing",
+        "--center_rewards_coefficient", "0.01", "--pair_batching", "auto", "--group_by_length",
+        "--model_init_kwargs", '{"dtype": "float32"}', "--bf16", "false",
+    ])
+    assert c.max_length == 256 and c.gradient_checkpointing is False and c.center_rewards_coefficient == 0.01
+    assert c.pair_batching == "auto" and c.group_by_length is True and c.bf16 is False
+    assert c.model_init_kwargs == {"dtype": "float32"}
+    (d,) = parser.parse_dict({"output_dir": str(tmp_path), "truncation": "right", "save_reward_stats": False})
+    assert d.truncation == "right" and d.save_reward_stats is False
+    assert "--pair_batching {standard,prefix_shared,packed,auto}" in parser.format_help()
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("truncation", "middle", "`truncation` must be one of left, right, got 'middle'"),
+        ("pair_batching", "fast", "`pair_batching` must be one of standard, prefix_shared, packed, auto, got 'fast'"),
+        ("max_length", 0, "`max_length` must be a positive integer or None, got 0"),
+        ("pad_to_multiple_of", -8, "`pad_to_multiple_of` must be a positive integer or None, got -8"),
+        ("center_rewards_coefficient", -0.1, "`center_rewards_coefficient` must be a number >= 0 or None, got -0.1"),
+        ("dataset_format", "", "`dataset_format` must be a format name or 'auto', got ''"),
+    ],
+)
+def test_validation(tmp_path, field, value, message):
+    with pytest.raises(ConfigError) as info:
+        RewardConfig(output_dir=str(tmp_path), **{field: value})
+    assert str(info.value).startswith(message)
