@@ -23,7 +23,7 @@ from .pipeline import BatchProcessor, ConvertStats, run_batches
 from .reading import DEFAULT_BATCH_SIZE, count_rows, iter_object_batches, iter_row_batches, peek_rows
 from .registry import detect_format, get_format, list_formats
 from .schema import MARGIN_COLUMN, pair_schema
-from .writing import PairWriter, output_kind
+from .writing import PairWriter, output_kind, remove_stale_temporaries, temporary_path
 
 ON_ERROR_CHOICES = ("raise", "skip")
 
@@ -46,8 +46,10 @@ def _resolve_format(format: str, samples: list[tuple[str, list[dict[str, Any]]]]
         return format
     found: dict[str, str] = {}
     for source, rows in samples:
+        if not rows:
+            raise OptionError(f"{source}: no readable rows to detect the dataset format from; pass --format")
         columns = sorted({key for row in rows for key in row})
-        name = detect_format(columns, rows) if rows else None
+        name = detect_format(columns, rows)
         if name is None:
             names = ", ".join(info.name for info in list_formats())
             raise OptionError(
@@ -176,8 +178,8 @@ def convert(
             if result.batch is not None:
                 writer.write(result.batch)
             bar.update(result.stats.rows_read)
-        stats.margin = writer._schema is not None and MARGIN_COLUMN in writer._schema.names
-        stats.margin = stats.margin or (writer._schema is None and processor.adapter.produces_margin)
+        final_schema = writer.schema if writer.schema is not None else empty
+        stats.margin = MARGIN_COLUMN in final_schema.names
         stats.seconds = round(time.perf_counter() - started, 3)
         if stats_json is not None:
             _write_json_atomically(Path(stats_json), stats.to_dict(), overwrite)
@@ -269,8 +271,9 @@ class _RejectsFile:
             if self.path.exists() and not overwrite:
                 raise OutputExistsError(str(self.path))
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-            self._fh = open(self._tmp, "w", encoding="utf-8")
+            remove_stale_temporaries(self.path)
+            self._tmp = temporary_path(self.path)
+            self._fh = open(self._tmp, "w", encoding="utf-8")  # noqa: SIM115 - closed in commit/__exit__
 
     def write(self, entries: list[dict[str, Any]]) -> None:
         if self._fh is not None:
@@ -297,9 +300,13 @@ def _write_json_atomically(path: Path, data: dict[str, Any], overwrite: bool) ->
     if path.exists() and not overwrite:
         raise OutputExistsError(str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    remove_stale_temporaries(path)
+    tmp = temporary_path(path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 class _progress_bar:

@@ -8,6 +8,7 @@ number of processes).
 from __future__ import annotations
 
 import math
+import numbers
 import multiprocessing
 import os
 from collections import deque
@@ -149,7 +150,7 @@ def _check_margin(pair: PreferencePair) -> None:
     m = pair.margin
     if m is None:
         return
-    if isinstance(m, bool) or not isinstance(m, (int, float)) or not math.isfinite(m):
+    if isinstance(m, bool) or not isinstance(m, numbers.Real) or not math.isfinite(m):
         raise RecordError(
             f"margin must be a finite number, got {m!r}; fix the value or drop the margin field",
             field="margin",

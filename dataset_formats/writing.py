@@ -50,6 +50,11 @@ def output_kind(path: str | os.PathLike) -> str:
     )
 
 
+def temporary_path(path: Path, tag: str = "") -> Path:
+    """A fresh temporary name next to ``path`` that :func:`remove_stale_temporaries` recognizes."""
+    return path.parent / f".{path.name}{_TMP_MARK}{os.getpid()}-{tag}{secrets.token_hex(4)}"
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -135,7 +140,12 @@ class PairWriter:
         self._closed = False
 
     def _temp_path(self) -> Path:
-        return self.path.parent / f".{self.path.name}{_TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}"
+        return temporary_path(self.path)
+
+    @property
+    def schema(self) -> pa.Schema | None:
+        """The output schema (None until the first non-empty batch)."""
+        return self._schema
 
     # writing -----------------------------------------------------------------------------------
 
@@ -252,7 +262,7 @@ class PairWriter:
             os.replace(self._tmp, self.path)
             return
         # Replacing a folder (or a file by a folder): move the old one aside first.
-        trash = self.path.parent / f".{self.path.name}{_TMP_MARK}{os.getpid()}-old-{secrets.token_hex(4)}"
+        trash = temporary_path(self.path, "old-")
         os.replace(self.path, trash)
         try:
             os.replace(self._tmp, self.path)
