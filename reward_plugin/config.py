@@ -83,6 +83,8 @@ class RewardConfig(TrainingArguments):
             rewards centred on zero (Eisenstein et al. 2023 recommend 0.01); ``None`` disables it.
         save_reward_stats: after ``train()``, save the mean/std of the model's rewards (over the eval
             set, else the train set) to ``reward_stats.json`` and the model config.
+        save_final_model: after ``train()``, save the final model with its tokenizer, reward statistics
+            and model card into ``output_dir``.
 
     Defaults that differ from ``TrainingArguments``: ``gradient_checkpointing=True``,
     ``logging_steps=10``, ``remove_unused_columns=False`` and ``bf16=None`` ("auto").
@@ -193,6 +195,13 @@ class RewardConfig(TrainingArguments):
         metadata={
             "help": "Weight of the term mean((r_chosen + r_rejected)^2) that keeps rewards centred on zero "
             "(0.01 is recommended); None disables it."
+        },
+    )
+    save_final_model: bool = field(
+        default=True,
+        metadata={
+            "help": "At the end of train(), save the final model, tokenizer, reward_stats.json and the model card "
+            "README.md into output_dir, so it loads with AutoModelForSequenceClassification.from_pretrained."
         },
     )
     save_reward_stats: bool = field(

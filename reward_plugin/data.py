@@ -71,6 +71,9 @@ def prepare_dataset(
         DataError: the dataset has neither tokenized pairs nor text the toolkit recognises.
     """
     columns = column_names(dataset)
+    if not columns and not _is_map_style(dataset):  # a streaming dataset without declared features
+        first = next(iter(dataset), None)
+        columns = list(first) if isinstance(first, dict) else []
     if all(c in columns for c in PAIR_COLUMNS):
         prepared = dataset
     elif any(c in columns and r in columns for c, r in _ID_ALIASES):

@@ -47,8 +47,9 @@ class RewardTrainer(Trainer):
     ``(n, 2)`` (chosen, rejected); its ``label_ids`` are the data's margins (zeros without).
 
     After ``train()`` the reward mean/std (eval set, else a train sample) go to
-    ``model.config.reward_mean``/``reward_std`` and ``output_dir/reward_stats.json``, and a model
-    card ``README.md`` is written; ``save_model()`` stores all of it with the weights.
+    ``model.config.reward_mean``/``reward_std``, and the final model is saved to ``output_dir``
+    with its tokenizer, ``reward_stats.json`` and a model card ``README.md`` (``save_final_model``);
+    ``save_model(dir)`` writes the same set anywhere.
 
     Args:
         model: a ``PreTrainedModel`` with ``num_labels=1`` (normally from
@@ -312,7 +313,9 @@ class RewardTrainer(Trainer):
         output = super().train(*args, **kwargs)
         if self.args.save_reward_stats:
             self.compute_reward_stats()
-        if self.args.should_save:
+        if self.args.save_final_model:
+            self.save_model()  # writes reward_stats.json and README.md too (see _save)
+        elif self.args.should_save:
             if self.reward_stats is not None:
                 write_reward_stats(self.reward_stats, self.args.output_dir)
             self.create_model_card()

@@ -13,7 +13,7 @@ from reward_plugin.config import cpu_has_native_bf16
 REWARD_FIELDS = {
     "model_init_kwargs", "trust_remote_code", "disable_dropout", "max_length", "truncation", "dataset_format",
     "chat_template", "dataset_num_proc", "pad_to_multiple_of", "group_by_length", "pair_batching",
-    "center_rewards_coefficient", "save_reward_stats",
+    "center_rewards_coefficient", "save_reward_stats", "save_final_model",
 }
 
 
@@ -23,6 +23,7 @@ def test_defaults(tmp_path):
     assert c.gradient_checkpointing is True and c.disable_dropout is True and c.trust_remote_code is False
     assert (c.truncation, c.dataset_format, c.pair_batching) == ("left", "auto", "standard")
     assert c.group_by_length is False and c.save_reward_stats is True and c.remove_unused_columns is False
+    assert c.save_final_model is True
     assert c.logging_steps == 10
 
 

@@ -68,7 +68,8 @@ def test_tiny_llama_trains_end_to_end(tmp_path, tiny_llama, bpe_tokenizer):
     before = snapshot(tiny_llama)
     trainer = RewardTrainer(
         model=tiny_llama,
-        args=config(tmp_path, eval_strategy="steps", eval_steps=2),  # precision: the bf16 "auto" default
+        # precision: the bf16 "auto" default
+        args=config(tmp_path, eval_strategy="steps", eval_steps=2, save_final_model=False),
         train_dataset=train,
         eval_dataset=evaluation,
         processing_class=bpe_tokenizer,
@@ -86,6 +87,7 @@ def test_tiny_llama_trains_end_to_end(tmp_path, tiny_llama, bpe_tokenizer):
         assert {f"eval_{k}" for k in TRAIN_KEYS} <= set(entry)
 
     # After train(): statistics in the config and next to the model, and a model card.
+    assert not (tmp_path / "out" / "model.safetensors").exists()  # save_final_model=False
     stats = json.loads((tmp_path / "out" / "reward_stats.json").read_text())
     assert stats["split"] == "eval" and stats["num_pairs"] == 8
     assert trainer.model.config.reward_mean == stats["mean"] and trainer.model.config.reward_std == stats["std"]
@@ -100,8 +102,7 @@ def test_saved_model_reloads_with_stats_and_same_rewards(tmp_path, tiny_llama, b
         model=tiny_llama, args=config(tmp_path, max_steps=2, bf16=False), train_dataset=train,
         processing_class=bpe_tokenizer,
     )
-    trainer.train()
-    trainer.save_model()
+    trainer.train()  # saves the final model (save_final_model=True by default)
     out = tmp_path / "out"
     assert {"config.json", "model.safetensors", "reward_stats.json", "README.md", "tokenizer.json"} <= {
         p.name for p in out.iterdir()
