@@ -68,7 +68,9 @@ class _Budget:
         self.deadline = time.monotonic() + MAX_SECONDS
 
     def fail(self, what: str) -> None:
-        raise TemplateError(f"chat template {self.name!r}: {what}; is the template looping or building huge values?")
+        raise TemplateError(
+            f"chat template {self.name!r}: {what}; is the template looping or building huge values?"
+        )
 
     def tick(self) -> None:
         self.calls += 1
@@ -139,18 +141,20 @@ class _GuardedEnvironment(ImmutableSandboxedEnvironment):
     def unsafe_undefined(self, obj: Any, attribute: str) -> Any:
         # The default returns an Undefined that prints as "" - a template probing internals
         # would then render silently wrong. Fail at once instead.
-        raise SecurityError(f"access to attribute {attribute!r} of a {type(obj).__name__!r} object is not allowed")
+        raise SecurityError(
+            f"access to attribute {attribute!r} of a {type(obj).__name__!r} object is not allowed"
+        )
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         if time.monotonic() > _current().deadline:
             _current().fail(f"rendering took longer than {MAX_SECONDS:g}s")
         return super().getattr(obj, attribute)
 
-    def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 - mirrors jinja's signature
+    def call(self, context, obj, /, *args, **kwargs):
         budget = _current()
         budget.tick()
         budget.check_args(args, kwargs)
-        return budget.check_size(super().call(__context, __obj, *args, **kwargs))
+        return budget.check_size(super().call(context, obj, *args, **kwargs))
 
     def call_binop(self, context, operator, left, right):
         budget = _current()
@@ -159,16 +163,16 @@ class _GuardedEnvironment(ImmutableSandboxedEnvironment):
             budget.fail(f"exponent {right!r} is too large")
         if operator == "*":
             for seq, count in ((left, right), (right, left)):
-                if isinstance(seq, (str, list, tuple)) and isinstance(count, int):
-                    if len(seq) * count > MAX_OUTPUT_CHARS:
-                        budget.fail(f"repeating a value {count} times exceeds the limit {MAX_OUTPUT_CHARS}")
+                sized = isinstance(seq, (str, list, tuple)) and isinstance(count, int)
+                if sized and len(seq) * count > MAX_OUTPUT_CHARS:
+                    budget.fail(f"repeating a value {count} times exceeds the limit {MAX_OUTPUT_CHARS}")
         return super().call_binop(context, operator, left, right)
 
 
 class _GenerationExtension(jinja2.ext.Extension):
     """``{% generation %}...{% endgeneration %}`` (used by some HF templates) renders its body."""
 
-    tags = {"generation"}
+    tags = frozenset({"generation"})
 
     def parse(self, parser):
         lineno = next(parser.stream).lineno
@@ -184,8 +188,12 @@ def _raise_exception(message: str) -> None:
     raise _TemplateRaised(str(message))
 
 
-def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None, separators=None, sort_keys=False):
-    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+def _tojson(
+    value: Any, ensure_ascii: bool = False, indent: int | None = None, separators=None, sort_keys=False
+):
+    return json.dumps(
+        value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+    )
 
 
 _ENV: _GuardedEnvironment | None = None
@@ -212,12 +220,16 @@ class ChatTemplate:
         try:
             self._template = _env().from_string(source)
         except jinja2.TemplateSyntaxError as exc:
-            raise TemplateError(f"chat template {name!r}: syntax error on line {exc.lineno}: {exc.message}") from exc
+            raise TemplateError(
+                f"chat template {name!r}: syntax error on line {exc.lineno}: {exc.message}"
+            ) from exc
 
     def __repr__(self) -> str:
         return f"ChatTemplate({self.name!r})"
 
-    def render(self, messages: list[Message], add_generation_prompt: bool = False, **special_tokens: Any) -> str:
+    def render(
+        self, messages: list[Message], add_generation_prompt: bool = False, **special_tokens: Any
+    ) -> str:
         """Render ``messages`` to text.
 
         Args:
@@ -251,7 +263,9 @@ class ChatTemplate:
             raise
         except _TemplateRaised as exc:
             raise TemplateRowError(
-                f"chat template {self.name!r} refused the messages: {exc}", field="messages", reason="template_error"
+                f"chat template {self.name!r} refused the messages: {exc}",
+                field="messages",
+                reason="template_error",
             ) from exc
         except SecurityError as exc:
             raise TemplateError(f"chat template {self.name!r} is unsafe: {exc}") from exc
@@ -348,7 +362,9 @@ def _hh_render(messages: list[Message], add_generation_prompt: bool) -> str:
         elif role == "system":
             parts.append(m["content"])
         else:
-            raise RecordError(f"hh-rlhf transcripts have no role {role!r}", field="role", reason="unknown_role", value=role)
+            raise RecordError(
+                f"hh-rlhf transcripts have no role {role!r}", field="role", reason="unknown_role", value=role
+            )
     if add_generation_prompt:
         parts.append("\n\nAssistant:")
     return "".join(parts)
@@ -404,9 +420,11 @@ def render_pair(
 
     tokens = {"bos_token": bos_token, "eos_token": eos_token}
     if template is None:
+
         def render(msgs: list[Message], gen: bool) -> str:
             return _hh_render(msgs, gen)
     else:
+
         def render(msgs: list[Message], gen: bool) -> str:
             return template.render(msgs, add_generation_prompt=gen, **tokens)
 

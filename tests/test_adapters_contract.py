@@ -43,7 +43,10 @@ def test_every_adapter_has_fixtures_with_good_and_bad_rows(name):
 
 def _is_messages(value) -> bool:
     return isinstance(value, list) and all(
-        isinstance(m, dict) and set(m) == {"role", "content"} and m["role"] in ROLES and isinstance(m["content"], str)
+        isinstance(m, dict)
+        and set(m) == {"role", "content"}
+        and m["role"] in ROLES
+        and isinstance(m["content"], str)
         for m in value
     )
 

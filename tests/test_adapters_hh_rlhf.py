@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from conftest import read_hh_rows
+
 from dataset_formats import RecordError, get_format
 from dataset_formats.adapters.hh_rlhf import parse_transcript
 from dataset_formats.rendering import load_chat_template, render_pair
@@ -20,7 +21,9 @@ def test_real_rows_round_trip_exactly_and_only_empty_responses_are_rejected():
         except RecordError as err:
             reasons.append(err.reason)
             # independent check: the rejected rows really have a blank final response
-            assert any(not row[k][row[k].rfind(MARKER) + len(MARKER):].strip() for k in ("chosen", "rejected"))
+            assert any(
+                not row[k][row[k].rfind(MARKER) + len(MARKER) :].strip() for k in ("chosen", "rejected")
+            )
             continue
         text = render_pair(pair, None)
         assert (text.chosen, text.rejected) == (row["chosen"], row["rejected"])
@@ -54,5 +57,7 @@ def test_text_before_the_first_turn_becomes_a_system_message():
 
 
 def test_response_may_mention_the_marker_words_inline():
-    parsed = parse_transcript("\n\nHuman: Quote it.\n\nAssistant: He said 'Assistant: no' and left.", "chosen")
+    parsed = parse_transcript(
+        "\n\nHuman: Quote it.\n\nAssistant: He said 'Assistant: no' and left.", "chosen"
+    )
     assert parsed.response == "He said 'Assistant: no' and left."

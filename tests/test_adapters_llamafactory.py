@@ -6,8 +6,8 @@ import json
 import shutil
 
 import pytest
-
 from conftest import LLAMAFACTORY_DEMO
+
 from dataset_formats import InputFileError, OptionError, detect_format, get_format
 from dataset_formats.adapters.llamafactory import resolve_dataset_info
 from dataset_formats.rendering import load_chat_template, render_pair
@@ -46,20 +46,32 @@ def test_demo_file_converts_every_row(demo_rows):
 
 def test_dataset_info_entry_resolves_and_converts(tmp_path, demo_rows):
     shutil.copy(LLAMAFACTORY_DEMO, tmp_path / "dpo_en_demo.json")
-    (tmp_path / "dataset_info.json").write_text(json.dumps({
-        "dpo_en_demo": DEMO_ENTRY,
-        "alpaca_en_demo": {"file_name": "alpaca_en_demo.json"},
-        "hub_only": {"hf_hub_url": "someone/prefs", "ranking": True},
-        "with_images": {"file_name": "x.json", "ranking": True, "columns": {"images": "images"}},
-    }), encoding="utf-8")
+    (tmp_path / "dataset_info.json").write_text(
+        json.dumps(
+            {
+                "dpo_en_demo": DEMO_ENTRY,
+                "alpaca_en_demo": {"file_name": "alpaca_en_demo.json"},
+                "hub_only": {"hf_hub_url": "someone/prefs", "ranking": True},
+                "with_images": {"file_name": "x.json", "ranking": True, "columns": {"images": "images"}},
+            }
+        ),
+        encoding="utf-8",
+    )
     path, options = resolve_dataset_info(tmp_path, "dpo_en_demo")
     assert path == tmp_path / "dpo_en_demo.json"
-    assert options == {"formatting": "sharegpt", "messages": "conversations", "chosen": "chosen", "rejected": "rejected"}
+    assert options == {
+        "formatting": "sharegpt",
+        "messages": "conversations",
+        "chosen": "chosen",
+        "rejected": "rejected",
+    }
     adapter = get_format("llamafactory")
     rows = json.loads(path.read_text(encoding="utf-8"))
     assert len(adapter.to_pairs(rows[0], adapter.make_options(options))) == 1
 
-    with pytest.raises(OptionError, match=r"no dataset 'dpo_demo'; its ranking datasets: dpo_en_demo, hub_only, with_images"):
+    with pytest.raises(
+        OptionError, match=r"no dataset 'dpo_demo'; its ranking datasets: dpo_en_demo, hub_only, with_images"
+    ):
         resolve_dataset_info(tmp_path / "dataset_info.json", "dpo_demo")
     with pytest.raises(OptionError, match=r"dataset 'alpaca_en_demo' is not a ranking dataset"):
         resolve_dataset_info(tmp_path, "alpaca_en_demo")
@@ -72,23 +84,55 @@ def test_dataset_info_entry_resolves_and_converts(tmp_path, demo_rows):
 
 
 def test_alpaca_entry_with_renamed_columns_and_tags(tmp_path):
-    (tmp_path / "dataset_info.json").write_text(json.dumps({
-        "mine": {
-            "file_name": "mine.json", "ranking": True,
-            "columns": {"prompt": "question", "query": "context", "chosen": "good", "rejected": "bad"},
-        },
-        "mine_sharegpt": {
-            "file_name": "m.json", "ranking": True, "formatting": "sharegpt",
-            "columns": {"messages": "messages", "chosen": "chosen", "rejected": "rejected", "system": "sys"},
-            "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"},
-        },
-    }), encoding="utf-8")
+    (tmp_path / "dataset_info.json").write_text(
+        json.dumps(
+            {
+                "mine": {
+                    "file_name": "mine.json",
+                    "ranking": True,
+                    "columns": {
+                        "prompt": "question",
+                        "query": "context",
+                        "chosen": "good",
+                        "rejected": "bad",
+                    },
+                },
+                "mine_sharegpt": {
+                    "file_name": "m.json",
+                    "ranking": True,
+                    "formatting": "sharegpt",
+                    "columns": {
+                        "messages": "messages",
+                        "chosen": "chosen",
+                        "rejected": "rejected",
+                        "system": "sys",
+                    },
+                    "tags": {
+                        "role_tag": "role",
+                        "content_tag": "content",
+                        "user_tag": "user",
+                        "assistant_tag": "assistant",
+                    },
+                },
+            }
+        ),
+        encoding="utf-8",
+    )
     adapter = get_format("llamafactory")
     _, options = resolve_dataset_info(tmp_path, "mine")
-    (pair,) = adapter.to_pairs({"question": "Sum:", "context": "2+3", "good": "5", "bad": "6"}, adapter.make_options(options))
-    assert pair.prompt == [{"role": "user", "content": "Sum:\n2+3"}] and (pair.chosen, pair.rejected) == ("5", "6")
+    (pair,) = adapter.to_pairs(
+        {"question": "Sum:", "context": "2+3", "good": "5", "bad": "6"}, adapter.make_options(options)
+    )
+    assert pair.prompt == [{"role": "user", "content": "Sum:\n2+3"}] and (pair.chosen, pair.rejected) == (
+        "5",
+        "6",
+    )
     _, options = resolve_dataset_info(tmp_path, "mine_sharegpt")
-    row = {"messages": [{"role": "user", "content": "Hi"}], "sys": "Be nice.",
-           "chosen": {"role": "assistant", "content": "Hello"}, "rejected": {"role": "assistant", "content": "Go"}}
+    row = {
+        "messages": [{"role": "user", "content": "Hi"}],
+        "sys": "Be nice.",
+        "chosen": {"role": "assistant", "content": "Hello"},
+        "rejected": {"role": "assistant", "content": "Go"},
+    }
     (pair,) = adapter.to_pairs(row, adapter.make_options(options))
     assert pair.prompt == [{"role": "system", "content": "Be nice."}, {"role": "user", "content": "Hi"}]

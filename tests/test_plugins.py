@@ -16,7 +16,7 @@ from dataset_formats import detect_format, get_format, list_formats, plugins, re
 from dataset_formats.rendering import render_pair
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
-FILE_BLOCK = re.compile(r"<!-- file: (?P<name>[\w./-]+) -->\n```\w*\n(?P<body>.*?)\n```", re.S)
+FILE_BLOCK = re.compile(r"<!-- file: (?P<name>[\w./-]+) -->\n```\w*\n(?P<body>.*?)\n```", re.DOTALL)
 
 
 def doc_files() -> dict[str, str]:
@@ -34,9 +34,24 @@ def installed_example(tmp_path_factory):
     for name, body in files.items():
         (package / name).write_text(body, encoding="utf-8")
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
-         "--disable-pip-version-check", "--target", str(target), str(package)],
-        check=True, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--disable-pip-version-check",
+            "--target",
+            str(target),
+            str(package),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert list(target.glob("reward_plugin_qa_votes-0.1.0.dist-info/entry_points.txt"))
     sys.path.insert(0, str(target))
@@ -70,14 +85,21 @@ def test_installed_plugin_is_listed_detected_and_converts(loaded_example):
     info = {i.name: i for i in list_formats()}["qa-votes"]
     assert (info.plugin, info.distribution) == ("qa_votes", "reward-plugin-qa-votes")
     assert info.description.startswith("question/better/worse rows")
-    row = {"question": "Best sorting algorithm for nearly sorted data?", "better": "Insertion sort.",
-           "worse": "Bogosort.", "votes": 7}
+    row = {
+        "question": "Best sorting algorithm for nearly sorted data?",
+        "better": "Insertion sort.",
+        "worse": "Bogosort.",
+        "votes": 7,
+    }
     assert detect_format(list(row), [row]) == "qa-votes"
     adapter = get_format("qa-votes")
     (pair,) = adapter.to_pairs(row, adapter.make_options({"scale": "0.5"}))
     assert pair.margin == pytest.approx(0.5 * math.log(8))
     text = render_pair(pair, None)
-    assert text.chosen == "\n\nHuman: Best sorting algorithm for nearly sorted data?\n\nAssistant: Insertion sort."
+    assert (
+        text.chosen
+        == "\n\nHuman: Best sorting algorithm for nearly sorted data?\n\nAssistant: Insertion sort."
+    )
     with pytest.raises(Exception) as info:
         adapter.to_pairs({**row, "votes": -1}, adapter.make_options({}))
     assert getattr(info.value, "reason", None) == "wrong_type"

@@ -13,8 +13,18 @@ import dataset_formats as df
 from dataset_formats import hookspecs, plugins, registry
 from dataset_formats.adapters.detect import DETECTION_ORDER
 
-BUILT_INS = {"hh-rlhf", "preference", "chat", "llamafactory", "axolotl-bt", "llama2-labels", "score-pair",
-             "shp", "helpsteer2", "ranking"}
+BUILT_INS = {
+    "hh-rlhf",
+    "preference",
+    "chat",
+    "llamafactory",
+    "axolotl-bt",
+    "llama2-labels",
+    "score-pair",
+    "shp",
+    "helpsteer2",
+    "ranking",
+}
 FORMAT_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "formats"
 
 
@@ -42,7 +52,9 @@ def test_built_in_formats_are_listed_with_their_modules():
 
 def test_built_in_hookimpls_are_trylast():
     for module in plugins.DEFAULT_PLUGINS:
-        impls = [i for i in plugins.load_plugins().hook.register_formats.get_hookimpls() if i.plugin_name == module]
+        impls = [
+            i for i in plugins.load_plugins().hook.register_formats.get_hookimpls() if i.plugin_name == module
+        ]
         impls += [i for i in plugins.pm.hook.detect_format.get_hookimpls() if i.plugin_name == module]
         assert impls and all(i.trylast for i in impls), module
 
@@ -50,7 +62,9 @@ def test_built_in_hookimpls_are_trylast():
 def test_unknown_format_lists_the_names():
     with pytest.raises(df.UnknownFormatError) as info:
         df.get_format("hh_rlhf")
-    assert str(info.value).startswith("unknown dataset format 'hh_rlhf'; available formats: axolotl-bt, chat,")
+    assert str(info.value).startswith(
+        "unknown dataset format 'hh_rlhf'; available formats: axolotl-bt, chat,"
+    )
     assert isinstance(info.value, LookupError)
 
 
@@ -75,7 +89,10 @@ def test_duplicate_name_names_both_plugins_and_registers_nothing():
     with pytest.raises(df.DuplicateFormatError) as info:
         df.register_format(FakeHH, plugin_name="my-plugin")
     message = str(info.value)
-    assert message == "plugin 'my-plugin': format 'hh-rlhf' is already registered by 'dataset_formats.adapters.hh_rlhf'"
+    assert (
+        message
+        == "plugin 'my-plugin': format 'hh-rlhf' is already registered by 'dataset_formats.adapters.hh_rlhf'"
+    )
     assert plugins.pm.get_plugin("my-plugin") is None
     assert type(df.get_format("hh-rlhf")).__name__ == "HHRLHFAdapter"
 
@@ -93,7 +110,10 @@ def test_plugin_registering_garbage_or_raising_is_named():
         def register_formats(register):
             raise KeyError("boom")
 
-    for plugin, expected in ((Garbage, "which is not a FormatAdapter"), (Raising, "register_formats failed: KeyError")):
+    for plugin, expected in (
+        (Garbage, "which is not a FormatAdapter"),
+        (Raising, "register_formats failed: KeyError"),
+    ):
         plugins.pm.register(plugin, name="bad-plugin")
         registry.reset()
         try:
@@ -125,7 +145,9 @@ def test_plugin_that_fails_to_import_is_named(tmp_path, monkeypatch):
     finally:
         sys.modules.pop("broken_formats_module_xyz", None)
     message = str(info.value)
-    assert message.startswith("plugin 'broken (broken-formats)': failed to import entry point 'broken_formats_module_xyz'")
+    assert message.startswith(
+        "plugin 'broken (broken-formats)': failed to import entry point 'broken_formats_module_xyz'"
+    )
     assert "RuntimeError: missing dependency foo" in message and plugins.ALLOWLIST_ENV in message
     monkeypatch.setenv(plugins.ALLOWLIST_ENV, "")  # an empty allowlist loads nothing
     plugins.load_entry_points(manager, plugins.GROUP)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from conftest import read_hh_rows
+
 from dataset_formats import PreferencePair, RecordError, TemplateError
 from dataset_formats.adapters.hh_rlhf import HHRLHFAdapter
 from dataset_formats.rendering import (
@@ -73,13 +73,16 @@ def test_shipped_template_matches_transformers_apply_chat_template(name):
 
     tok = PreTrainedTokenizerFast(
         tokenizer_object=Tokenizer(models.WordLevel({"<unk>": 0, "<s>": 1, "</s>": 2}, unk_token="<unk>")),
-        bos_token="<s>", eos_token="</s>",
+        bos_token="<s>",
+        eos_token="</s>",
     )
     template = load_chat_template(name)
     for gen in (False, True):
         msgs = CONVERSATION if gen else CONVERSATION + [{"role": "assistant", "content": "4"}]
         ours = template.render(msgs, add_generation_prompt=gen, bos_token="<s>", eos_token="</s>")
-        theirs = tok.apply_chat_template(msgs, chat_template=template.source, tokenize=False, add_generation_prompt=gen)
+        theirs = tok.apply_chat_template(
+            msgs, chat_template=template.source, tokenize=False, add_generation_prompt=gen
+        )
         assert ours == theirs
 
 
@@ -106,7 +109,9 @@ def test_template_from_file_and_from_tokenizer(tmp_path):
 
     assert load_chat_template("tokenizer", Tok()).render(CONVERSATION[1:2], bos_token="[B]") == "[B]Hi"
     Tok.chat_template = None
-    with pytest.raises(TemplateError, match="tokenizer 'tiny' has no chat_template; pick a shipped one: .*chatml"):
+    with pytest.raises(
+        TemplateError, match="tokenizer 'tiny' has no chat_template; pick a shipped one: .*chatml"
+    ):
         load_chat_template("tokenizer", Tok())
     with pytest.raises(TemplateError, match="needs a tokenizer"):
         load_chat_template("tokenizer")
@@ -167,6 +172,8 @@ def test_raise_exception_loopcontrols_and_generation_tag():
     )
     out = ChatTemplate("t", source).render(CONVERSATION[:3])
     assert out.startswith("Hi[Hello!][")
+    arithmetic = "{{ 3 * 4 }} {{ 2 ** 10 }} {{ 'ab' * 2 }} {{ [0] * 2 }} {{ range(3) | list }}"
+    assert ChatTemplate("t", arithmetic).render([]) == "12 1024 abab [0, 0] [0, 1, 2]"
     with pytest.raises(TemplateRowError, match="'t' refused the messages: too long"):
         ChatTemplate("t", source).render(CONVERSATION * 3)
 
@@ -174,7 +181,9 @@ def test_raise_exception_loopcontrols_and_generation_tag():
 def test_render_pair_text_pairs_concatenate_and_ignore_templates():
     chatml = load_chat_template("chatml")
     explicit = PreferencePair("The sky is", " blue.", " green.")
-    assert render_pair(explicit, chatml) == RenderedPair("The sky is", "The sky is blue.", "The sky is green.")
+    assert render_pair(explicit, chatml) == RenderedPair(
+        "The sky is", "The sky is blue.", "The sky is green."
+    )
     implicit = PreferencePair(None, "The sky is blue.", "The sky is green.")
     assert render_pair(implicit, None) == RenderedPair("", "The sky is blue.", "The sky is green.")
 
@@ -185,9 +194,15 @@ def test_render_pair_conversational_with_template():
     assert out.prompt == EXPECTED["zephyr"]
     assert out.chosen == EXPECTED["zephyr"] + "4</s>\n"
     assert out.rejected == EXPECTED["zephyr"] + "5</s>\n"
-    implicit = PreferencePair(None, CONVERSATION[1:3], CONVERSATION[1:2] + [{"role": "assistant", "content": "Hey"}])
+    implicit = PreferencePair(
+        None, CONVERSATION[1:3], CONVERSATION[1:2] + [{"role": "assistant", "content": "Hey"}]
+    )
     out = render_pair(implicit, load_chat_template("chatml"))
-    assert out.prompt == "" and out.chosen.endswith("Hello!<|im_end|>\n") and out.rejected.endswith("Hey<|im_end|>\n")
+    assert (
+        out.prompt == ""
+        and out.chosen.endswith("Hello!<|im_end|>\n")
+        and out.rejected.endswith("Hey<|im_end|>\n")
+    )
 
 
 def test_render_pair_falls_back_to_shared_text_when_template_rewrites_history():
@@ -199,7 +214,9 @@ def test_render_pair_falls_back_to_shared_text_when_template_rewrites_history():
     )
     pair = PreferencePair([{"role": "user", "content": "Hi"}], "Hello", "Hey")
     out = render_pair(pair, ChatTemplate("thinking", source))
-    assert out == RenderedPair("user: Hi\nassistant: He", "user: Hi\nassistant: Hello\n", "user: Hi\nassistant: Hey\n")
+    assert out == RenderedPair(
+        "user: Hi\nassistant: He", "user: Hi\nassistant: Hello\n", "user: Hi\nassistant: Hey\n"
+    )
 
 
 def test_hh_default_matches_the_shipped_jinja_template_on_real_rows():

@@ -17,7 +17,9 @@ def require(row: Mapping[str, Any], field: str) -> Any:
     value = row.get(field, _MISSING) if isinstance(row, Mapping) else _MISSING
     if value is _MISSING or value is None:
         present = ", ".join(map(str, row)) if isinstance(row, Mapping) else type(row).__name__
-        raise RecordError(f"required field is missing (row has: {present})", field=field, reason="missing_field")
+        raise RecordError(
+            f"required field is missing (row has: {present})", field=field, reason="missing_field"
+        )
     return value
 
 
@@ -28,7 +30,10 @@ def text(row: Mapping[str, Any], field: str, *, optional: bool = False) -> str |
     value = require(row, field)
     if not isinstance(value, str):
         raise RecordError(
-            f"expected a string, got {type(value).__name__} {_short(value)}", field=field, reason="wrong_type", value=value
+            f"expected a string, got {type(value).__name__} {_short(value)}",
+            field=field,
+            reason="wrong_type",
+            value=value,
         )
     return value
 
@@ -49,18 +54,31 @@ def as_number(value: Any, field: str) -> float:
         try:
             value = float(value)
         except ValueError:
-            raise RecordError(f"expected a number, got {value!r}", field=field, reason="wrong_type", value=value) from None
+            raise RecordError(
+                f"expected a number, got {value!r}", field=field, reason="wrong_type", value=value
+            ) from None
     if not isinstance(value, (int, float)):
         raise RecordError(
-            f"expected a number, got {type(value).__name__} {_short(value)}", field=field, reason="wrong_type", value=value
+            f"expected a number, got {type(value).__name__} {_short(value)}",
+            field=field,
+            reason="wrong_type",
+            value=value,
         )
     if not math.isfinite(value):
-        raise RecordError(f"expected a finite number, got {value!r}", field=field, reason="wrong_type", value=value)
+        raise RecordError(
+            f"expected a finite number, got {value!r}", field=field, reason="wrong_type", value=value
+        )
     return float(value)
 
 
-def messages(value: Any, field: str, *, role_key: str = "role", content_key: str = "content",
-             role_map: Mapping[str, str] | None = None) -> list[Message]:
+def messages(
+    value: Any,
+    field: str,
+    *,
+    role_key: str = "role",
+    content_key: str = "content",
+    role_map: Mapping[str, str] | None = None,
+) -> list[Message]:
     """Validate a list of message objects and return plain ``{"role", "content"}`` dicts.
 
     Args:
@@ -73,38 +91,60 @@ def messages(value: Any, field: str, *, role_key: str = "role", content_key: str
     if not isinstance(value, list):
         raise RecordError(
             f"expected a list of {{{role_key}, {content_key}}} messages, got {type(value).__name__} {_short(value)}",
-            field=field, reason="wrong_type", value=value,
+            field=field,
+            reason="wrong_type",
+            value=value,
         )
-    return [message(m, f"{field}[{i}]", role_key=role_key, content_key=content_key, role_map=role_map)
-            for i, m in enumerate(value)]
+    return [
+        message(m, f"{field}[{i}]", role_key=role_key, content_key=content_key, role_map=role_map)
+        for i, m in enumerate(value)
+    ]
 
 
-def message(m: Any, field: str, *, role_key: str = "role", content_key: str = "content",
-            role_map: Mapping[str, str] | None = None) -> Message:
+def message(
+    m: Any,
+    field: str,
+    *,
+    role_key: str = "role",
+    content_key: str = "content",
+    role_map: Mapping[str, str] | None = None,
+) -> Message:
     """Validate one message object (see :func:`messages`)."""
     if not isinstance(m, Mapping):
         raise RecordError(
-            f"expected a {{{role_key}, {content_key}}} object, got {_short(m)}", field=field, reason="wrong_type", value=m
+            f"expected a {{{role_key}, {content_key}}} object, got {_short(m)}",
+            field=field,
+            reason="wrong_type",
+            value=m,
         )
     for key in (role_key, content_key):
         if key not in m or m[key] is None:
-            raise RecordError(f"message has no {key!r} key: {_short(dict(m))}", field=field, reason="missing_field", value=m)
+            raise RecordError(
+                f"message has no {key!r} key: {_short(dict(m))}", field=field, reason="missing_field", value=m
+            )
     role, content = m[role_key], m[content_key]
     mapped = role_map.get(role, None) if role_map is not None and isinstance(role, str) else role
     if mapped not in ROLES:
         valid = ", ".join(role_map) if role_map is not None else ", ".join(ROLES)
-        raise RecordError(f"unknown role {role!r}; use one of {valid}", field=f"{field}.{role_key}",
-                          reason="unknown_role", value=role)
+        raise RecordError(
+            f"unknown role {role!r}; use one of {valid}",
+            field=f"{field}.{role_key}",
+            reason="unknown_role",
+            value=role,
+        )
     if not isinstance(content, str):
         raise RecordError(
             f"message {content_key} must be a string, got {type(content).__name__} {_short(content)}",
-            field=f"{field}.{content_key}", reason="wrong_type", value=content,
+            field=f"{field}.{content_key}",
+            reason="wrong_type",
+            value=content,
         )
     return {"role": mapped, "content": content}
 
 
-def check_responses(chosen: Any, rejected: Any, *, allow_empty: bool = False,
-                    fields: tuple[str, str] = ("chosen", "rejected")) -> None:
+def check_responses(
+    chosen: Any, rejected: Any, *, allow_empty: bool = False, fields: tuple[str, str] = ("chosen", "rejected")
+) -> None:
     """Reject a pair whose responses are empty (``empty_response``) or the same (``identical_pair``).
 
     Responses equal after stripping surrounding whitespace count as identical: they carry no
@@ -116,14 +156,18 @@ def check_responses(chosen: Any, rejected: Any, *, allow_empty: bool = False,
             if not content.strip():
                 raise RecordError(
                     f"the response is empty ({content!r}); fix the row or pass --option allow_empty_response=true",
-                    field=field, reason="empty_response", value=value,
+                    field=field,
+                    reason="empty_response",
+                    value=value,
                 )
     c, r = _flat(chosen), _flat(rejected)
     if c.strip() == r.strip():
         raise RecordError(
             f"chosen and rejected are the same response ({_short(_content(chosen))}); "
             "a pair needs two different responses",
-            field=fields[1], reason="identical_pair", value=rejected,
+            field=fields[1],
+            reason="identical_pair",
+            value=rejected,
         )
 
 

@@ -42,12 +42,16 @@ class AxolotlBTAdapter(FormatAdapter):
         chosen = _fields.text(row, "chosen")
         rejected = _fields.text(row, "rejected")
         _fields.check_responses(chosen, rejected, allow_empty=options.allow_empty_response)
-        prompt = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+        prompt = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": user}
+        ]
         return [PreferencePair(prompt, chosen, rejected)]
 
     def detect(self, columns: list[str], sample: list[dict[str, Any]]) -> bool:
-        return super().detect(columns, sample) and "instruction" not in columns and all(
-            isinstance(r.get("chosen"), str) for r in sample
+        return (
+            super().detect(columns, sample)
+            and "instruction" not in columns
+            and all(isinstance(r.get("chosen"), str) for r in sample)
         )
 
 

@@ -13,7 +13,13 @@ from ..records import Message, PreferencePair
 from . import _fields
 
 #: ShareGPT role names accepted in ``{"from", "value"}`` messages.
-SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+SHAREGPT_ROLES = {
+    "system": "system",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+}
 
 
 @dataclass
@@ -44,12 +50,16 @@ def read_reply(value: Any, field: str) -> list[Message]:
         value = [value]
     msgs = read_messages(value, field)
     if not msgs:
-        raise RecordError("the reply is an empty list of messages", field=field, reason="empty_response", value=value)
+        raise RecordError(
+            "the reply is an empty list of messages", field=field, reason="empty_response", value=value
+        )
     for i, m in enumerate(msgs):
         if m["role"] != "assistant":
             raise RecordError(
                 f"a reply must consist of assistant messages, got role {m['role']!r}",
-                field=f"{field}[{i}]", reason="unknown_role", value=m["role"],
+                field=f"{field}[{i}]",
+                reason="unknown_role",
+                value=m["role"],
             )
     return msgs
 

@@ -61,13 +61,17 @@ def parse_transcript(text: str, field: str) -> Transcript:
     if cut < 0:
         raise RecordError(
             f"transcript has no {ASSISTANT!r} turn: {_fields._short(text)}",
-            field=field, reason="missing_assistant_turn", value=text,
+            field=field,
+            reason="missing_assistant_turn",
+            value=text,
         )
-    history, response = body[:cut], body[cut + len(ASSISTANT):]
+    history, response = body[:cut], body[cut + len(ASSISTANT) :]
     if HUMAN in response:
         raise RecordError(
             f"transcript ends with a Human turn, so there is no final assistant response: {_fields._short(text[-80:])}",
-            field=field, reason="malformed_transcript", value=text,
+            field=field,
+            reason="malformed_transcript",
+            value=text,
         )
     parts = _TURN.split(history)
     prompt: list[Message] = []
@@ -79,7 +83,7 @@ def parse_transcript(text: str, field: str) -> Transcript:
 
 
 def _drop_space(text: str) -> str:
-    return text[1:] if text.startswith(" ") else text
+    return text.removeprefix(" ")
 
 
 class HHRLHFAdapter(FormatAdapter):
@@ -100,12 +104,16 @@ class HHRLHFAdapter(FormatAdapter):
                 at = len(_prefix(chosen.history, rejected.history))
                 raise RecordError(
                     f"the dialogue before the final assistant turn differs between chosen and rejected "
-                    f"(from character {at}: {_fields._short(chosen.history[at:at + 40])} vs "
-                    f"{_fields._short(rejected.history[at:at + 40])}); pass --option on_prompt_mismatch=implicit "
+                    f"(from character {at}: {_fields._short(chosen.history[at : at + 40])} vs "
+                    f"{_fields._short(rejected.history[at : at + 40])}); pass --option on_prompt_mismatch=implicit "
                     "to keep such rows as two whole conversations",
-                    field="rejected", reason="prompt_mismatch", value=rejected_text,
+                    field="rejected",
+                    reason="prompt_mismatch",
+                    value=rejected_text,
                 )
-            _fields.check_responses(chosen.response, rejected.response, allow_empty=options.allow_empty_response)
+            _fields.check_responses(
+                chosen.response, rejected.response, allow_empty=options.allow_empty_response
+            )
             whole_c = chosen.prompt + [{"role": "assistant", "content": chosen.response}]
             whole_r = rejected.prompt + [{"role": "assistant", "content": rejected.response}]
             return [PreferencePair(None, whole_c, whole_r, meta={"prompt_mismatch": True})]

@@ -63,7 +63,9 @@ class LlamaFactoryAdapter(FormatAdapter):
     """
 
     name = "llamafactory"
-    description = "LLaMA-Factory ranking rows: alpaca (instruction/input/chosen/rejected) or sharegpt (conversations)"
+    description = (
+        "LLaMA-Factory ranking rows: alpaca (instruction/input/chosen/rejected) or sharegpt (conversations)"
+    )
     Options = LlamaFactoryOptions
     required_fields = ("chosen", "rejected")
 
@@ -75,8 +77,12 @@ class LlamaFactoryAdapter(FormatAdapter):
             prompt, chosen, rejected = self._sharegpt(row, options)
         else:
             prompt, chosen, rejected = self._alpaca(row, options)
-        _fields.check_responses(chosen, rejected, allow_empty=options.allow_empty_response,
-                                fields=(options.chosen, options.rejected))
+        _fields.check_responses(
+            chosen,
+            rejected,
+            allow_empty=options.allow_empty_response,
+            fields=(options.chosen, options.rejected),
+        )
         return [PreferencePair(prompt, chosen, rejected)]
 
     def _alpaca(self, row: Mapping[str, Any], o: LlamaFactoryOptions) -> tuple[list[Message], str, str]:
@@ -89,13 +95,24 @@ class LlamaFactoryAdapter(FormatAdapter):
         history = row.get(o.history)
         if history:
             if not isinstance(history, list):
-                raise RecordError(f"expected a list of [user, assistant] turns, got {_fields._short(history)}",
-                                  field=o.history, reason="wrong_type", value=history)
+                raise RecordError(
+                    f"expected a list of [user, assistant] turns, got {_fields._short(history)}",
+                    field=o.history,
+                    reason="wrong_type",
+                    value=history,
+                )
             for i, turn in enumerate(history):
-                if (not isinstance(turn, (list, tuple)) or len(turn) != 2
-                        or not all(isinstance(t, str) for t in turn)):
-                    raise RecordError(f"expected a [user, assistant] pair of strings, got {_fields._short(turn)}",
-                                      field=f"{o.history}[{i}]", reason="wrong_type", value=turn)
+                if (
+                    not isinstance(turn, (list, tuple))
+                    or len(turn) != 2
+                    or not all(isinstance(t, str) for t in turn)
+                ):
+                    raise RecordError(
+                        f"expected a [user, assistant] pair of strings, got {_fields._short(turn)}",
+                        field=f"{o.history}[{i}]",
+                        reason="wrong_type",
+                        value=turn,
+                    )
                 prompt += [{"role": "user", "content": turn[0]}, {"role": "assistant", "content": turn[1]}]
         user = "\n".join(t for t in (instruction, query) if t)
         prompt.append({"role": "user", "content": user})
@@ -117,18 +134,28 @@ class LlamaFactoryAdapter(FormatAdapter):
                 raise RecordError(
                     f"turns must alternate {o.user_tag}/{o.assistant_tag} starting with {o.user_tag}; "
                     f"turn {i} is {m['role']!r}",
-                    field=f"{o.messages}[{i}]", reason="bad_turn_order", value=m["role"],
+                    field=f"{o.messages}[{i}]",
+                    reason="bad_turn_order",
+                    value=m["role"],
                 )
         if not turns or turns[-1]["role"] != "user":
-            raise RecordError(f"the conversation must end with a {o.user_tag!r} turn before chosen/rejected",
-                              field=o.messages, reason="bad_turn_order", value=len(turns))
+            raise RecordError(
+                f"the conversation must end with a {o.user_tag!r} turn before chosen/rejected",
+                field=o.messages,
+                reason="bad_turn_order",
+                value=len(turns),
+            )
         prompt += turns
         replies = []
         for field in (o.chosen, o.rejected):
             reply = _fields.message(_fields.require(row, field), field, **kw)
             if reply["role"] != "assistant":
-                raise RecordError(f"{field} must be a {o.assistant_tag!r} message, got role {reply['role']!r}",
-                                  field=f"{field}.{o.role_tag}", reason="unknown_role", value=reply["role"])
+                raise RecordError(
+                    f"{field} must be a {o.assistant_tag!r} message, got role {reply['role']!r}",
+                    field=f"{field}.{o.role_tag}",
+                    reason="unknown_role",
+                    value=reply["role"],
+                )
             replies.append(reply["content"])
         return prompt, replies[0], replies[1]
 
@@ -174,22 +201,30 @@ def resolve_dataset_info(path: str | Path, name: str) -> tuple[Path, dict[str, s
         raise InputFileError(str(info_path), "dataset_info must be a JSON object of dataset entries")
     ranking = sorted(k for k, v in info.items() if isinstance(v, dict) and v.get("ranking"))
     if name not in info:
-        raise OptionError(f"{info_path}: no dataset {name!r}; its ranking datasets: {', '.join(ranking) or 'none'}")
+        raise OptionError(
+            f"{info_path}: no dataset {name!r}; its ranking datasets: {', '.join(ranking) or 'none'}"
+        )
     entry = info[name]
     if not isinstance(entry, dict) or not entry.get("ranking"):
         raise OptionError(
-            f"{info_path}: dataset {name!r} is not a ranking dataset (no \"ranking\": true), so it has no "
+            f'{info_path}: dataset {name!r} is not a ranking dataset (no "ranking": true), so it has no '
             f"chosen/rejected pairs; its ranking datasets: {', '.join(ranking) or 'none'}"
         )
     if "file_name" not in entry:
-        source = next((entry[k] for k in ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url") if k in entry), None)
-        raise OptionError(f"{info_path}: dataset {name!r} has no local file_name (it points at {source!r}); "
-                          "download it and add a file_name entry")
+        source = next(
+            (entry[k] for k in ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url") if k in entry), None
+        )
+        raise OptionError(
+            f"{info_path}: dataset {name!r} has no local file_name (it points at {source!r}); "
+            "download it and add a file_name entry"
+        )
     options: dict[str, str] = {"formatting": entry.get("formatting", "alpaca")}
     for key, value in (entry.get("columns") or {}).items():
         if key in _UNSUPPORTED_COLUMNS:
-            raise OptionError(f"{info_path}: dataset {name!r} has a {key!r} column, which reward-model "
-                              "conversion does not support")
+            raise OptionError(
+                f"{info_path}: dataset {name!r} has a {key!r} column, which reward-model "
+                "conversion does not support"
+            )
         if key in _COLUMN_OPTIONS:
             options[key] = value
     for key, value in (entry.get("tags") or {}).items():

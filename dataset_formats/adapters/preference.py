@@ -26,7 +26,9 @@ class PreferenceOptions:
     allow_empty_response: bool = False
 
 
-def split_common_prompt(chosen: list[Message], rejected: list[Message]) -> tuple[list[Message] | None, list, list]:
+def split_common_prompt(
+    chosen: list[Message], rejected: list[Message]
+) -> tuple[list[Message] | None, list, list]:
     """Split two whole conversations into (shared prompt messages, chosen rest, rejected rest).
 
     The prompt is the longest common run of messages that ends before an assistant message in
@@ -36,8 +38,10 @@ def split_common_prompt(chosen: list[Message], rejected: list[Message]) -> tuple
     while k < min(len(chosen), len(rejected)) and chosen[k] == rejected[k]:
         k += 1
     while k > 0 and not (
-        k < len(chosen) and k < len(rejected)
-        and chosen[k]["role"] == "assistant" and rejected[k]["role"] == "assistant"
+        k < len(chosen)
+        and k < len(rejected)
+        and chosen[k]["role"] == "assistant"
+        and rejected[k]["role"] == "assistant"
         and chosen[k - 1]["role"] != "assistant"
     ):
         k -= 1
@@ -80,14 +84,18 @@ def read_preference(
             raise RecordError(
                 f"prompt must be text or a list of messages, got {type(prompt_raw).__name__} "
                 f"{_fields._short(prompt_raw)}",
-                field=prompt_field, reason="wrong_type", value=prompt_raw,
+                field=prompt_field,
+                reason="wrong_type",
+                value=prompt_raw,
             )
     else:
         chosen = _fields.text(row, chosen_field)
         if isinstance(rejected_raw, list):
             raise RecordError(
                 "rejected is a list of messages but chosen is text; give both in the same layout",
-                field=rejected_field, reason="wrong_type", value=rejected_raw,
+                field=rejected_field,
+                reason="wrong_type",
+                value=rejected_raw,
             )
         rejected = _fields.text(row, rejected_field)
         prompt = _fields.text(row, prompt_field, optional=True)
@@ -106,7 +114,9 @@ class PreferenceAdapter(FormatAdapter):
     """
 
     name = "preference"
-    description = "TRL preference rows: prompt?/chosen/rejected as text or {role, content} messages, optional margin"
+    description = (
+        "TRL preference rows: prompt?/chosen/rejected as text or {role, content} messages, optional margin"
+    )
     Options = PreferenceOptions
     required_fields = ("chosen", "rejected")
 

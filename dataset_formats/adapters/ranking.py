@@ -76,7 +76,9 @@ class RankingAdapter(FormatAdapter):
     """
 
     name = "ranking"
-    description = "K ranked/scored completions (UltraFeedback completions, Nectar answers) -> pairs by strategy"
+    description = (
+        "K ranked/scored completions (UltraFeedback completions, Nectar answers) -> pairs by strategy"
+    )
     Options = RankingOptions
     required_fields = ()
 
@@ -86,15 +88,27 @@ class RankingAdapter(FormatAdapter):
         prompt_text = _fields.text(row, prompt_field)
         items = _fields.require(row, list_field)
         if not isinstance(items, list):
-            raise RecordError(f"expected a list of completions, got {type(items).__name__}",
-                              field=list_field, reason="wrong_type", value=items)
+            raise RecordError(
+                f"expected a list of completions, got {type(items).__name__}",
+                field=list_field,
+                reason="wrong_type",
+                value=items,
+            )
         scored, counts = self._scored(items, list_field, options)
         if len(scored) < 2:
-            raise RecordError(f"needs at least 2 usable completions, found {len(scored)}",
-                              field=list_field, reason="too_few_completions", value=len(scored))
+            raise RecordError(
+                f"needs at least 2 usable completions, found {len(scored)}",
+                field=list_field,
+                reason="too_few_completions",
+                value=len(scored),
+            )
         if len({s for _, s in scored}) == 1:
-            raise RecordError(f"all {len(scored)} completions tie (score {scored[0][1]:g}); no preference to learn",
-                              field=list_field, reason="all_tied", value=scored[0][1])
+            raise RecordError(
+                f"all {len(scored)} completions tie (score {scored[0][1]:g}); no preference to learn",
+                field=list_field,
+                reason="all_tied",
+                value=scored[0][1],
+            )
         prompt = read_prompt(prompt_text)
         pairs, ties = self._select(scored, options, prompt_text)
         counts["ties_dropped"] = ties
@@ -102,8 +116,12 @@ class RankingAdapter(FormatAdapter):
         counts["identical_dropped"] = len(identical)
         pairs = [p for p in pairs if p[0].strip() != p[1].strip()]
         if not pairs:
-            raise RecordError("every candidate pair has two identical texts", field=list_field,
-                              reason="identical_pair", value=None)
+            raise RecordError(
+                "every candidate pair has two identical texts",
+                field=list_field,
+                reason="identical_pair",
+                value=None,
+            )
         out = [PreferencePair(prompt, c, r) for c, r in pairs]
         out[0].meta.update(counts)
         return out
@@ -117,30 +135,46 @@ class RankingAdapter(FormatAdapter):
             if not isinstance(items, list) or not items or not isinstance(items[0], Mapping):
                 return False
             first = items[0]
-            if not any(k in first for k in _TEXT_KEYS) or not any(k in first for k in _SCORE_KEYS + _RANK_KEYS):
+            if not any(k in first for k in _TEXT_KEYS) or not any(
+                k in first for k in _SCORE_KEYS + _RANK_KEYS
+            ):
                 return False
         return True
 
-    def _scored(self, items: list, field: str, options: RankingOptions) -> tuple[list[tuple[str, float]], dict]:
+    def _scored(
+        self, items: list, field: str, options: RankingOptions
+    ) -> tuple[list[tuple[str, float]], dict]:
         scored: list[tuple[str, float]] = []
         counts = {"unscored_dropped": 0, "empty_dropped": 0}
         for i, item in enumerate(items):
             where = f"{field}[{i}]"
             if not isinstance(item, Mapping):
-                raise RecordError(f"expected a completion object, got {_fields._short(item)}",
-                                  field=where, reason="wrong_type", value=item)
+                raise RecordError(
+                    f"expected a completion object, got {_fields._short(item)}",
+                    field=where,
+                    reason="wrong_type",
+                    value=item,
+                )
             text_key = _pick(_TEXT_KEYS, item, options.text_key)
             if text_key is None:
-                raise RecordError(f"completion has no text key ({', '.join(_TEXT_KEYS)}); set --option text_key=...",
-                                  field=where, reason="missing_field", value=dict(item))
+                raise RecordError(
+                    f"completion has no text key ({', '.join(_TEXT_KEYS)}); set --option text_key=...",
+                    field=where,
+                    reason="missing_field",
+                    value=dict(item),
+                )
             text = _fields.text(item, text_key) or ""
             score_key = _pick(_SCORE_KEYS, item, options.score_key)
             rank_key = None if score_key else _pick(_RANK_KEYS, item, options.rank_key)
             key = score_key or rank_key
             if key is None:
-                raise RecordError(f"completion has no score or rank ({', '.join(_SCORE_KEYS + _RANK_KEYS)}); "
-                                  "set --option score_key=... or rank_key=...",
-                                  field=where, reason="missing_field", value=dict(item))
+                raise RecordError(
+                    f"completion has no score or rank ({', '.join(_SCORE_KEYS + _RANK_KEYS)}); "
+                    "set --option score_key=... or rank_key=...",
+                    field=where,
+                    reason="missing_field",
+                    value=dict(item),
+                )
             raw = item.get(key)
             if raw is None or (isinstance(raw, str) and raw.strip().upper() in ("", "N/A", "NA", "NAN")):
                 counts["unscored_dropped"] += 1
@@ -152,7 +186,9 @@ class RankingAdapter(FormatAdapter):
             scored.append((text, -value if key == rank_key else value))
         return scored, counts
 
-    def _select(self, scored: list[tuple[str, float]], options: RankingOptions, prompt: str) -> tuple[list, int]:
+    def _select(
+        self, scored: list[tuple[str, float]], options: RankingOptions, prompt: str
+    ) -> tuple[list, int]:
         order = sorted(range(len(scored)), key=lambda i: -scored[i][1])  # stable: ties keep input order
         best = order[0]
         best_s = scored[best][1]
@@ -161,7 +197,7 @@ class RankingAdapter(FormatAdapter):
         if options.strategy == "all-pairs":
             pairs, ties = [], 0
             for a, i in enumerate(order):
-                for j in order[a + 1:]:
+                for j in order[a + 1 :]:
                     if scored[i][1] == scored[j][1]:
                         ties += 1
                     else:

@@ -22,25 +22,42 @@ from .preference import read_preference
 
 #: Llama 2 (Touvron et al., 2023, Table 28): margin per preference rating, two variants.
 LLAMA2_MARGINS = {
-    "small": {"significantly better": 1.0, "better": 2 / 3, "slightly better": 1 / 3, "negligibly better": 0.0},
+    "small": {
+        "significantly better": 1.0,
+        "better": 2 / 3,
+        "slightly better": 1 / 3,
+        "negligibly better": 0.0,
+    },
     "large": {"significantly better": 3.0, "better": 2.0, "slightly better": 1.0, "negligibly better": 0.0},
 }
-_LABEL_ALIASES = {"unsure": "negligibly better", "negligibly better or unsure": "negligibly better",
-                  "negligibly better/unsure": "negligibly better", "negligibly better / unsure": "negligibly better"}
+_LABEL_ALIASES = {
+    "unsure": "negligibly better",
+    "negligibly better or unsure": "negligibly better",
+    "negligibly better/unsure": "negligibly better",
+    "negligibly better / unsure": "negligibly better",
+}
 
 
 def llama2_margin(label: Any, table: str, field: str = "label") -> float:
     """The margin of a Llama 2 rating (``"significantly better"`` ... ``"negligibly better / unsure"``)."""
     if not isinstance(label, str):
-        raise RecordError(f"expected a rating string, got {type(label).__name__} {label!r}",
-                          field=field, reason="wrong_type", value=label)
+        raise RecordError(
+            f"expected a rating string, got {type(label).__name__} {label!r}",
+            field=field,
+            reason="wrong_type",
+            value=label,
+        )
     key = re.sub(r"[\s_-]+", " ", label.strip().lower())
     key = _LABEL_ALIASES.get(key, key)
     margins = LLAMA2_MARGINS[table]
     if key not in margins:
         valid = ", ".join(repr(k) for k in [*margins, "unsure"])
-        raise RecordError(f"unknown Llama 2 rating {label!r}; use one of {valid}",
-                          field=field, reason="unknown_label", value=label)
+        raise RecordError(
+            f"unknown Llama 2 rating {label!r}; use one of {valid}",
+            field=field,
+            reason="unknown_label",
+            value=label,
+        )
     return margins[key]
 
 
@@ -104,7 +121,9 @@ class ScorePairAdapter(FormatAdapter):
     """Rows with ``score_chosen``/``score_rejected`` (ultrafeedback_binarized) → margin = scaled difference."""
 
     name = "score-pair"
-    description = "preference rows with score_chosen/score_rejected (ultrafeedback_binarized) -> margin = difference"
+    description = (
+        "preference rows with score_chosen/score_rejected (ultrafeedback_binarized) -> margin = difference"
+    )
     Options = ScorePairOptions
     required_fields = ("chosen", "rejected", "score_chosen", "score_rejected")
     produces_margin = True
@@ -114,12 +133,22 @@ class ScorePairAdapter(FormatAdapter):
         sc = _fields.number(row, "score_chosen")
         sr = _fields.number(row, "score_rejected")
         if sc == sr and options.ties == "reject":
-            raise RecordError(f"score_chosen and score_rejected are equal ({sc:g}); pass --option ties=keep "
-                              "to keep ties with margin 0", field="score_rejected", reason="tie", value=sr)
+            raise RecordError(
+                f"score_chosen and score_rejected are equal ({sc:g}); pass --option ties=keep "
+                "to keep ties with margin 0",
+                field="score_rejected",
+                reason="tie",
+                value=sr,
+            )
         if sc < sr:
             if options.order == "reject":
-                raise RecordError(f"score_chosen {sc:g} is below score_rejected {sr:g}; pass --option order=swap "
-                                  "to trust the scores", field="score_chosen", reason="score_order", value=sc)
+                raise RecordError(
+                    f"score_chosen {sc:g} is below score_rejected {sr:g}; pass --option order=swap "
+                    "to trust the scores",
+                    field="score_chosen",
+                    reason="score_order",
+                    value=sc,
+                )
             chosen, rejected, sc, sr = rejected, chosen, sr, sc
         return [PreferencePair(prompt, chosen, rejected, margin=options.scale * (sc - sr))]
 
@@ -148,7 +177,9 @@ class SHPAdapter(FormatAdapter):
     """Stanford Human Preferences rows: ``history``, ``human_ref_A/B``, ``score_A/B``, ``labels`` (1: A preferred)."""
 
     name = "shp"
-    description = "Stanford SHP rows: history, human_ref_A/B, score_A/B, labels -> margin from the score ratio"
+    description = (
+        "Stanford SHP rows: history, human_ref_A/B, score_A/B, labels -> margin from the score ratio"
+    )
     Options = SHPOptions
     required_fields = ("history", "human_ref_A", "human_ref_B", "score_A", "score_B", "labels")
     produces_margin = True
@@ -159,21 +190,39 @@ class SHPAdapter(FormatAdapter):
         score_a, score_b = _fields.number(row, "score_A"), _fields.number(row, "score_B")
         label = _fields.require(row, "labels")
         if label not in (0, 1) or isinstance(label, float) and not label.is_integer():
-            raise RecordError(f"labels must be 1 (A preferred) or 0 (B preferred), got {label!r}",
-                              field="labels", reason="wrong_type", value=label)
+            raise RecordError(
+                f"labels must be 1 (A preferred) or 0 (B preferred), got {label!r}",
+                field="labels",
+                reason="wrong_type",
+                value=label,
+            )
         if score_a == score_b:
-            raise RecordError(f"score_A and score_B are equal ({score_a:g}); SHP pairs need different scores",
-                              field="score_B", reason="tie", value=score_b)
+            raise RecordError(
+                f"score_A and score_B are equal ({score_a:g}); SHP pairs need different scores",
+                field="score_B",
+                reason="tie",
+                value=score_b,
+            )
         if (score_a > score_b) != (label == 1):
-            raise RecordError(f"labels={label!r} disagrees with score_A={score_a:g}, score_B={score_b:g}",
-                              field="labels", reason="label_mismatch", value=label)
-        (win, win_s), (lose, lose_s) = ((ref_a, score_a), (ref_b, score_b)) if label == 1 else ((ref_b, score_b), (ref_a, score_a))
+            raise RecordError(
+                f"labels={label!r} disagrees with score_A={score_a:g}, score_B={score_b:g}",
+                field="labels",
+                reason="label_mismatch",
+                value=label,
+            )
+        (win, win_s), (lose, lose_s) = (
+            ((ref_a, score_a), (ref_b, score_b)) if label == 1 else ((ref_b, score_b), (ref_a, score_a))
+        )
         fields = ("human_ref_A", "human_ref_B") if label == 1 else ("human_ref_B", "human_ref_A")
         _fields.check_responses(win, lose, allow_empty=options.allow_empty_response, fields=fields)
         ratio = max(win_s, 1.0) / max(lose_s, 1.0)
         if ratio < options.min_score_ratio:
-            raise RecordError(f"score ratio {ratio:.3g} is below min_score_ratio={options.min_score_ratio:g}",
-                              field="score_B" if label == 1 else "score_A", reason="low_score_ratio", value=ratio)
+            raise RecordError(
+                f"score ratio {ratio:.3g} is below min_score_ratio={options.min_score_ratio:g}",
+                field="score_B" if label == 1 else "score_A",
+                reason="low_score_ratio",
+                value=ratio,
+            )
         margin = math.log(ratio) if options.margin == "log_ratio" else win_s - lose_s
         prompt: list[Message] = [{"role": "user", "content": history}]
         return [PreferencePair(prompt, win, lose, margin=options.scale * margin)]
@@ -223,7 +272,9 @@ class HelpSteer2Adapter(FormatAdapter):
     """
 
     name = "helpsteer2"
-    description = "HelpSteer2 preference rows: prompt, response_1/2, preference_strength -3..3 -> margin = |strength|"
+    description = (
+        "HelpSteer2 preference rows: prompt, response_1/2, preference_strength -3..3 -> margin = |strength|"
+    )
     Options = HelpSteer2Options
     required_fields = ("prompt", "response_1", "response_2", "preference_strength")
     produces_margin = True
@@ -237,14 +288,26 @@ class HelpSteer2Adapter(FormatAdapter):
         r1, r2 = _fields.text(row, "response_1"), _fields.text(row, "response_2")
         strength = _fields.number(row, options.strength_field)
         if not strength.is_integer() or not -3 <= strength <= 3:
-            raise RecordError(f"preference strength must be an integer from -3 to 3, got {strength:g}",
-                              field=options.strength_field, reason="out_of_range", value=strength)
+            raise RecordError(
+                f"preference strength must be an integer from -3 to 3, got {strength:g}",
+                field=options.strength_field,
+                reason="out_of_range",
+                value=strength,
+            )
         if strength == 0:
-            raise RecordError("preference strength 0 means the responses are about the same",
-                              field=options.strength_field, reason="tie", value=strength)
+            raise RecordError(
+                "preference strength 0 means the responses are about the same",
+                field=options.strength_field,
+                reason="tie",
+                value=strength,
+            )
         if abs(strength) < options.min_strength:
-            raise RecordError(f"|preference strength| {abs(strength):g} is below min_strength={options.min_strength}",
-                              field=options.strength_field, reason="weak_preference", value=strength)
+            raise RecordError(
+                f"|preference strength| {abs(strength):g} is below min_strength={options.min_strength}",
+                field=options.strength_field,
+                reason="weak_preference",
+                value=strength,
+            )
         chosen, rejected = (r1, r2) if strength < 0 else (r2, r1)
         fields = ("response_1", "response_2") if strength < 0 else ("response_2", "response_1")
         _fields.check_responses(chosen, rejected, allow_empty=options.allow_empty_response, fields=fields)
