@@ -245,6 +245,18 @@ class RewardTrainer(Trainer):
         Standard layout: chosen and rejected rows are stacked along the batch dimension (padded to
         one length) and scored at their last attended token.
         """
+        if "input_ids_chosen" not in inputs and "input_ids" in inputs:
+            # TRL's DataCollatorForPreference layout: chosen rows, then rejected rows, in one tensor.
+            rewards = self._score_reader.rewards(
+                model, input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
+            )
+            return rewards.chunk(2)
+        missing = [key for key in PAIR_COLUMNS if key not in inputs]
+        if missing:
+            raise DataError(
+                f"the batch has no {', '.join(missing)}; it holds {', '.join(sorted(inputs))}: use "
+                "RewardDataCollatorWithPadding (the default) or a collator that returns the four pair columns"
+            )
         chosen_ids, rejected_ids = inputs["input_ids_chosen"], inputs["input_ids_rejected"]
         chosen_mask, rejected_mask = inputs["attention_mask_chosen"], inputs["attention_mask_rejected"]
         length = max(chosen_ids.shape[1], rejected_ids.shape[1])
@@ -267,7 +279,7 @@ class RewardTrainer(Trainer):
         )
         if model.training:
             gathered = self.accelerator.gather(torch.stack([rewards_chosen.detach(), rewards_rejected.detach()], 1))
-            self._train_rewards.append(gathered.float().cpu())
+            self._train_rewards.append(gathered.float())  # moved to the CPU once per log, not per step
         if return_outputs:
             return loss, {"rewards_chosen": rewards_chosen, "rewards_rejected": rewards_rejected}
         return loss
@@ -288,7 +300,7 @@ class RewardTrainer(Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._train_rewards:
-            rewards = torch.cat(self._train_rewards)
+            rewards = torch.cat(self._train_rewards).cpu()
             logs.update(reward_metrics(rewards[:, 0], rewards[:, 1]))
             self._train_rewards.clear()
         super().log(logs, start_time)

@@ -149,3 +149,14 @@ def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError) as info:
         RewardDataCollatorWithPadding(**kwargs)
     assert str(info.value) == message
+
+
+def test_documented_examples_run():
+    import doctest
+    from pathlib import Path
+
+    import reward_plugin.collator
+
+    docs = Path(__file__).resolve().parents[1] / "docs" / "training.md"
+    assert doctest.testfile(str(docs), module_relative=False).failed == 0
+    assert doctest.testmod(reward_plugin.collator).failed == 0

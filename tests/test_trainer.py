@@ -379,3 +379,20 @@ def test_argument_errors(tmp_path, tiny_llama, bpe_tokenizer):
         from transformers import TrainingArguments
 
         RewardTrainer(model=tiny_llama, args=TrainingArguments(output_dir=str(tmp_path)), train_dataset=data)
+
+
+def test_trl_style_batches_and_unknown_batches(tmp_path, tiny_llama, bpe_tokenizer):
+    data = tokenized_pairs(bpe_tokenizer, n=4, max_length=16)
+    trainer = RewardTrainer(model=tiny_llama, args=config(tmp_path, bf16=False), train_dataset=data,
+                            processing_class=bpe_tokenizer)
+    ours = trainer.data_collator(list(data))
+    trl_layout = {
+        "input_ids": torch.cat([ours["input_ids_chosen"], ours["input_ids_rejected"]]),
+        "attention_mask": torch.cat([ours["attention_mask_chosen"], ours["attention_mask_rejected"]]),
+    }
+    with torch.no_grad():
+        a = trainer.compute_rewards(trainer.model, ours)
+        b = trainer.compute_rewards(trainer.model, trl_layout)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    with pytest.raises(DataError, match=r"the batch has no input_ids_chosen, .*; it holds labels, pixel_values"):
+        trainer.compute_rewards(trainer.model, {"pixel_values": torch.zeros(1), "labels": torch.zeros(1)})
