@@ -108,3 +108,20 @@ def test_fixture_row(name, case):
     assert got == expected
     for pair in pairs:
         check_invariants(adapter, pair)
+
+
+def _doc_sections() -> dict[str, str]:
+    text = (Path(__file__).resolve().parents[1] / "docs" / "formats.md").read_text(encoding="utf-8")
+    parts = text.split("\n## ")[1:]
+    return {part.split("\n", 1)[0].strip(): part for part in parts}
+
+
+@pytest.mark.parametrize("name", [i.name for i in list_formats() if i.distribution == "built-in"])
+def test_docs_have_a_section_per_built_in_adapter_naming_every_option(name):
+    import dataclasses
+
+    section = _doc_sections().get(name)
+    assert section is not None, f"docs/formats.md has no '## {name}' section"
+    assert "```json" in section, "the section needs an input example"
+    for field in dataclasses.fields(get_format(name).Options):
+        assert f"`{field.name}`" in section, f"option {field.name!r} of {name!r} is not documented"
