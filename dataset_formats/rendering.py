@@ -227,6 +227,10 @@ class ChatTemplate:
     def __repr__(self) -> str:
         return f"ChatTemplate({self.name!r})"
 
+    def __reduce__(self):
+        # Compiled Jinja templates do not pickle; worker processes (spawn) recompile the source.
+        return (ChatTemplate, (self.name, self.source))
+
     def render(
         self, messages: list[Message], add_generation_prompt: bool = False, **special_tokens: Any
     ) -> str:
@@ -324,7 +328,7 @@ def load_chat_template(spec: str | None, tokenizer: Any = None) -> ChatTemplate 
         path = shipped
     else:
         path = Path(spec).expanduser()
-    key = str(path.resolve()) if path.exists() else str(path)
+    key = f"{path.resolve()}:{path.stat().st_mtime_ns}" if path.is_file() else str(path)
     if key in _loaded:
         return _loaded[key]
     try:

@@ -118,6 +118,15 @@ def test_template_from_file_and_from_tokenizer(tmp_path):
     assert load_chat_template(None) is None
 
 
+def test_templates_pickle_for_worker_processes():
+    import pickle
+
+    template = load_chat_template("llama3")
+    copy = pickle.loads(pickle.dumps(template))
+    assert (copy.name, copy.source) == ("llama3", template.source)
+    assert copy.render(CONVERSATION, True, bos_token="<|begin_of_text|>") == EXPECTED["llama3"]
+
+
 def test_unknown_template_name_lists_the_shipped_ones(tmp_path):
     with pytest.raises(TemplateError) as info:
         load_chat_template("chatmll")
