@@ -114,10 +114,12 @@ class HHRLHFAdapter(FormatAdapter):
             _fields.check_responses(
                 chosen.response, rejected.response, allow_empty=options.allow_empty_response
             )
-            whole_c = chosen.prompt + [{"role": "assistant", "content": chosen.response}]
-            whole_r = rejected.prompt + [{"role": "assistant", "content": rejected.response}]
+            whole_c = chosen.prompt + [_assistant(chosen.response)]
+            whole_r = rejected.prompt + [_assistant(rejected.response)]
             return [PreferencePair(None, whole_c, whole_r, meta={"prompt_mismatch": True})]
         _fields.check_responses(chosen.response, rejected.response, allow_empty=options.allow_empty_response)
+        if not chosen.prompt:  # no dialogue before the answer: keep the answers as assistant turns
+            return [PreferencePair(None, [_assistant(chosen.response)], [_assistant(rejected.response)])]
         return [PreferencePair(chosen.prompt, chosen.response, rejected.response)]
 
     def detect(self, columns: list[str], sample: list[dict[str, Any]]) -> bool:
@@ -125,6 +127,10 @@ class HHRLHFAdapter(FormatAdapter):
             return False
         texts = [r.get(k) for r in sample for k in ("chosen", "rejected")]
         return bool(texts) and all(isinstance(t, str) and ASSISTANT in t and "Human:" in t for t in texts)
+
+
+def _assistant(text: str) -> Message:
+    return {"role": "assistant", "content": text}
 
 
 def _prefix(a: str, b: str) -> str:
