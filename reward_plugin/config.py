@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from transformers import TrainingArguments
 
@@ -97,7 +97,7 @@ class RewardConfig(TrainingArguments):
     Set ``bf16=False`` explicitly for bit-for-bit comparisons (the TRL parity test does).
     """
 
-    _VALID_DICT_FIELDS = [*TrainingArguments._VALID_DICT_FIELDS, "model_init_kwargs"]
+    _VALID_DICT_FIELDS: ClassVar[list[str]] = [*TrainingArguments._VALID_DICT_FIELDS, "model_init_kwargs"]
 
     # --- TrainingArguments fields with different defaults ---
     logging_steps: float = field(

@@ -124,6 +124,7 @@ def _from_text(
     import itertools
 
     import datasets
+
     import dataset_formats
     from dataset_formats.convert import encode_rows
 
@@ -170,7 +171,7 @@ def _check_margin(dataset: Any, name: str) -> None:
     if not features or MARGIN_COLUMN not in features:
         return
     dtype = getattr(features[MARGIN_COLUMN], "dtype", None)
-    if dtype is None or not (dtype.startswith("float") or dtype.startswith("int")):
+    if dtype is None or not (dtype.startswith(("float", "int"))):
         raise DataError(
             f"the {name} dataset's {MARGIN_COLUMN!r} column has type {features[MARGIN_COLUMN]!r}; it must be "
             "a number per pair (how much better chosen is), cast it to float or drop the column"

@@ -106,10 +106,10 @@ def render_model_card(
         lines += [
             "## Reward statistics",
             "",
-            f"Over the {reward_stats.get('split', '?')} set ({reward_stats.get('num_pairs', '?')} pairs), the rewards "
+            (f"Over the {reward_stats.get('split', '?')} set ({reward_stats.get('num_pairs', '?')} pairs), the rewards "
             f"have mean {_fmt(reward_stats.get('mean'))} and standard deviation {_fmt(reward_stats.get('std'))}. "
             "They are saved in `reward_stats.json` and as `reward_mean`/`reward_std` in `config.json`; "
-            "normalise rewards for RLHF with `(reward - reward_mean) / reward_std`.",
+            "normalise rewards for RLHF with `(reward - reward_mean) / reward_std`."),
             "",
         ]
     if metrics:

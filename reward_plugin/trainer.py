@@ -71,7 +71,6 @@ class RewardTrainer(Trainer):
     """
 
     loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
-    _tag_names = ["reward-plugin", "reward-model"]
 
     def __init__(
         self,

@@ -11,21 +11,21 @@ from conftest import tokenized_pairs
 
 peft = pytest.importorskip("peft")
 
-from reward_plugin import ConfigError, RewardConfig, RewardTrainer  # noqa: E402
+from reward_plugin import ConfigError, RewardConfig, RewardTrainer
 
 
 def args(tmp_path, **overrides):
-    kwargs = dict(
-        output_dir=str(tmp_path / "out"),
-        max_steps=3,
-        per_device_train_batch_size=4,
-        learning_rate=1e-2,
-        logging_steps=1,
-        report_to="none",
-        save_strategy="no",
-        disable_tqdm=True,
-        bf16=False,
-    )
+    kwargs = {
+        "output_dir": str(tmp_path / "out"),
+        "max_steps": 3,
+        "per_device_train_batch_size": 4,
+        "learning_rate": 1e-2,
+        "logging_steps": 1,
+        "report_to": "none",
+        "save_strategy": "no",
+        "disable_tqdm": True,
+        "bf16": False,
+    }
     kwargs.update(overrides)
     return RewardConfig(**kwargs)
 

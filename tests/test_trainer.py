@@ -19,17 +19,17 @@ from reward_plugin.sampler import LengthGroupedPairSampler
 
 
 def config(tmp_path, **overrides) -> RewardConfig:
-    kwargs = dict(
-        output_dir=str(tmp_path / "out"),
-        max_steps=4,
-        per_device_train_batch_size=4,
-        per_device_eval_batch_size=4,
-        learning_rate=1e-3,
-        logging_steps=1,
-        report_to="none",
-        save_strategy="no",
-        disable_tqdm=True,
-    )
+    kwargs = {
+        "output_dir": str(tmp_path / "out"),
+        "max_steps": 4,
+        "per_device_train_batch_size": 4,
+        "per_device_eval_batch_size": 4,
+        "learning_rate": 1e-3,
+        "logging_steps": 1,
+        "report_to": "none",
+        "save_strategy": "no",
+        "disable_tqdm": True,
+    }
     kwargs.update(overrides)
     return RewardConfig(**kwargs)
 
@@ -181,7 +181,7 @@ def eos_terminated_pairs(tokenizer, n=6):
     """Pairs whose sequences end with EOS, of different lengths (so padding is needed)."""
     rows = read_hh_rows(n)
     eos = tokenizer.eos_token_id
-    enc = lambda text, k: tokenizer(text[-k:])["input_ids"] + [eos]  # noqa: E731
+    enc = lambda text, k: tokenizer(text[-k:])["input_ids"] + [eos]
     data = {"input_ids_chosen": [], "attention_mask_chosen": [], "input_ids_rejected": [], "attention_mask_rejected": []}
     for i, row in enumerate(rows):
         for side, k in (("chosen", 60 + 15 * i), ("rejected", 40 + 9 * i)):

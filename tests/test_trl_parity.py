@@ -19,23 +19,23 @@ from conftest import tokenized_pairs
 
 trl = pytest.importorskip("trl")
 
-from reward_plugin import RewardConfig, RewardTrainer  # noqa: E402
+from reward_plugin import RewardConfig, RewardTrainer
 
 STEPS = 10
-COMMON = dict(
-    max_steps=STEPS,
-    per_device_train_batch_size=4,
-    learning_rate=1e-3,
-    logging_steps=1,
-    seed=7,
-    bf16=False,
-    max_length=None,
-    report_to="none",
-    save_strategy="no",
-    disable_tqdm=True,
-    gradient_checkpointing=True,
-    disable_dropout=True,
-)
+COMMON = {
+    "max_steps": STEPS,
+    "per_device_train_batch_size": 4,
+    "learning_rate": 1e-3,
+    "logging_steps": 1,
+    "seed": 7,
+    "bf16": False,
+    "max_length": None,
+    "report_to": "none",
+    "save_strategy": "no",
+    "disable_tqdm": True,
+    "gradient_checkpointing": True,
+    "disable_dropout": True,
+}
 
 
 def losses(trainer) -> list[float]:
@@ -66,7 +66,7 @@ def assert_parity(ours: list[float], reference: list[float]) -> None:
     for step, (a, b) in enumerate(zip(ours, reference), start=1):
         assert abs(a - b) <= 1e-4, f"step {step}: ours {a!r} vs TRL {b!r}"
     # The run must actually train, or equal losses would prove little.
-    assert len(set(round(x, 6) for x in ours)) > 1
+    assert len({round(x, 6) for x in ours}) > 1
 
 
 def test_tiny_llama_matches_trl(tmp_path, tiny_llama, bpe_tokenizer):
