@@ -1,0 +1,279 @@
+"""Data sources of a run: files named in a config, loaded as tokenized preference pairs.
+
+A source is a tokenized table (``.parquet``, ``.arrow`` or a ``datasets.save_to_disk`` folder
+with the four pair columns, or current TRL's ``chosen_ids``/``rejected_ids``), loaded as it is,
+or raw preference data in any dataset-toolkit format, converted on the fly with
+:func:`dataset_formats.convert.convert` and the run's tokenizer. In a config a source is written
+as a path, a list of paths, or a mapping::
+
+    train_data: data/train.parquet
+    train_data: {path: raw.jsonl.gz, format: hh-rlhf}
+    train_data: {dataset_info: data/dataset_info.json, dataset: dpo_en_demo}   # LLaMA-Factory
+    train_data: [a.parquet, {path: b.jsonl, format: chat, options: {messages: turns}}]
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..collator import MARGIN_COLUMN, PAIR_COLUMNS
+from ..data import is_tokenized, prepare_dataset
+from ..errors import ConfigError, DataError
+
+logger = logging.getLogger(__name__)
+
+#: Keys of a source mapping.
+SOURCE_KEYS = ("path", "format", "options", "on_error", "dataset_info", "dataset", "max_samples")
+_TABLE_SUFFIXES = (".parquet", ".pq", ".arrow")
+
+
+@dataclass
+class DataSource:
+    """One data file (or several in the same format) of a run.
+
+    Attributes:
+        paths: the files or ``datasets`` folders.
+        format: the dataset-toolkit format of raw files; None means the run's ``dataset_format``.
+        options: adapter options (``--option KEY=VALUE`` of ``reward-plugin convert``).
+        on_error: ``raise`` (stop at the first bad row) or ``skip`` (count and drop bad rows).
+        max_samples: keep only the first this many pairs.
+    """
+
+    paths: list[str]
+    format: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    on_error: str = "raise"
+    max_samples: int | None = None
+
+
+def parse_sources(value: Any, key: str) -> list[DataSource]:
+    """Read the config value of ``key`` (``train_data``, ``eval_data``) into sources.
+
+    Raises:
+        ConfigError: a value of the wrong shape, an unknown key, or a LLaMA-Factory entry that
+            cannot be resolved.
+    """
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise ConfigError(f"`{key}` is an empty list; give at least one data file")
+    sources: list[DataSource] = []
+    for i, item in enumerate(items):
+        where = key if len(items) == 1 and not isinstance(value, list) else f"{key}[{i}]"
+        if isinstance(item, (str, Path)):
+            sources.append(DataSource([str(item)]))
+        elif isinstance(item, Mapping):
+            sources.append(_source_from_mapping(item, where))
+        else:
+            raise ConfigError(
+                f"`{where}` must be a path or a mapping with `path` (and `format`, `options`), got {item!r}"
+            )
+    return sources
+
+
+def _source_from_mapping(item: Mapping[str, Any], where: str) -> DataSource:
+    unknown = [k for k in item if k not in SOURCE_KEYS]
+    if unknown:
+        raise ConfigError(f"`{where}` has an unknown key {unknown[0]!r}; its keys: {', '.join(SOURCE_KEYS)}")
+    options = item.get("options") or {}
+    if not isinstance(options, Mapping):
+        raise ConfigError(f"`{where}.options` must be a mapping of adapter options, got {options!r}")
+    options = dict(options)
+    fmt = item.get("format")
+    if "dataset_info" in item or "dataset" in item:
+        if not (item.get("dataset_info") and item.get("dataset")):
+            raise ConfigError(f"`{where}`: `dataset_info` and `dataset` go together; give both")
+        if "path" in item:
+            raise ConfigError(f"`{where}`: give `path` or `dataset_info` + `dataset`, not both")
+        from dataset_formats.adapters.llamafactory import resolve_dataset_info
+
+        data_file, info_options = resolve_dataset_info(item["dataset_info"], str(item["dataset"]))
+        paths = [str(data_file)]
+        fmt = fmt or "llamafactory"
+        options = {**info_options, **options}
+    else:
+        path = item.get("path")
+        if not path:
+            raise ConfigError(f"`{where}` needs a `path` (or `dataset_info` and `dataset`)")
+        paths = [str(p) for p in path] if isinstance(path, list) else [str(path)]
+    on_error = item.get("on_error", "raise")
+    if on_error not in ("raise", "skip"):
+        raise ConfigError(f"`{where}.on_error` must be 'raise' or 'skip', got {on_error!r}")
+    max_samples = item.get("max_samples")
+    if max_samples is not None and (
+        not isinstance(max_samples, int) or isinstance(max_samples, bool) or max_samples < 1
+    ):
+        raise ConfigError(f"`{where}.max_samples` must be a positive integer, got {max_samples!r}")
+    if fmt is not None and not isinstance(fmt, str):
+        raise ConfigError(
+            f"`{where}.format` must be a format name (see `reward-plugin formats`), got {fmt!r}"
+        )
+    return DataSource(paths, fmt, options, on_error, max_samples)
+
+
+def load_sources(
+    sources: list[DataSource],
+    *,
+    tokenizer: Any,
+    dataset_format: str = "auto",
+    chat_template: str | None = None,
+    max_length: int | None = None,
+    truncation: str = "left",
+    num_proc: int | None = None,
+    name: str = "train",
+) -> Any:
+    """Load ``sources`` as one ``datasets.Dataset`` of tokenized pairs (four columns, ``margin`` if any).
+
+    Args:
+        sources: from :func:`parse_sources`.
+        tokenizer: tokenizes raw sources (tokenized tables do not need it).
+        dataset_format: format of raw sources that name none (``"auto"`` detects it).
+        chat_template, max_length, truncation: conversion settings of raw sources.
+        num_proc: conversion worker processes.
+        name: ``"train"`` or ``"eval"``, used in messages.
+
+    Returns:
+        The concatenated dataset.
+
+    Raises:
+        DataError: a source gives no pairs, or a raw source needs a tokenizer that is missing.
+        dataset_formats.DatasetFormatError: a file cannot be read or converted (names file and row).
+    """
+    import datasets
+
+    parts = []
+    for source in sources:
+        part = _load_source(
+            source,
+            tokenizer=tokenizer,
+            dataset_format=dataset_format,
+            chat_template=chat_template,
+            max_length=max_length,
+            truncation=truncation,
+            num_proc=num_proc,
+            name=name,
+        )
+        if source.max_samples is not None and len(part) > source.max_samples:
+            part = part.select(range(source.max_samples))
+        parts.append(part)
+    if len(parts) == 1:
+        return parts[0]
+    with_margin = any(MARGIN_COLUMN in p.column_names for p in parts)
+    keep = [*PAIR_COLUMNS, MARGIN_COLUMN] if with_margin else list(PAIR_COLUMNS)
+    aligned = []
+    for part in parts:
+        if with_margin and MARGIN_COLUMN not in part.column_names:
+            part = part.add_column(MARGIN_COLUMN, [0.0] * len(part))
+        part = part.select_columns(keep)
+        aligned.append(part.cast(aligned[0].features) if aligned else part)
+    return datasets.concatenate_datasets(aligned)
+
+
+def _load_source(
+    source: DataSource,
+    *,
+    tokenizer: Any,
+    dataset_format: str,
+    chat_template: str | None,
+    max_length: int | None,
+    truncation: str,
+    num_proc: int | None,
+    name: str,
+) -> Any:
+    tables = [_load_table(Path(p)) for p in source.paths]
+    if all(t is not None for t in tables):
+        import datasets
+
+        dataset = tables[0] if len(tables) == 1 else datasets.concatenate_datasets(tables)
+        return prepare_dataset(
+            dataset, tokenizer=None, max_length=max_length, truncation=truncation, name=name
+        )
+    if tokenizer is None:
+        raise DataError(
+            f"{source.paths[0]} holds raw preference data; converting it needs a tokenizer: set `tokenizer` or a "
+            "`model` whose folder has one, or convert it first with `reward-plugin convert`"
+        )
+    from dataset_formats.convert import convert
+
+    fmt = source.format or dataset_format
+    with tempfile.TemporaryDirectory(prefix="reward-plugin-") as tmp:
+        output = Path(tmp) / f"{name}.parquet"
+        stats = convert(
+            source.paths,
+            output,
+            format=fmt,
+            tokenizer=tokenizer,
+            chat_template=chat_template,
+            max_length=max_length,
+            truncation=truncation,
+            on_error=source.on_error,
+            num_proc=num_proc or 1,
+            format_options=source.options,
+        )
+        logger.info("%s data converted from %s:\n%s", name, ", ".join(source.paths), stats.summary())
+        if stats.rows_written == 0:
+            raise DataError(
+                f"{source.paths[0]}: no pairs after conversion as {stats.format!r} rows ({stats.summary()}); check "
+                "`format` and `max_length`"
+            )
+        dataset = _read_parquet(output)
+    return dataset
+
+
+def _read_parquet(path: Path) -> Any:
+    import datasets
+    import pyarrow.parquet as pq
+
+    return datasets.Dataset(datasets.table.InMemoryTable(pq.read_table(path)))
+
+
+def _load_table(path: Path) -> Any:
+    """A tokenized table as a ``datasets.Dataset``, or None when ``path`` holds raw data."""
+    import datasets
+
+    if path.is_dir() and any((path / f).exists() for f in ("state.json", "dataset_dict.json")):
+        loaded = datasets.load_from_disk(str(path))
+        if isinstance(loaded, datasets.DatasetDict):
+            raise ConfigError(
+                f"{path} is a DatasetDict with splits {', '.join(loaded)}; point at one split's folder "
+                f"({path / next(iter(loaded))})"
+            )
+        # Raw rows in a datasets folder are converted like any other raw input.
+        return loaded if is_tokenized(loaded.column_names) else None
+    suffix = path.suffix.lower()
+    if suffix not in _TABLE_SUFFIXES or not path.is_file():
+        return None
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if suffix == ".arrow":
+        try:
+            table = _read_arrow(path)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise DataError(f"{path}: not an Arrow IPC file or stream ({exc})") from exc
+        return (
+            datasets.Dataset(datasets.table.InMemoryTable(table))
+            if is_tokenized(table.column_names)
+            else None
+        )
+    try:
+        names = pq.read_schema(path).names
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"{path}: not a readable Parquet file ({exc})") from exc
+    return _read_parquet(path) if is_tokenized(names) else None
+
+
+def _read_arrow(path: Path) -> Any:
+    import pyarrow as pa
+
+    with pa.memory_map(str(path)) as source:
+        try:
+            return pa.ipc.open_stream(source).read_all()
+        except pa.ArrowInvalid:
+            pass
+    with pa.memory_map(str(path)) as source:
+        return pa.ipc.open_file(source).read_all()
