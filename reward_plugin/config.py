@@ -13,6 +13,8 @@ from .errors import ConfigError
 
 #: Values of ``RewardConfig.pair_batching``.
 PAIR_BATCHING_MODES = ("standard", "prefix_shared", "packed", "auto")
+#: Values of ``RewardConfig.dataset_on_error``.
+ON_ERROR_CHOICES = ("skip", "raise")
 #: Values of ``RewardConfig.truncation``.
 TRUNCATION_SIDES = ("left", "right")
 
@@ -70,6 +72,9 @@ class RewardConfig(TrainingArguments):
         truncation: the side cut when a sequence is too long: ``"left"`` keeps the end of the
             conversation, where chosen and rejected differ, ``"right"`` keeps the beginning.
         dataset_format: the dataset-toolkit format of text-level data, or ``"auto"`` to detect it.
+        dataset_format_options: options of that format (``reward-plugin formats`` lists them).
+        dataset_on_error: ``"skip"`` drops text rows the toolkit rejects (counted in a warning),
+            ``"raise"`` stops at the first.
         chat_template: chat template for conversational text data: a bundled template name
             (``chatml``, ``llama3``, ...), a path to a ``.jinja`` file, or ``None`` for the tokenizer's own.
         dataset_num_proc: worker processes for dataset preparation.
@@ -97,7 +102,11 @@ class RewardConfig(TrainingArguments):
     Set ``bf16=False`` explicitly for bit-for-bit comparisons (the TRL parity test does).
     """
 
-    _VALID_DICT_FIELDS: ClassVar[list[str]] = [*TrainingArguments._VALID_DICT_FIELDS, "model_init_kwargs"]
+    _VALID_DICT_FIELDS: ClassVar[list[str]] = [
+        *TrainingArguments._VALID_DICT_FIELDS,
+        "model_init_kwargs",
+        "dataset_format_options",
+    ]
 
     # --- TrainingArguments fields with different defaults ---
     logging_steps: float = field(
@@ -157,6 +166,21 @@ class RewardConfig(TrainingArguments):
         metadata={
             "help": "Dataset-toolkit format of text-level data (see `reward-plugin formats`), or 'auto' to detect "
             "it. Ignored for tokenized data."
+        },
+    )
+    dataset_format_options: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={
+            "help": "Options of the dataset-toolkit format (a dict or JSON string), e.g. "
+            '{"allow_empty_response": true}; see `reward-plugin formats`.'
+        },
+    )
+    dataset_on_error: str = field(
+        default="skip",
+        metadata={
+            "help": "What a text row the toolkit cannot read does: 'skip' drops it (a warning counts the rows "
+            "dropped, by reason), 'raise' stops with the row's error.",
+            "choices": list(ON_ERROR_CHOICES),
         },
     )
     chat_template: str | None = field(
@@ -233,6 +257,10 @@ class RewardConfig(TrainingArguments):
         if self.truncation not in TRUNCATION_SIDES:
             raise ConfigError(
                 f"`truncation` must be one of {', '.join(TRUNCATION_SIDES)}, got {self.truncation!r}"
+            )
+        if self.dataset_on_error not in ON_ERROR_CHOICES:
+            raise ConfigError(
+                f"`dataset_on_error` must be one of {', '.join(ON_ERROR_CHOICES)}, got {self.dataset_on_error!r}"
             )
         if self.pair_batching not in PAIR_BATCHING_MODES:
             raise ConfigError(

@@ -48,6 +48,8 @@ def prepare_dataset(
     max_length: int | None = None,
     truncation: str = "left",
     chat_template: str | None = None,
+    format_options: dict[str, Any] | None = None,
+    on_error: str = "skip",
     num_proc: int | None = None,
     name: str = "train",
 ) -> Any:
@@ -61,6 +63,9 @@ def prepare_dataset(
             data is cut by the collator (a warning counts the pairs affected).
         truncation: ``"left"`` or ``"right"``, the side that is cut.
         chat_template: template for conversational text data (toolkit template name or path).
+        format_options: options of the toolkit format.
+        on_error: ``"skip"`` drops text rows the toolkit rejects (a warning counts them by
+            reason); ``"raise"`` raises :class:`DataError` at the first.
         num_proc: worker processes for ``Dataset.map``.
         name: ``"train"``, ``"eval"`` or an eval-set key, used in messages.
 
@@ -87,6 +92,8 @@ def prepare_dataset(
             max_length=max_length,
             truncation=truncation,
             chat_template=chat_template,
+            format_options=format_options,
+            on_error=on_error,
             name=name,
         )
     _check_margin(prepared, name)
@@ -119,6 +126,8 @@ def _from_text(
     max_length: int | None,
     truncation: str,
     chat_template: str | None,
+    format_options: dict[str, Any] | None,
+    on_error: str,
     name: str,
 ) -> Any:
     import itertools
@@ -156,11 +165,24 @@ def _from_text(
             chat_template=chat_template,
             max_length=max_length,
             truncation=truncation,
+            on_error=on_error,
+            format_options=format_options,
             source=f"{name} dataset",
         )
     except dataset_formats.DatasetFormatError as exc:
-        raise DataError(f"the {name} dataset could not be read as {fmt!r} rows: {exc}") from exc
+        raise DataError(f"{exc} (reading the {name} dataset as {fmt!r} rows)") from exc
     logger.info("%s dataset converted as %r rows:\n%s", name, fmt, stats.summary())
+    if stats.rows_rejected:
+        reasons = ", ".join(f"{reason}: {count}" for reason, count in sorted(stats.rejected_by_reason.items()))
+        logger.warning(
+            "%s dataset: skipped %d of %d %r rows the toolkit could not use (%s); set dataset_on_error='raise' "
+            "to stop at the first",
+            name,
+            stats.rows_rejected,
+            stats.rows_read,
+            fmt,
+            reasons,
+        )
     if table.num_rows == 0:
         raise DataError(f"the {name} dataset gave no pairs when read as {fmt!r} rows: {stats.summary()}")
     return datasets.Dataset(table)

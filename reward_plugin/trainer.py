@@ -163,7 +163,7 @@ class RewardTrainer(Trainer):
         self.model_accepts_loss_kwargs = False
         self.can_return_loss = True
         self.label_names = []
-        self._train_rewards: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._train_rewards: list[torch.Tensor] = []  # (pairs, 2) rewards since the last log
         self.reward_stats: dict[str, Any] | None = None
         self._uses_margin = any(
             MARGIN_COLUMN in column_names(ds)
@@ -195,6 +195,8 @@ class RewardTrainer(Trainer):
             max_length=self.args.max_length,
             truncation=self.args.truncation,
             chat_template=self.args.chat_template,
+            format_options=self.args.dataset_format_options,
+            on_error=self.args.dataset_on_error,
             num_proc=self.args.dataset_num_proc,
             name=name,
         )

@@ -13,7 +13,7 @@ from reward_plugin.config import cpu_has_native_bf16
 REWARD_FIELDS = {
     "model_init_kwargs", "trust_remote_code", "disable_dropout", "max_length", "truncation", "dataset_format",
     "chat_template", "dataset_num_proc", "pad_to_multiple_of", "group_by_length", "pair_batching",
-    "center_rewards_coefficient", "save_reward_stats", "save_final_model",
+    "center_rewards_coefficient", "save_reward_stats", "save_final_model", "dataset_format_options", "dataset_on_error",
 }
 
 
@@ -58,10 +58,12 @@ def test_parser_turns_fields_into_flags(tmp_path):
         "--output_dir", str(tmp_path), "--max_length", "256", "--no_gradient_checkpointing",
         "--center_rewards_coefficient", "0.01", "--pair_batching", "auto", "--group_by_length",
         "--model_init_kwargs", '{"dtype": "float32"}', "--bf16", "false",
+        "--dataset_format_options", '{"allow_empty_response": true}',
     ])
     assert c.max_length == 256 and c.gradient_checkpointing is False and c.center_rewards_coefficient == 0.01
     assert c.pair_batching == "auto" and c.group_by_length is True and c.bf16 is False
     assert c.model_init_kwargs == {"dtype": "float32"}
+    assert c.dataset_format_options == {"allow_empty_response": True}
     (d,) = parser.parse_dict({"output_dir": str(tmp_path), "truncation": "right", "save_reward_stats": False})
     assert d.truncation == "right" and d.save_reward_stats is False
     assert "--pair_batching {standard,prefix_shared,packed,auto}" in parser.format_help()
@@ -76,6 +78,7 @@ def test_parser_turns_fields_into_flags(tmp_path):
         ("pad_to_multiple_of", -8, "`pad_to_multiple_of` must be a positive integer or None, got -8"),
         ("center_rewards_coefficient", -0.1, "`center_rewards_coefficient` must be a number >= 0 or None, got -0.1"),
         ("dataset_format", "", "`dataset_format` must be a format name or 'auto', got ''"),
+        ("dataset_on_error", "ignore", "`dataset_on_error` must be one of skip, raise, got 'ignore'"),
     ],
 )
 def test_validation(tmp_path, field, value, message):

@@ -396,3 +396,21 @@ def test_trl_style_batches_and_unknown_batches(tmp_path, tiny_llama, bpe_tokeniz
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     with pytest.raises(DataError, match=r"the batch has no input_ids_chosen, .*; it holds labels, pixel_values"):
         trainer.compute_rewards(trainer.model, {"pixel_values": torch.zeros(1), "labels": torch.zeros(1)})
+
+
+def test_bad_text_rows_are_skipped_with_a_warning_or_raised(tmp_path, tiny_llama, bpe_tokenizer, caplog):
+    def row(question, good, bad):
+        return {"chosen": f"\n\nHuman: {question}\n\nAssistant:{good}", "rejected": f"\n\nHuman: {question}\n\nAssistant:{bad}"}
+
+    rows = [row("What is 2+2?", " 4.", " 5."), row("Capital of France?", " Paris.", " Rome."),
+            row("Say hi", "", " Hi!"),  # an empty chosen response: the hh-rlhf adapter rejects the row
+            row("Spell cat", " c-a-t.", " k-a-t.")]
+    text = datasets.Dataset.from_list(rows)
+    with caplog.at_level("WARNING", logger="reward_plugin.data"):
+        trainer = RewardTrainer(model=tiny_llama, args=config(tmp_path, dataset_format="hh-rlhf"),
+                                train_dataset=text, processing_class=bpe_tokenizer)
+    assert len(trainer.train_dataset) == 3
+    assert "train dataset: skipped 1 of 4 'hh-rlhf' rows" in caplog.text
+    with pytest.raises(DataError, match=r"train dataset, row 2, field 'chosen'.*reading the train dataset as 'hh-rlhf'"):
+        RewardTrainer(model=tiny_llama, args=config(tmp_path, dataset_format="hh-rlhf", dataset_on_error="raise"),
+                      train_dataset=text, processing_class=bpe_tokenizer)
