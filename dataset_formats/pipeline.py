@@ -12,6 +12,7 @@ import numbers
 import multiprocessing
 import os
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -159,6 +160,20 @@ def _check_margin(pair: PreferencePair) -> None:
         )
 
 
+@dataclass
+class _Prepared:
+    """A batch after the adapter and rendering, waiting for tokenization."""
+
+    path: str
+    stats: ConvertStats
+    failures: list[tuple[int, int | None, RecordError]]
+    pairs: list[PreferencePair]
+    pair_index: list[int]
+    counts: dict[int, int]
+    rendered: list[Any]
+    good: list[int]
+
+
 class BatchProcessor:
     """Adapter + options + template + encoder: turns one batch of raw rows into an Arrow batch.
 
@@ -208,6 +223,10 @@ class BatchProcessor:
 
     def process(self, path: str, rows: RowBatch) -> BatchResult:
         """Run one batch; with ``raise_errors`` the first bad row (by row number) raises."""
+        return self.finish(self.prepare(path, rows))
+
+    def prepare(self, path: str, rows: RowBatch) -> _Prepared:
+        """The pure-Python half of a batch: adapter and rendering (failures are collected, not raised)."""
         stats = ConvertStats(rows_read=len(rows))
         failures: list[tuple[int, int | None, RecordError]] = []  # (row, pair index, error)
         pairs: list[PreferencePair] = []
@@ -240,14 +259,26 @@ class BatchProcessor:
                 failures.append((pair.row, pair_index[i], exc.locate(path, pair.row)))
                 continue
             good.append(i)
+        return _Prepared(path, stats, failures, pairs, pair_index, counts, rendered, good)
+
+    def finish(self, prep: _Prepared) -> BatchResult:
+        """Tokenize, apply the length policy and build the Arrow batch of a prepared batch."""
+        path, stats, failures, pairs, pair_index = (
+            prep.path,
+            prep.stats,
+            prep.failures,
+            prep.pairs,
+            prep.pair_index,
+        )
+        rendered = prep.rendered
         encoded = self.encoder.encode(
-            [rendered[i].prompt for i in good],
-            [rendered[i].chosen for i in good],
-            [rendered[i].rejected for i in good],
+            [rendered[i].prompt for i in prep.good],
+            [rendered[i].chosen for i in prep.good],
+            [rendered[i].rejected for i in prep.good],
         )
         written: list[int] = []
         kept = []
-        for i, enc in zip(good, encoded):
+        for i, enc in zip(prep.good, encoded):
             pair = pairs[i]
             if not enc.ok:
                 error = RecordError(
@@ -263,9 +294,9 @@ class BatchProcessor:
             fatal = [f for f in failures if f[2].reason not in POLICY_REASONS]
             if fatal:
                 raise min(fatal, key=lambda f: (f[0], f[1] or 0))[2]
-        return self._result(path, rows, pairs, written, kept, failures, counts, stats)
+        return self._result(path, pairs, written, kept, failures, prep.counts, stats)
 
-    def _result(self, path, rows, pairs, written, kept, failures, counts, stats) -> BatchResult:
+    def _result(self, path, pairs, written, kept, failures, counts, stats) -> BatchResult:
         rows_with_output = {pairs[i].row for i in written}
         truncated_rows = {pairs[i].row for i, enc in zip(written, kept) if enc.truncated}
         failures.sort(key=lambda f: (f[0], -1 if f[1] is None else f[1]))
@@ -323,8 +354,7 @@ def run_batches(
     At most ``2 * num_proc`` batches are in flight, so memory stays bounded on large inputs.
     """
     if num_proc <= 1:
-        for path, rows in batches:
-            yield processor.process(path, rows)
+        yield from _run_overlapped(processor, batches)
         return
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
@@ -345,6 +375,30 @@ def run_batches(
             os.environ.pop("TOKENIZERS_PARALLELISM", None)
         else:
             os.environ["TOKENIZERS_PARALLELISM"] = previous
+
+
+def _run_overlapped(
+    processor: BatchProcessor, batches: Iterable[tuple[str, RowBatch]]
+) -> Iterator[BatchResult]:
+    """One process: a helper thread reads, adapts and renders batch k+1 while batch k is tokenized.
+
+    The fast tokenizer releases the GIL while it encodes, so the Python half of the next batch
+    runs alongside it; results stay in input order.
+    """
+    source = iter(batches)
+
+    def prepare_next() -> _Prepared | None:
+        item = next(source, None)
+        return None if item is None else processor.prepare(*item)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="convert-prepare") as pool:
+        future = pool.submit(prepare_next)
+        while True:
+            prepared = future.result()
+            if prepared is None:
+                return
+            future = pool.submit(prepare_next)
+            yield processor.finish(prepared)
 
 
 def _checked(result: BatchResult) -> BatchResult:
