@@ -109,7 +109,7 @@ def unknown_key_error(key: str, known: list[str], where: str) -> ConfigError:
     hint = (
         f"; did you mean {', '.join(repr(k) for k in close)}?"
         if close
-        else ("; it is neither a stage key nor a RewardConfig field (see `reward-plugin train --help`)")
+        else f"; the reward stage reads {', '.join(STAGE_KEYS[1:])} and every RewardConfig field (docs/cli.md)"
     )
     return ConfigError(f"unknown key {key!r} in the {where} config{hint}")
 
