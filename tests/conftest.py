@@ -137,3 +137,23 @@ def tokenized_pairs(tokenizer, n: int = 16, max_length: int = 48, margin: bool =
     if margin:
         data["margin"] = [0.5 * (i % 3) for i in range(n)]
     return datasets.Dataset.from_dict(data)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, bpe_tokenizer) -> str:
+    """A folder holding a saved 2-layer Llama reward model (random, seeded) and the BPE tokenizer."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    torch.manual_seed(0)
+    config = tiny_llama_config(vocab_size=len(bpe_tokenizer), pad_token_id=bpe_tokenizer.pad_token_id)
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(folder)
+    bpe_tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    """Write ``rows`` as JSON lines to ``path`` and return it."""
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
