@@ -136,9 +136,21 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     plugins.set_defaults(func=run_plugins)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A handler that writes to whatever ``sys.stderr`` is when a record is emitted."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _configure_logging() -> None:
     """Our loggers at INFO on stderr (conversion stats, data sizes); libraries keep their own levels."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     for name in ("reward_plugin", "dataset_formats"):
         logger = logging.getLogger(name)
