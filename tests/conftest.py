@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -157,3 +158,26 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     """Write ``rows`` as JSON lines to ``path`` and return it."""
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     return path
+
+
+DOC_FILE_BLOCK = re.compile(r"<!-- file: (?P<name>[\w./-]+) -->\n```\w*\n(?P<body>.*?)\n```", re.DOTALL)
+
+
+def doc_files(doc: Path) -> dict[str, str]:
+    """The files a doc page spells out as ``<!-- file: NAME -->`` followed by a fenced block."""
+    return {m["name"]: m["body"] + "\n" for m in DOC_FILE_BLOCK.finditer(doc.read_text(encoding="utf-8"))}
+
+
+def pip_install_doc_package(doc: Path, root: Path) -> Path:
+    """Write the package files of ``doc`` into ``root/pkg`` and pip-install them (offline, no deps)
+    into the target folder ``root/site``, which is returned (put it on ``sys.path`` to import)."""
+    import subprocess
+
+    package, target = root / "pkg", root / "site"
+    package.mkdir(parents=True)
+    for name, body in doc_files(doc).items():
+        (package / name).write_text(body, encoding="utf-8")
+    command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation"]
+    command += ["--no-index", "--disable-pip-version-check", "--target", str(target), str(package)]
+    subprocess.run(command, check=True, capture_output=True, text=True, timeout=300)
+    return target

@@ -5,54 +5,23 @@ from __future__ import annotations
 
 import importlib
 import math
-import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import doc_files, pip_install_doc_package
 
 from dataset_formats import detect_format, get_format, list_formats, plugins, registry
 from dataset_formats.rendering import render_pair
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
-FILE_BLOCK = re.compile(r"<!-- file: (?P<name>[\w./-]+) -->\n```\w*\n(?P<body>.*?)\n```", re.DOTALL)
-
-
-def doc_files() -> dict[str, str]:
-    return {m["name"]: m["body"] + "\n" for m in FILE_BLOCK.finditer(DOC.read_text(encoding="utf-8"))}
 
 
 @pytest.fixture(scope="module")
 def installed_example(tmp_path_factory):
     """pip-install the documented package (offline, no deps) into a private target folder."""
-    files = doc_files()
-    assert set(files) == {"pyproject.toml", "reward_plugin_qa_votes.py"}
-    root = tmp_path_factory.mktemp("qa_votes")
-    package, target = root / "pkg", root / "site"
-    package.mkdir()
-    for name, body in files.items():
-        (package / name).write_text(body, encoding="utf-8")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--no-build-isolation",
-            "--no-index",
-            "--disable-pip-version-check",
-            "--target",
-            str(target),
-            str(package),
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    assert set(doc_files(DOC)) == {"pyproject.toml", "reward_plugin_qa_votes.py"}
+    target = pip_install_doc_package(DOC, tmp_path_factory.mktemp("qa_votes"))
     assert list(target.glob("reward_plugin_qa_votes-0.1.0.dist-info/entry_points.txt"))
     sys.path.insert(0, str(target))
     importlib.invalidate_caches()
