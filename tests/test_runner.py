@@ -96,6 +96,12 @@ def test_unknown_key_suggests_the_close_one_and_names_the_file(tmp_path):
     assert "did you mean 'learning_rate'" in str(info.value)
 
 
+def test_yaml_no_means_the_choice_no():
+    # YAML 1.1 reads a bare `no` as false, in files and in --KEY VALUE overrides alike
+    _, cfg = prepare_run({"model": "m", "train_data": "d.jsonl", "save_strategy": False}, ["--eval_strategy", "no"])
+    assert (cfg.args.save_strategy, cfg.args.eval_strategy) == ("no", "no")
+
+
 def test_bad_values_are_config_errors_naming_the_key():
     base = {"model": "m", "train_data": "d.jsonl"}
     with pytest.raises(ConfigError, match="`learning_rate`.*'fast'"):

@@ -152,3 +152,21 @@ def test_eval_report_matches_an_independent_forward(trained_llama, hh_jsonl, cap
     text = capsys.readouterr().out
     assert f"accuracy: {report['accuracy']:.4f}" in text and f"({report['num_pairs']} pairs)" in text
     assert f"rewards chosen: mean {report['rewards']['chosen']['mean']:.4f}" in text
+
+
+def test_llamafactory_rm_yaml_trains_with_lora(tmp_path, tiny_llama_dir, capsys):
+    """A LLaMA-Factory `stage: rm` YAML runs as it stands: demo data via dataset_info.json, LoRA."""
+    from test_runner import LLAMAFACTORY_YAML, llamafactory_dir
+
+    data = llamafactory_dir(tmp_path)
+    config = tmp_path / "llamafactory_rm.yaml"
+    config.write_text(
+        LLAMAFACTORY_YAML.format(model=tiny_llama_dir, dataset_dir=data, output_dir=tmp_path / "saves"), encoding="utf-8"
+    )
+    assert main(["train", str(config), "--max_steps", "3", "--save_strategy", "no"]) == 0
+    saved = tmp_path / "saves"
+    adapter = json.loads((saved / "adapter_config.json").read_text())
+    assert adapter["r"] == 4 and adapter["lora_alpha"] == 8 and adapter["task_type"] == "SEQ_CLS"
+    model = AutoModelForSequenceClassification.from_pretrained(saved)  # peft installed: adapter + head
+    assert model.config.num_labels == 1
+    assert (saved / "reward_stats.json").is_file()

@@ -99,6 +99,13 @@ def coerce_field(name: str, value: Any) -> Any:
     try:
         namespace, _ = _argument_parser().parse_known_args([f"--{name}", str(value)])
     except argparse.ArgumentError as exc:
+        if value is False:
+            # YAML 1.1 reads a bare `no` as false: `save_strategy: no` means the choice "no".
+            try:
+                namespace, _ = _argument_parser().parse_known_args([f"--{name}", "no"])
+                return getattr(namespace, name)
+            except argparse.ArgumentError:
+                pass
         raise ConfigError(f"`{name}`: {exc.message}; got {value!r}") from exc
     return getattr(namespace, name)
 
