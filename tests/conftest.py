@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -181,3 +182,17 @@ def pip_install_doc_package(doc: Path, root: Path) -> Path:
     command += ["--no-index", "--disable-pip-version-check", "--target", str(target), str(package)]
     subprocess.run(command, check=True, capture_output=True, text=True, timeout=300)
     return target
+
+
+@contextlib.contextmanager
+def importable(folder: Path, module: str):
+    """Put ``folder`` first on ``sys.path`` for the ``with`` block, then forget ``module`` again."""
+    import importlib
+
+    sys.path.insert(0, str(folder))
+    importlib.invalidate_caches()
+    try:
+        yield folder
+    finally:
+        sys.path.remove(str(folder))
+        sys.modules.pop(module, None)

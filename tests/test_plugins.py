@@ -3,13 +3,11 @@ through its ``dataset_formats`` entry point and used to convert rows."""
 
 from __future__ import annotations
 
-import importlib
 import math
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import doc_files, pip_install_doc_package
+from conftest import doc_files, importable, pip_install_doc_package
 
 from dataset_formats import detect_format, get_format, list_formats, plugins, registry
 from dataset_formats.rendering import render_pair
@@ -23,11 +21,8 @@ def installed_example(tmp_path_factory):
     assert set(doc_files(DOC)) == {"pyproject.toml", "reward_plugin_qa_votes.py"}
     target = pip_install_doc_package(DOC, tmp_path_factory.mktemp("qa_votes"))
     assert list(target.glob("reward_plugin_qa_votes-0.1.0.dist-info/entry_points.txt"))
-    sys.path.insert(0, str(target))
-    importlib.invalidate_caches()
-    yield target
-    sys.path.remove(str(target))
-    sys.modules.pop("reward_plugin_qa_votes", None)
+    with importable(target, "reward_plugin_qa_votes"):
+        yield target
 
 
 @pytest.fixture()

@@ -57,16 +57,27 @@ def test_apply_overrides_merges_nested_mappings_without_touching_the_input():
 
 
 def test_split_train_argv_separates_config_resume_and_overrides():
-    assert split_train_argv(["cfg.yaml", "--max_steps", "3", "--resume"]) == (["cfg.yaml", "--resume"], ["--max_steps", "3"])
-    assert split_train_argv(["--resume", "ckpt", "--lr", "-1e-3"]) == (["--resume", "ckpt"], ["--lr", "-1e-3"])
-    assert split_train_argv(["--resume", "run.yaml"]) == (["run.yaml", "--resume"], [])  # a YAML is the config
+    assert split_train_argv(["cfg.yaml", "--max_steps", "3", "--resume"]) == (
+        ["cfg.yaml", "--resume"],
+        ["--max_steps", "3"],
+    )
+    assert split_train_argv(["--resume", "ckpt", "--lr", "-1e-3"]) == (
+        ["--resume", "ckpt"],
+        ["--lr", "-1e-3"],
+    )
+    assert split_train_argv(["--resume", "run.yaml"]) == (
+        ["run.yaml", "--resume"],
+        [],
+    )  # a YAML is the config
 
 
 # ------------------------------------------------------------------------------ config
 
 
 def test_default_config_validates_and_points_at_the_bundled_sample(tmp_path):
-    stage, cfg = prepare_run(None, ["--output_dir", str(tmp_path), "--max_steps", "2", "--learning_rate", "1e-4"])
+    stage, cfg = prepare_run(
+        None, ["--output_dir", str(tmp_path), "--max_steps", "2", "--learning_rate", "1e-4"]
+    )
     assert stage.name == "reward"
     assert cfg.train_data[0].paths == [str(BUNDLED_SAMPLE)] and cfg.train_data[0].format == "hh-rlhf"
     assert cfg.args.max_steps == 2 and cfg.args.output_dir == str(tmp_path) and cfg.args.learning_rate == 1e-4
@@ -98,7 +109,9 @@ def test_unknown_key_suggests_the_close_one_and_names_the_file(tmp_path):
 
 def test_yaml_no_means_the_choice_no():
     # YAML 1.1 reads a bare `no` as false, in files and in --KEY VALUE overrides alike
-    _, cfg = prepare_run({"model": "m", "train_data": "d.jsonl", "save_strategy": False}, ["--eval_strategy", "no"])
+    _, cfg = prepare_run(
+        {"model": "m", "train_data": "d.jsonl", "save_strategy": False}, ["--eval_strategy", "no"]
+    )
     assert (cfg.args.save_strategy, cfg.args.eval_strategy) == ("no", "no")
 
 
@@ -192,8 +205,14 @@ def llamafactory_dir(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     shutil.copy(LLAMAFACTORY_DEMO, data / "dpo_en_demo.json")
-    info = {"dpo_en_demo": {"file_name": "dpo_en_demo.json", "ranking": True, "formatting": "sharegpt",
-                            "columns": {"messages": "conversations", "chosen": "chosen", "rejected": "rejected"}}}
+    info = {
+        "dpo_en_demo": {
+            "file_name": "dpo_en_demo.json",
+            "ranking": True,
+            "formatting": "sharegpt",
+            "columns": {"messages": "conversations", "chosen": "chosen", "rejected": "rejected"},
+        }
+    }
     (data / "dataset_info.json").write_text(json.dumps(info), encoding="utf-8")
     return data
 
@@ -202,7 +221,8 @@ def test_llamafactory_rm_yaml_maps_onto_the_reward_stage(tmp_path, caplog):
     data = llamafactory_dir(tmp_path)
     cfg_file = tmp_path / "llamafactory_rm.yaml"
     cfg_file.write_text(
-        LLAMAFACTORY_YAML.format(model="some/model", dataset_dir=data, output_dir=tmp_path / "out"), encoding="utf-8"
+        LLAMAFACTORY_YAML.format(model="some/model", dataset_dir=data, output_dir=tmp_path / "out"),
+        encoding="utf-8",
     )
     stage, cfg = prepare_run(cfg_file)
     assert stage.name == "reward"
@@ -220,8 +240,16 @@ def test_llamafactory_rm_yaml_maps_onto_the_reward_stage(tmp_path, caplog):
 
 
 def test_llamafactory_unsupported_keys_are_all_named(tmp_path):
-    section = {"stage": "rm", "model_name_or_path": "m", "dataset": "d", "pissa_init": True, "freeze_vision_tower": 1}
-    with pytest.raises(ConfigError, match=r"unsupported keys 'freeze_vision_tower', 'pissa_init'; remove them"):
+    section = {
+        "stage": "rm",
+        "model_name_or_path": "m",
+        "dataset": "d",
+        "pissa_init": True,
+        "freeze_vision_tower": 1,
+    }
+    with pytest.raises(
+        ConfigError, match=r"unsupported keys 'freeze_vision_tower', 'pissa_init'; remove them"
+    ):
         prepare_run(section)
     with pytest.raises(ConfigError, match="`finetuning_type: freeze` is not supported"):
         prepare_run({"stage": "rm", "model_name_or_path": "m", "dataset": "d", "finetuning_type": "freeze"})

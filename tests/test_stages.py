@@ -4,16 +4,14 @@ third-party stage package (built, pip-installed and trained through ``reward-plu
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import doc_files, pip_install_doc_package, read_hh_rows, write_jsonl
+from conftest import doc_files, importable, pip_install_doc_package, read_hh_rows, write_jsonl
 
 from dataset_formats.plugins import ALLOWLIST_ENV
 from reward_plugin import plugins
@@ -57,7 +55,10 @@ def test_in_process_registration_and_errors_naming_the_plugin():
     name = register_stage(_Echo)
     try:
         assert name == "in-process:echo" and isinstance(get_stage("echo"), _Echo)
-        with pytest.raises(PluginError, match=r"plugin 'twin': stage 'echo' is already registered by plugin 'in-process:echo'"):
+        with pytest.raises(
+            PluginError,
+            match=r"plugin 'twin': stage 'echo' is already registered by plugin 'in-process:echo'",
+        ):
             register_stage(_Echo(), plugin_name="twin")
         assert plugins.pm.get_plugin("twin") is None  # the failed registration was undone
     finally:
@@ -67,7 +68,9 @@ def test_in_process_registration_and_errors_naming_the_plugin():
     class NotAStage:
         name = "x"
 
-    with pytest.raises(PluginError, match=r"plugin 'in-process:x': registered .* not a reward_plugin.stages.Stage"):
+    with pytest.raises(
+        PluginError, match=r"plugin 'in-process:x': registered .* not a reward_plugin.stages.Stage"
+    ):
         register_stage(NotAStage())  # type: ignore[arg-type]
     with pytest.raises(PluginError, match="has no name"):
         register_stage(type("Nameless", (_Echo,), {"name": ""}))
@@ -98,7 +101,7 @@ def test_host_snippet_runs_the_reward_stage(tmp_path, tiny_llama_dir):
     snippet = re.search(r"<!-- host-snippet -->\n```python\n(.*?)\n```", text, re.DOTALL).group(1)
     assert len([line for line in snippet.splitlines() if line.strip()]) <= 11
     namespace: dict = {}
-    exec(compile(snippet, str(DOC), "exec"), namespace)  # the documented code, as written
+    exec(compile(snippet, str(DOC), "exec"), namespace)  # noqa: S102 - our own documented code, as written
     data = write_jsonl(tmp_path / "hh.jsonl", read_hh_rows(12))
     section = {
         "model": tiny_llama_dir,
@@ -122,11 +125,8 @@ def regression_stage(tmp_path_factory):
     target = pip_install_doc_package(DOC, tmp_path_factory.mktemp("regression"))
     (entry_points,) = target.glob("reward_plugin_regression-0.1.0.dist-info/entry_points.txt")
     assert "[reward_plugin]" in entry_points.read_text()
-    sys.path.insert(0, str(target))
-    importlib.invalidate_caches()
-    yield target
-    sys.path.remove(str(target))
-    sys.modules.pop("reward_plugin_regression", None)
+    with importable(target, "reward_plugin_regression"):
+        yield target
 
 
 @pytest.fixture()
@@ -147,14 +147,18 @@ def test_entry_point_stage_is_not_loaded_without_the_allowlist(regression_stage,
     assert [i.name for i in list_stages()] == ["reward"]
 
 
-def test_third_party_stage_is_listed_and_trains_through_the_runner(loaded_regression, tmp_path, tiny_llama_dir, capsys):
+def test_third_party_stage_is_listed_and_trains_through_the_runner(
+    loaded_regression, tmp_path, tiny_llama_dir, capsys
+):
     assert main(["stages", "--json"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows["score-regression"]["plugin"] == "score_regression"
     assert rows["score-regression"]["distribution"] == "reward-plugin-regression"
     assert main(["plugins"]) == 0
-    assert re.search(r"score_regression\s+reward_plugin\s+reward-plugin-regression 0\.1\.0\s+score-regression",
-                     capsys.readouterr().out)
+    assert re.search(
+        r"score_regression\s+reward_plugin\s+reward-plugin-regression 0\.1\.0\s+score-regression",
+        capsys.readouterr().out,
+    )
 
     # texts scored by a simple learnable target: 1 when they mention "sorry", else -1
     texts = [row["chosen"][-300:] for row in read_hh_rows(24)]
@@ -174,8 +178,12 @@ def test_third_party_stage_is_listed_and_trains_through_the_runner(loaded_regres
         model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
         tok = AutoTokenizer.from_pretrained(folder)
         with torch.no_grad():
-            preds = [model(**tok(r["text"], truncation=True, max_length=64, return_tensors="pt")).logits[0, 0].item()
-                     for r in rows]
+            preds = [
+                model(**tok(r["text"], truncation=True, max_length=64, return_tensors="pt"))
+                .logits[0, 0]
+                .item()
+                for r in rows
+            ]
         return float(np.mean((np.array(preds) - np.array([r["score"] for r in rows])) ** 2))
 
     assert main(["train", str(config), "--max_steps", "15"]) == 0
@@ -193,19 +201,31 @@ def test_exported_model_loads_in_trl_with_the_same_rewards(tmp_path, tiny_llama_
     from trl import RewardTrainer as TRLTrainer
 
     data = write_jsonl(tmp_path / "hh.jsonl", read_hh_rows(8))
-    section = {"model": tiny_llama_dir, "train_data": {"path": str(data), "format": "hh-rlhf"},
-               "output_dir": str(tmp_path / "out"), "max_steps": 1, "bf16": False, "report_to": "none",
-               "save_strategy": "no", "max_length": 96}
+    section = {
+        "model": tiny_llama_dir,
+        "train_data": {"path": str(data), "format": "hh-rlhf"},
+        "output_dir": str(tmp_path / "out"),
+        "max_steps": 1,
+        "bf16": False,
+        "report_to": "none",
+        "save_strategy": "no",
+        "max_length": 96,
+    }
     stage = get_stage("reward")
     result = stage.run(stage.validate_config(section))
     table = result.trainer.train_dataset
     ours = result.trainer.predict(table).predictions  # (n, 2): chosen, rejected
-    rows = Dataset.from_dict({"chosen_ids": table["input_ids_chosen"], "rejected_ids": table["input_ids_rejected"]})
-    trl_args = TRLConfig(output_dir=str(tmp_path / "trl"), bf16=False, report_to="none", max_length=None,
-                         use_cpu=True)
+    rows = Dataset.from_dict(
+        {"chosen_ids": table["input_ids_chosen"], "rejected_ids": table["input_ids_rejected"]}
+    )
+    trl_args = TRLConfig(
+        output_dir=str(tmp_path / "trl"), bf16=False, report_to="none", max_length=None, use_cpu=True
+    )
     trainer = TRLTrainer(model=str(result.output_dir), args=trl_args, train_dataset=rows)
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(rows))])
     with torch.no_grad():
-        logits = trainer.model.eval()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = trainer.model.eval()(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).logits
     chosen, rejected = logits.squeeze(-1).double().chunk(2)
     np.testing.assert_allclose(np.stack([chosen.numpy(), rejected.numpy()], 1), ours, atol=1e-5)

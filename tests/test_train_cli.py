@@ -20,7 +20,9 @@ METRIC_KEYS = {"accuracy", "margin", "rewards/chosen_mean", "rewards/rejected_me
 
 
 def log_history(folder: Path) -> list[dict]:
-    states = sorted(folder.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[1]))
+    states = sorted(
+        folder.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[1])
+    )
     return json.loads(states[-1].read_text())["log_history"]
 
 
@@ -105,7 +107,15 @@ def test_resume_continues_from_the_last_checkpoint(trained_llama, capsys):
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path, tiny_llama_dir, hh_jsonl, capsys):
     code = main(
-        ["train", "--model", tiny_llama_dir, "--train_data", str(hh_jsonl), "--output_dir", str(tmp_path / "new")]
+        [
+            "train",
+            "--model",
+            tiny_llama_dir,
+            "--train_data",
+            str(hh_jsonl),
+            "--output_dir",
+            str(tmp_path / "new"),
+        ]
         + ["--resume", "--max_steps", "1"]
     )
     assert code == 1
@@ -122,7 +132,10 @@ def independent_rewards(model_dir: Path, table: Path) -> np.ndarray:
     with torch.no_grad():
         for row in rows:
             out.append(
-                [model(input_ids=torch.tensor([row[f"input_ids_{side}"]])).logits[0, 0].item() for side in ("chosen", "rejected")]
+                [
+                    model(input_ids=torch.tensor([row[f"input_ids_{side}"]])).logits[0, 0].item()
+                    for side in ("chosen", "rejected")
+                ]
             )
     return np.array(out)
 
@@ -147,7 +160,17 @@ def test_eval_report_matches_an_independent_forward(trained_llama, hh_jsonl, cap
     assert sum(b["count"] for b in report["accuracy_by_reward_gap"]) == len(rewards)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the same numbers from raw data converted on the fly with the model's tokenizer, as text
-    raw = ["eval", "--model", str(out_dir), "--data", str(hh_jsonl), "--format", "hh-rlhf", "--max-length", "128"]
+    raw = [
+        "eval",
+        "--model",
+        str(out_dir),
+        "--data",
+        str(hh_jsonl),
+        "--format",
+        "hh-rlhf",
+        "--max-length",
+        "128",
+    ]
     assert main(raw) == 0
     text = capsys.readouterr().out
     assert f"accuracy: {report['accuracy']:.4f}" in text and f"({report['num_pairs']} pairs)" in text
@@ -161,7 +184,8 @@ def test_llamafactory_rm_yaml_trains_with_lora(tmp_path, tiny_llama_dir, capsys)
     data = llamafactory_dir(tmp_path)
     config = tmp_path / "llamafactory_rm.yaml"
     config.write_text(
-        LLAMAFACTORY_YAML.format(model=tiny_llama_dir, dataset_dir=data, output_dir=tmp_path / "saves"), encoding="utf-8"
+        LLAMAFACTORY_YAML.format(model=tiny_llama_dir, dataset_dir=data, output_dir=tmp_path / "saves"),
+        encoding="utf-8",
     )
     assert main(["train", str(config), "--max_steps", "3", "--save_strategy", "no"]) == 0
     saved = tmp_path / "saves"
