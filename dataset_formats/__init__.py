@@ -20,6 +20,7 @@ from .errors import (
     RecordError,
     TemplateError,
     UnknownFormatError,
+    UnsafeTemplateError,
 )
 from .hookspecs import hookimpl
 from .records import Message, PreferencePair
@@ -49,6 +50,7 @@ __all__ = [
     "RecordError",
     "TemplateError",
     "UnknownFormatError",
+    "UnsafeTemplateError",
     "convert",
     "detect_format",
     "get_format",
@@ -60,10 +62,18 @@ __all__ = [
 ]
 
 
+_LAZY = ("convert", "encode_rows", "ConvertStats")
+
+
 def __getattr__(name: str):
     # The conversion pipeline imports tokenizers/transformers; load it only when used.
-    if name in ("convert", "ConvertStats", "ConvertOptions"):
-        from . import convert as _convert
+    if name in _LAZY:
+        import importlib
 
-        return getattr(_convert, name)
+        module = importlib.import_module(f"{__name__}.convert")
+        # Importing the submodule binds `dataset_formats.convert` to the module; the public name
+        # is the function, so bind the lazy names explicitly.
+        for lazy in _LAZY:
+            globals()[lazy] = getattr(module, lazy)
+        return globals()[name]
     raise AttributeError(f"module 'dataset_formats' has no attribute {name!r}")

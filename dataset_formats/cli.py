@@ -26,11 +26,16 @@ def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None, errors:
     try:
         return int(func(args) or 0)
     except errors as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line (a wrapped third-party message may hold line breaks)."""
+    return " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -220,6 +220,11 @@ def run_convert(args: argparse.Namespace) -> int:
         )
     print(stats.summary())
     print(f"wrote {args.output}" + (f"; rejected rows in {args.rejects}" if args.rejects else ""))
+    if stats.rows_read and not stats.pairs_written:
+        print(
+            f"warning: no pairs were written: all {stats.rows_read} rows were rejected; see the reasons above",
+            file=sys.stderr,
+        )
     if stats.rows_rejected and not args.rejects:
         print("hint: pass --rejects FILE.jsonl to see why rows were rejected", file=sys.stderr)
     return 0

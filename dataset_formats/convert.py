@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow as pa
 
 from .encoding import LengthPolicy, PairEncoder, load_tokenizer
-from .errors import OptionError, OutputExistsError
+from .errors import InputFileError, OptionError, OutputExistsError
 from .pipeline import BatchProcessor, ConvertStats, run_batches
 from .reading import DEFAULT_BATCH_SIZE, count_rows, iter_object_batches, iter_row_batches, peek_rows
 from .registry import detect_format, get_format, list_formats
@@ -53,7 +53,7 @@ def _resolve_format(format: str, samples: list[tuple[str, list[dict[str, Any]]]]
         if name is None:
             names = ", ".join(info.name for info in list_formats())
             raise OptionError(
-                f"{source}: could not detect the dataset format from columns {columns}; "
+                f"{source}: could not detect the dataset format from columns {columns}{_near_misses(columns)}; "
                 f"pass --format with one of: {names}"
             )
         found[source] = name
@@ -63,6 +63,39 @@ def _resolve_format(format: str, samples: list[tuple[str, list[dict[str, Any]]]]
             f"inputs have different formats ({detail}); convert them separately or pass --format"
         )
     return next(iter(found.values()))
+
+
+def _source_batches(paths: list[Path], batch_size: int) -> Iterator[tuple[str, Any]]:
+    """``(path, batch)`` of every input in order; an input without a single row is an error."""
+    for path in paths:
+        rows = 0
+        for batch in iter_row_batches(path, batch_size):
+            rows += len(batch)
+            yield str(path), batch
+        if rows == 0:
+            raise InputFileError(
+                str(path), "has no rows; check that it is the file you meant and that it was written completely"
+            )
+
+
+def _near_misses(columns: list[str]) -> str:
+    """`` (column 'x' looks like 'y' of format F)`` hints for columns one typo away from a format's."""
+    from .adapters._fields import near_miss
+
+    found: dict[tuple[str, str], list[str]] = {}
+    for info in list_formats():
+        required = info.adapter.required_fields
+        missing = [f for f in required if f not in columns]
+        if not required or len(missing) != 1:
+            continue
+        guess = near_miss(missing[0], [c for c in columns if c not in required])
+        if guess is not None:
+            found.setdefault((guess, missing[0]), []).append(info.name)
+    hints = [
+        f"did you mean {want!r} for column {have!r}? (format {', '.join(names)})"
+        for (have, want), names in found.items()
+    ]
+    return f"; {'; '.join(hints)}" if hints else ""
 
 
 def _make_processor(
@@ -171,8 +204,7 @@ def convert(
         _RejectsFile(rejects, overwrite) as rejects_out,
         _progress_bar(paths, progress) as bar,
     ):
-        batches = ((str(p), batch) for p in paths for batch in iter_row_batches(p, batch_size))
-        for result in run_batches(processor, batches, num_proc):
+        for result in run_batches(processor, _source_batches(paths, batch_size), num_proc):
             stats.add(result.stats)
             rejects_out.write(result.rejects)
             if result.batch is not None:

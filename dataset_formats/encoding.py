@@ -20,13 +20,14 @@ cut away the part that differed). Nothing is dropped without a reason.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 
-from .errors import OptionError, RecordError, TemplateError
+from .errors import OptionError, RecordError, TemplateError, UnsafeTemplateError
 from .schema import PAIR_COLUMNS, pair_schema
 
 TRUNCATION_CHOICES = ("left", "right", "drop")
@@ -87,6 +88,12 @@ def load_tokenizer(spec: Any, *, trust_remote_code: bool = False) -> Any:
     else:
         if not isinstance(spec, str) or not spec:
             raise OptionError(f"`tokenizer` must be a path, a hub name or a tokenizer object, got {spec!r}")
+        looks_like_path = spec.startswith((os.sep, ".", "~")) or spec.count("/") > 1
+        if looks_like_path and not os.path.exists(os.path.expanduser(spec)):
+            raise OptionError(
+                f"tokenizer {spec!r} could not be loaded (no such folder); pass a local tokenizer folder "
+                "(with tokenizer.json) or a hub name that is already cached"
+            )
         try:
             tokenizer = AutoTokenizer.from_pretrained(
                 spec, use_fast=True, trust_remote_code=trust_remote_code
@@ -275,6 +282,9 @@ def render_pairs(pairs: Sequence[Any], template: Any, tokenizer: Any) -> list[An
         Per pair, a ``RenderedPair`` (``prompt``, ``chosen``, ``rejected``; the last two start with
         ``prompt``) or the :class:`RecordError` that rendering raised (a template failure becomes a
         RecordError on field ``chat_template`` with reason ``template_error``).
+
+    Raises:
+        UnsafeTemplateError: the template reached for Python internals (stops the whole run).
     """
     from .rendering import render_pair
 
@@ -285,6 +295,8 @@ def render_pairs(pairs: Sequence[Any], template: Any, tokenizer: Any) -> list[An
             out.append(render_pair(pair, template, bos_token=bos, eos_token=eos))
         except RecordError as exc:
             out.append(exc)
+        except UnsafeTemplateError:
+            raise  # a hostile template is never one row's problem: stop the run
         except TemplateError as exc:
             error = RecordError(str(exc), field="chat_template", reason="template_error")
             error.__cause__ = exc

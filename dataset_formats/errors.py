@@ -113,5 +113,13 @@ class TemplateError(DatasetFormatError, ValueError):
     """A chat template that cannot be found, is unsafe, or fails to render."""
 
 
+class UnsafeTemplateError(TemplateError):
+    """A chat template reached for Python internals (the sandbox refused it).
+
+    Unlike other render failures it is never a problem of one row: a conversion stops under
+    either ``on_error`` mode.
+    """
+
+
 class OptionError(DatasetFormatError, ValueError):
     """An adapter or conversion option with an invalid name or value."""

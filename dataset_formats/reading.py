@@ -200,7 +200,7 @@ def _parse_json_object(text: str, path: Path, row: int) -> dict[str, Any] | Reco
         snippet = text.strip()
         snippet = snippet[:60] + ("..." if len(snippet) > 60 else "")
         return RecordError(
-            f"malformed JSON ({exc.msg} at column {exc.colno}): {snippet!r}; fix or remove this line",
+            f"malformed JSON ({_json_msg(exc)} at column {exc.colno}): {snippet!r}; fix or remove this line",
             reason="malformed_json",
             value=snippet,
             path=str(path),
@@ -209,13 +209,23 @@ def _parse_json_object(text: str, path: Path, row: int) -> dict[str, Any] | Reco
     return _as_object(value, path, row)
 
 
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _json_msg(exc: json.JSONDecodeError) -> str:
+    # Some messages of the json module end in " at" (they expect the position to follow).
+    return exc.msg.removesuffix(" at")
+
+
 def _as_object(value: Any, path: Path, row: int) -> dict[str, Any] | RecordError:
     if isinstance(value, dict):
         return value
     shown = repr(value)
     shown = shown[:60] + ("..." if len(shown) > 60 else "")
     return RecordError(
-        f"expected a JSON object with named fields, got {type(value).__name__} {shown}",
+        f"expected a JSON object with named fields, got {type(value).__name__} {shown}; write each row as "
+        "one object such as {\"chosen\": ..., \"rejected\": ...}",
         reason="not_an_object",
         value=value,
         path=str(path),
@@ -246,7 +256,9 @@ def _json_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | RecordError]]
                 ) from exc
             except json.JSONDecodeError as exc:
                 raise InputFileError(
-                    str(path), f"malformed JSON array ({exc.msg} at line {exc.lineno} column {exc.colno})"
+                    str(path),
+                    f"malformed JSON array ({_json_msg(exc)} at line {exc.lineno} column {exc.colno}); "
+                    "fix the JSON, or save one object per line as JSON Lines (.jsonl) so bad rows can be skipped",
                 ) from exc
             for row, value in enumerate(data):
                 yield row, _as_object(value, path, row)
@@ -283,19 +295,50 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | RecordError]]:
         raise InputFileError(str(path), f"malformed CSV after row {row}: {exc}") from exc
 
 
+class CsvInt(int):
+    """An integer read from a CSV cell; ``source_text`` keeps the cell, for fields that want text."""
+
+    source_text: str
+
+    def __new__(cls, text: str) -> CsvInt:
+        self = super().__new__(cls, text)
+        self.source_text = text
+        return self
+
+    def __reduce__(self):
+        return (CsvInt, (self.source_text,))
+
+
+class CsvFloat(float):
+    """A float read from a CSV cell; ``source_text`` keeps the cell, for fields that want text."""
+
+    source_text: str
+
+    def __new__(cls, text: str) -> CsvFloat:
+        self = super().__new__(cls, text)
+        self.source_text = text
+        return self
+
+    def __reduce__(self):
+        return (CsvFloat, (self.source_text,))
+
+
 def _csv_value(value: str | None) -> Any:
-    """CSV cells are text; give numbers back as numbers and empty cells as None."""
+    """CSV cells are text; give numbers back as numbers and empty cells as None.
+
+    A number keeps its cell text (``source_text``), so a text field whose value happens to look
+    like a number ("4.", "2024") still reads as the text that was written.
+    """
     if value is None or value == "":
         return None
     try:
-        return int(value)
+        return CsvInt(value)
     except ValueError:
         pass
     try:
-        number = float(value)
+        return CsvFloat(value)
     except ValueError:
         return value
-    return number
 
 
 def _parquet_batches(path: Path, batch_size: int) -> Iterator[RowBatch]:
@@ -311,7 +354,9 @@ def _parquet_batches(path: Path, batch_size: int) -> Iterator[RowBatch]:
     except InputFileError:
         raise
     except (pa.ArrowException, OSError, *_CORRUPT) as exc:
-        raise InputFileError(str(path), f"is not a readable Parquet file ({exc})") from exc
+        raise InputFileError(
+            str(path), f"is not a readable Parquet file ({_one_line(exc)}); check that it was written completely"
+        ) from exc
     row = 0
     try:
         for record_batch in pf.iter_batches(batch_size=batch_size):
@@ -319,7 +364,9 @@ def _parquet_batches(path: Path, batch_size: int) -> Iterator[RowBatch]:
             yield [(row + i, r) for i, r in enumerate(rows)]
             row += len(rows)
     except (pa.ArrowException, OSError) as exc:
-        raise InputFileError(str(path), f"Parquet read failed after row {row}: {exc}") from exc
+        raise InputFileError(
+            str(path), f"Parquet read failed after row {row}: {_one_line(exc)}; re-create the file"
+        ) from exc
 
 
 def _load_datasets_folder(path: Path):

@@ -22,7 +22,7 @@ import jinja2.ext
 import jinja2.nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
-from .errors import RecordError, TemplateError
+from .errors import RecordError, TemplateError, UnsafeTemplateError
 from .records import Content, Message, PreferencePair
 
 #: Name of the template used for conversational pairs when none is given.
@@ -67,10 +67,12 @@ class _Budget:
         self.calls = 0
         self.deadline = time.monotonic() + MAX_SECONDS
 
-    def fail(self, what: str) -> None:
-        raise TemplateError(
-            f"chat template {self.name!r}: {what}; is the template looping or building huge values?"
-        )
+    def fail(self, what: str, *, fatal: bool = True) -> None:
+        """Stop the render. ``fatal``: the template itself is at fault (loops, calls, time, bombs),
+        which stops a conversion; otherwise (output size, which grows with the row) only this row
+        is rejected."""
+        cls = UnsafeTemplateError if fatal else TemplateError
+        raise cls(f"chat template {self.name!r}: {what}; is the template looping or building huge values?")
 
     def tick(self) -> None:
         self.calls += 1
@@ -86,7 +88,7 @@ class _Budget:
 
     def check_size(self, value: Any) -> Any:
         if isinstance(value, (str, list, tuple, dict)) and len(value) > MAX_OUTPUT_CHARS:
-            self.fail(f"a value of {len(value)} items exceeds the limit {MAX_OUTPUT_CHARS}")
+            self.fail(f"a value of {len(value)} items exceeds the limit {MAX_OUTPUT_CHARS}", fatal=False)
         return value
 
 
@@ -246,7 +248,9 @@ class ChatTemplate:
 
         Raises:
             TemplateRowError: the template called ``raise_exception`` (a problem of this row).
-            TemplateError: the template is unsafe, failed, or exceeded a render budget.
+            UnsafeTemplateError: the template reached for Python internals or exceeded a loop, call,
+                time or recursion budget (a conversion stops).
+            TemplateError: the template failed on these messages or its output is too large.
         """
         variables = {"bos_token": "", "eos_token": "", **special_tokens}
         variables = {k: ("" if v is None and k.endswith("_token") else v) for k, v in variables.items()}
@@ -260,7 +264,7 @@ class ChatTemplate:
             ):
                 size += len(chunk)
                 if size > MAX_OUTPUT_CHARS:
-                    budget.fail(f"output exceeds {MAX_OUTPUT_CHARS} characters")
+                    budget.fail(f"output exceeds {MAX_OUTPUT_CHARS} characters", fatal=False)
                 out.append(chunk)
             return "".join(out)
         except TemplateError:
@@ -272,11 +276,17 @@ class ChatTemplate:
                 reason="template_error",
             ) from exc
         except SecurityError as exc:
-            raise TemplateError(f"chat template {self.name!r} is unsafe: {exc}") from exc
+            raise UnsafeTemplateError(
+                f"chat template {self.name!r} is unsafe: {exc}; templates run in a sandbox, use only "
+                "messages, their role/content and the documented helpers"
+            ) from exc
         except RecursionError as exc:
-            raise TemplateError(f"chat template {self.name!r}: recursion too deep") from exc
+            raise UnsafeTemplateError(f"chat template {self.name!r}: recursion too deep") from exc
         except Exception as exc:  # a template bug (type error, undefined call, ...)
-            raise TemplateError(f"chat template {self.name!r} failed: {type(exc).__name__}: {exc}") from exc
+            raise TemplateError(
+                f"chat template {self.name!r} failed: {type(exc).__name__}: {exc}; fix the template or pick a "
+                "shipped one (see templates/README.md)"
+            ) from exc
         finally:
             _budget.reset(token)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -15,12 +16,36 @@ _MISSING = object()
 def require(row: Mapping[str, Any], field: str) -> Any:
     """``row[field]``; a missing key or a null value is ``missing_field``."""
     value = row.get(field, _MISSING) if isinstance(row, Mapping) else _MISSING
-    if value is _MISSING or value is None:
-        present = ", ".join(map(str, row)) if isinstance(row, Mapping) else type(row).__name__
+    if value is None:
         raise RecordError(
-            f"required field is missing (row has: {present})", field=field, reason="missing_field"
+            "required field is null; give it a value or remove the row", field=field, reason="missing_field"
+        )
+    if value is _MISSING:
+        keys = [str(k) for k in row] if isinstance(row, Mapping) else []
+        present = ", ".join(keys) if isinstance(row, Mapping) else type(row).__name__
+        raise RecordError(
+            f"required field is missing (row has: {present}); {missing_fix(field, keys)}",
+            field=field,
+            reason="missing_field",
         )
     return value
+
+
+def near_miss(name: str, candidates: list[str]) -> str | None:
+    """The candidate that looks like a misspelling of ``name`` (case or a typo), if any."""
+    lowered = {c.lower(): c for c in candidates}
+    if name.lower() in lowered:
+        return lowered[name.lower()]
+    close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
+def missing_fix(field: str, present: list[str]) -> str:
+    """The fix for a missing ``field``: rename a near miss, or add it / pick another format."""
+    guess = near_miss(field, [k for k in present if k != field])
+    if guess is not None:
+        return f"did you mean {guess!r}? rename that column to {field!r}"
+    return "add it, or pick the --format that matches these columns"
 
 
 def text(row: Mapping[str, Any], field: str, *, optional: bool = False) -> str | None:
@@ -29,8 +54,11 @@ def text(row: Mapping[str, Any], field: str, *, optional: bool = False) -> str |
         return None
     value = require(row, field)
     if not isinstance(value, str):
+        source_text = getattr(value, "source_text", None)  # a CSV cell that looks like a number
+        if isinstance(source_text, str):
+            return source_text
         raise RecordError(
-            f"expected a string, got {type(value).__name__} {_short(value)}",
+            f"expected a string, got {type(value).__name__} {_short(value)}; give this field as text",
             field=field,
             reason="wrong_type",
             value=value,
@@ -48,25 +76,26 @@ def number(row: Mapping[str, Any], field: str, *, optional: bool = False) -> flo
 
 def as_number(value: Any, field: str) -> float:
     """``value`` as a finite float, or a ``wrong_type`` RecordError naming ``field``."""
+    fix = "; give a finite number or remove the field"
     if isinstance(value, bool):
-        raise RecordError(f"expected a number, got {value!r}", field=field, reason="wrong_type", value=value)
+        raise RecordError(f"expected a number, got {value!r}{fix}", field=field, reason="wrong_type", value=value)
     if isinstance(value, str):
         try:
             value = float(value)
         except ValueError:
             raise RecordError(
-                f"expected a number, got {value!r}", field=field, reason="wrong_type", value=value
+                f"expected a number, got {value!r}{fix}", field=field, reason="wrong_type", value=value
             ) from None
     if not isinstance(value, (int, float)):
         raise RecordError(
-            f"expected a number, got {type(value).__name__} {_short(value)}",
+            f"expected a number, got {type(value).__name__} {_short(value)}{fix}",
             field=field,
             reason="wrong_type",
             value=value,
         )
     if not math.isfinite(value):
         raise RecordError(
-            f"expected a finite number, got {value!r}", field=field, reason="wrong_type", value=value
+            f"expected a finite number, got {value!r}{fix}", field=field, reason="wrong_type", value=value
         )
     return float(value)
 
@@ -119,8 +148,13 @@ def message(
         )
     for key in (role_key, content_key):
         if key not in m or m[key] is None:
+            what = "no" if key not in m else "a null"
             raise RecordError(
-                f"message has no {key!r} key: {_short(dict(m))}", field=field, reason="missing_field", value=m
+                f"message has {what} {key!r} key: {_short(dict(m))}; give every message a "
+                f"{role_key!r} and a {content_key!r}",
+                field=field,
+                reason="missing_field",
+                value=m,
             )
     role, content = m[role_key], m[content_key]
     mapped = role_map.get(role, None) if role_map is not None and isinstance(role, str) else role
@@ -132,9 +166,18 @@ def message(
             reason="unknown_role",
             value=role,
         )
+    if isinstance(content, list):
+        raise RecordError(
+            f"message {content_key} is a list of content parts {_short(content)}; only text is supported: "
+            "join the text parts into one string",
+            field=f"{field}.{content_key}",
+            reason="wrong_type",
+            value=content,
+        )
     if not isinstance(content, str):
         raise RecordError(
-            f"message {content_key} must be a string, got {type(content).__name__} {_short(content)}",
+            f"message {content_key} must be a string, got {type(content).__name__} {_short(content)}; "
+            "give the message text as a string",
             field=f"{field}.{content_key}",
             reason="wrong_type",
             value=content,
@@ -164,7 +207,7 @@ def check_responses(
     if c.strip() == r.strip():
         raise RecordError(
             f"chosen and rejected are the same response ({_short(_content(chosen))}); "
-            "a pair needs two different responses",
+            "a pair needs two different responses: fix or remove the row",
             field=fields[1],
             reason="identical_pair",
             value=rejected,

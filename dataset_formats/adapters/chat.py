@@ -56,7 +56,8 @@ def read_reply(value: Any, field: str) -> list[Message]:
     for i, m in enumerate(msgs):
         if m["role"] != "assistant":
             raise RecordError(
-                f"a reply must consist of assistant messages, got role {m['role']!r}",
+                f"a reply must consist of assistant messages, got role {m['role']!r}; "
+                "put the earlier turns in the conversation field",
                 field=f"{field}[{i}]",
                 reason="unknown_role",
                 value=m["role"],

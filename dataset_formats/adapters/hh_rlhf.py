@@ -60,7 +60,8 @@ def parse_transcript(text: str, field: str) -> Transcript:
     cut = body.rfind(ASSISTANT)
     if cut < 0:
         raise RecordError(
-            f"transcript has no {ASSISTANT!r} turn: {_fields._short(text)}",
+            f"transcript has no {ASSISTANT!r} turn: {_fields._short(text)}; hh-rlhf transcripts end with "
+            "the assistant's answer (use --format preference for plain prompt/chosen/rejected texts)",
             field=field,
             reason="missing_assistant_turn",
             value=text,

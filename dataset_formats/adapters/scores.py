@@ -289,7 +289,8 @@ class HelpSteer2Adapter(FormatAdapter):
         strength = _fields.number(row, options.strength_field)
         if not strength.is_integer() or not -3 <= strength <= 3:
             raise RecordError(
-                f"preference strength must be an integer from -3 to 3, got {strength:g}",
+                f"preference strength must be an integer from -3 to 3, got {strength:g}; use -3..-1 when "
+                "response_1 is better and 1..3 when response_2 is",
                 field=options.strength_field,
                 reason="out_of_range",
                 value=strength,
