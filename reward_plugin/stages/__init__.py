@@ -133,6 +133,27 @@ class Stage(abc.ABC):
         return StageResult(self.name, cfg, trainer, Path(output_dir), train_metrics, eval_metrics)
 
 
+def last_complete_checkpoint(output_dir: Path) -> str | None:
+    """The ``checkpoint-N`` folder of ``output_dir`` with the highest N that was saved completely.
+
+    The Trainer writes ``trainer_state.json`` last, so a run killed while saving leaves a folder
+    without it; resuming from that folder would fail on a half-written file, so it is skipped.
+    """
+    if not output_dir.is_dir():
+        return None
+    complete = [
+        p
+        for p in output_dir.iterdir()
+        if p.is_dir()
+        and p.name.startswith("checkpoint-")
+        and p.name.removeprefix("checkpoint-").isdigit()
+        and (p / "trainer_state.json").is_file()
+    ]
+    if not complete:
+        return None
+    return str(max(complete, key=lambda p: int(p.name.removeprefix("checkpoint-"))))
+
+
 def resolve_checkpoint(args: Any, resume: bool | str | None) -> str | None:
     """The checkpoint folder ``trainer.train`` should resume from, or None to start afresh.
 
@@ -143,15 +164,13 @@ def resolve_checkpoint(args: Any, resume: bool | str | None) -> str | None:
     Raises:
         ConfigError: there is no checkpoint where ``resume`` points.
     """
-    from transformers.trainer_utils import get_last_checkpoint
-
     if resume is None or resume is False:
         resume = getattr(args, "resume_from_checkpoint", None) or None
     if resume is None:
         return None
     if resume is True:
         output_dir = Path(args.output_dir)
-        last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+        last = last_complete_checkpoint(output_dir)
         if last is None:
             raise ConfigError(
                 f"--resume: no checkpoint-N folder in {str(output_dir)!r}; train once with saving on "
