@@ -95,19 +95,10 @@ class RewardDataCollatorWithPadding:
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         if not examples:
             raise DataError("cannot collate an empty batch of pairs")
-        chosen, rejected, margins = [], [], []
-        has_margin = MARGIN_COLUMN in examples[0] and examples[0][MARGIN_COLUMN] is not None
-        for index, example in enumerate(examples):
-            chosen.append(self._sequence(example, "chosen", index))
-            rejected.append(self._sequence(example, "rejected", index))
-            if has_margin:
-                value = example.get(MARGIN_COLUMN)
-                if value is None:
-                    raise DataError(
-                        f"pair {index} of the batch has no {MARGIN_COLUMN!r} value while pair 0 has one; "
-                        "give every pair a margin (0.0 for none) or drop the column"
-                    )
-                margins.append(float(value))
+        chosen = [self._sequence(example, "chosen", index) for index, example in enumerate(examples)]
+        rejected = [self._sequence(example, "rejected", index) for index, example in enumerate(examples)]
+        margins = self._margins(examples)
+        has_margin = margins is not None
         length = max(len(ids) for ids, _ in chosen + rejected)
         if self.pad_to_multiple_of:
             length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
@@ -118,6 +109,21 @@ class RewardDataCollatorWithPadding:
         if has_margin:
             batch[MARGIN_COLUMN] = torch.tensor(margins, dtype=torch.float32)
         return batch
+
+    def _margins(self, examples: Sequence[Mapping[str, Any]]) -> list[float] | None:
+        """The ``margin`` of every pair, or None when pair 0 has none."""
+        if MARGIN_COLUMN not in examples[0] or examples[0][MARGIN_COLUMN] is None:
+            return None
+        margins = []
+        for index, example in enumerate(examples):
+            value = example.get(MARGIN_COLUMN)
+            if value is None:
+                raise DataError(
+                    f"pair {index} of the batch has no {MARGIN_COLUMN!r} value while pair 0 has one; "
+                    "give every pair a margin (0.0 for none) or drop the column"
+                )
+            margins.append(float(value))
+        return margins
 
     def _sequence(self, example: Mapping[str, Any], side: str, index: int) -> tuple[list[int], list[int]]:
         """The (ids, mask) of one side of one pair, checked and cut to ``max_length``."""

@@ -19,6 +19,8 @@ from .errors import ConfigError, DataError
 from .loss import pairwise_loss
 from .metrics import compute_reward_metrics, reward_metrics, reward_statistics, write_reward_stats
 from .modelcard import library_versions, write_model_card
+from .pair_batching import FAST_MODES, PACKED_KEYS, packed_rewards, resolve_pair_batching
+from .pair_batching_collator import PrefixSharedPairCollator
 from .modeling import (
     apply_peft,
     check_reward_head,
@@ -137,7 +139,10 @@ class RewardTrainer(Trainer):
             eval_dataset = {key: self._prepare(ds, key) for key, ds in eval_dataset.items()}
         elif eval_dataset is not None:
             eval_dataset = self._prepare(eval_dataset, "eval")
-        if data_collator is None:
+        # The layout needs the model; a `model_init` model only exists once Trainer.__init__ built it.
+        self.pair_batching = resolve_pair_batching(args.pair_batching, model) if model is not None else "standard"
+        default_collator = data_collator is None
+        if default_collator:
             data_collator = self._default_collator()
 
         super().__init__(
@@ -161,6 +166,10 @@ class RewardTrainer(Trainer):
             )
         # The loss never goes through the model, so the model's loss kwargs must not change GA scaling.
         self.model_accepts_loss_kwargs = False
+        if model is None:
+            self.pair_batching = resolve_pair_batching(args.pair_batching, self.model)
+            if default_collator:
+                self.data_collator = self._default_collator()
         self.can_return_loss = True
         self.label_names = []
         self._train_rewards: list[torch.Tensor] = []  # (pairs, 2) rewards since the last log
@@ -202,10 +211,14 @@ class RewardTrainer(Trainer):
         )
 
     def _default_collator(self) -> Callable:
-        """The collator used when none is passed: pads pairs for ``args.pair_batching``."""
+        """The collator used when none is passed: the layout of ``self.pair_batching``.
+
+        ``standard`` pads chosen and rejected rows (:class:`RewardDataCollatorWithPadding`);
+        ``prefix_shared`` and ``packed`` write one block per pair (:class:`PrefixSharedPairCollator`).
+        """
         tok = self.processing_class
         keep = {getattr(tok, f"{kind}_token_id", None) for kind in ("bos", "eos", "cls", "sep")} if tok else set()
-        return RewardDataCollatorWithPadding(
+        options = dict(
             pad_token_id=self._pad_token_id,
             pad_to_multiple_of=self.args.pad_to_multiple_of,
             max_length=self.args.max_length,
@@ -213,22 +226,32 @@ class RewardTrainer(Trainer):
             keep_token_ids={i for i in keep if isinstance(i, int)},
             padding_side="right",
         )
+        if getattr(self, "pair_batching", "standard") in FAST_MODES:
+            return PrefixSharedPairCollator(**options, pack=self.pair_batching == "packed")
+        return RewardDataCollatorWithPadding(**options)
 
     def _set_signature_columns_if_needed(self) -> None:
         if self._signature_columns is None:
-            self._signature_columns = [*PAIR_COLUMNS, "chosen_ids", "rejected_ids", MARGIN_COLUMN]
+            self._signature_columns = [*PAIR_COLUMNS, "chosen_ids", "rejected_ids", MARGIN_COLUMN, *PACKED_KEYS]
 
     def _get_train_sampler(self, train_dataset: Any = None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         grouped = self.args.group_by_length or self.args.train_sampling_strategy == "group_by_length"
         if grouped and dataset is not None and has_length(dataset) and hasattr(dataset, "with_format"):
-            cap = self.args.max_length or 2**62
-            lengths = [min(n, cap) for n in pair_lengths(dataset)]
+            lengths = self._pair_lengths(dataset)
             seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
             return LengthGroupedPairSampler(lengths, batch_size=self.args.train_batch_size, seed=seed)
         if train_dataset is None:
             return super()._get_train_sampler()
         return super()._get_train_sampler(train_dataset)
+
+    def _pair_lengths(self, dataset: Any) -> list[int]:
+        """Per-pair sizes for length grouping: the longer side, capped at ``max_length``.
+
+        The same for every pair-batching mode, so a mode changes the speed, never the batches.
+        """
+        cap = self.args.max_length or 2**62
+        return [min(n, cap) for n in pair_lengths(dataset)]
 
     def _get_eval_sampler(self, eval_dataset: Any):
         if self.args.train_sampling_strategy == "group_by_length" and has_length(eval_dataset):
@@ -244,8 +267,12 @@ class RewardTrainer(Trainer):
         """``(rewards_chosen, rewards_rejected)``, each ``(batch,)``, from one forward pass.
 
         Standard layout: chosen and rejected rows are stacked along the batch dimension (padded to
-        one length) and scored at their last attended token.
+        one length) and scored at their last attended token. Prefix-shared/packed layout (a batch
+        from :class:`PrefixSharedPairCollator`): one block per pair, both rewards read from the
+        head's per-token scores (:func:`reward_plugin.pair_batching.packed_rewards`).
         """
+        if "packed_input_ids" in inputs:
+            return packed_rewards(self._score_reader, model, inputs)
         if "input_ids_chosen" not in inputs and "input_ids" in inputs:
             # TRL's DataCollatorForPreference layout: chosen rows, then rejected rows, in one tensor.
             rewards = self._score_reader.rewards(
