@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the results as JSON too")
     args = parser.parse_args(argv)
 
-    from dataset_formats.convert import convert
+    from dataset_formats.conversion import convert
     from dataset_formats.encoding import load_tokenizer
 
     tok_spec = args.tokenizer or default_tokenizer()

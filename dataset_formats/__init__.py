@@ -68,12 +68,9 @@ _LAZY = ("convert", "encode_rows", "ConvertStats")
 def __getattr__(name: str):
     # The conversion pipeline imports tokenizers/transformers; load it only when used.
     if name in _LAZY:
-        import importlib
+        from . import conversion
 
-        module = importlib.import_module(f"{__name__}.convert")
-        # Importing the submodule binds `dataset_formats.convert` to the module; the public name
-        # is the function, so bind the lazy names explicitly.
         for lazy in _LAZY:
-            globals()[lazy] = getattr(module, lazy)
+            globals()[lazy] = getattr(conversion, lazy)
         return globals()[name]
     raise AttributeError(f"module 'dataset_formats' has no attribute {name!r}")

@@ -181,7 +181,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from .convert import convert
+    from .conversion import convert
 
     options = parse_options(args.option)
     inputs = list(args.inputs)

@@ -8,7 +8,7 @@ Accepted inputs, checked in this order:
    ``rejected_input_ids``): renamed to the legacy names, attention masks of ones added;
 3. text-level rows in any dataset-toolkit format (``prompt``/``chosen``/``rejected``,
    ``chosen``/``rejected`` transcripts, chat messages, LLaMA-Factory rows, ...), converted with
-   :func:`dataset_formats.convert.encode_rows` using the trainer's tokenizer.
+   :func:`dataset_formats.encode_rows` using the trainer's tokenizer.
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def _from_text(
     import datasets
 
     import dataset_formats
-    from dataset_formats.convert import encode_rows
+    from dataset_formats.conversion import encode_rows
 
     sample = dataset.select(range(min(20, len(dataset)))).to_list() if _is_map_style(dataset) else list(
         itertools.islice(dataset, 20)

@@ -15,7 +15,7 @@ import pytest
 from conftest import HH_RLHF, read_hh_rows
 
 import dataset_formats as df
-from dataset_formats.convert import ConvertStats, convert, encode_rows
+from dataset_formats.conversion import ConvertStats, convert, encode_rows
 from dataset_formats.errors import OptionError, OutputExistsError, RecordError, UnknownFormatError
 from dataset_formats.records import PreferencePair
 from dataset_formats.schema import PAIR_COLUMNS

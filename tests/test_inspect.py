@@ -12,7 +12,7 @@ import pytest
 from conftest import read_hh_rows
 
 from dataset_formats.cli import main as df_main
-from dataset_formats.convert import convert
+from dataset_formats.conversion import convert
 from dataset_formats.errors import InputFileError
 from dataset_formats.inspect import format_report, inspect_output
 

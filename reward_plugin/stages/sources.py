@@ -3,7 +3,7 @@
 A source is a tokenized table (``.parquet``, ``.arrow`` or a ``datasets.save_to_disk`` folder
 with the four pair columns, or current TRL's ``chosen_ids``/``rejected_ids``), loaded as it is,
 or raw preference data in any dataset-toolkit format, converted on the fly with
-:func:`dataset_formats.convert.convert` and the run's tokenizer. In a config a source is written
+:func:`dataset_formats.convert` and the run's tokenizer. In a config a source is written
 as a path, a list of paths, or a mapping::
 
     train_data: data/train.parquet
@@ -197,7 +197,7 @@ def _load_source(
             f"{source.paths[0]} holds raw preference data; converting it needs a tokenizer: set `tokenizer` or a "
             "`model` whose folder has one, or convert it first with `reward-plugin convert`"
         )
-    from dataset_formats.convert import convert
+    from dataset_formats.conversion import convert
 
     fmt = source.format or dataset_format
     with tempfile.TemporaryDirectory(prefix="reward-plugin-") as tmp:
