@@ -100,10 +100,11 @@ def load_tokenizer(spec: Any, *, trust_remote_code: bool = False) -> Any:
             )
         except Exception as exc:  # transformers raises OSError, ValueError, KeyError… for a bad spec
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise OptionError(
-                f"tokenizer {spec!r} could not be loaded ({first}); pass a local tokenizer folder "
-                "(with tokenizer.json) or a hub name that is already cached"
-            ) from exc
+            if "custom code" in str(exc) or "trust_remote_code" in str(exc):
+                fix = "remote code is off by default; pass --trust-remote-code only if you trust that code"
+            else:
+                fix = "pass a local tokenizer folder (with tokenizer.json) or a hub name that is already cached"
+            raise OptionError(f"tokenizer {spec!r} could not be loaded ({first}); {fix}") from exc
     if not getattr(tokenizer, "is_fast", False):
         raise OptionError(
             f"tokenizer {getattr(tokenizer, 'name_or_path', spec)!r} is not a fast tokenizer; conversion needs "

@@ -11,6 +11,7 @@ import math
 import numbers
 import multiprocessing
 import os
+import signal
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable, Iterator
@@ -333,6 +334,12 @@ _WORKER: BatchProcessor | None = None
 def _init_worker(processor: BatchProcessor) -> None:
     global _WORKER
     _WORKER = processor
+    # A forked worker inherits the parent's handlers; the CLI turns SIGTERM into KeyboardInterrupt,
+    # which in a worker could fire while it holds the pool's queue lock and hang its siblings and
+    # the parent's clean-up. Workers die on SIGTERM (how Pool.terminate stops them) and leave
+    # Ctrl-C to the parent.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _work(item: tuple[str, RowBatch]) -> BatchResult:

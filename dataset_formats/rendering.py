@@ -123,11 +123,22 @@ def _guard_filter(func):
     return guarded
 
 
+class _NoFilesLoader(jinja2.BaseLoader):
+    """Templates may not import, include or extend anything: there are no files to reach."""
+
+    def get_source(self, environment: jinja2.Environment, template: str):
+        _current().fail(
+            f"{{% import/include/extends {template!r} %}} is not allowed: templates cannot reach files; "
+            "inline what you need"
+        )
+
+
 class _GuardedEnvironment(ImmutableSandboxedEnvironment):
     intercepted_binops = frozenset({"*", "**"})
 
     def __init__(self) -> None:
         super().__init__(
+            loader=_NoFilesLoader(),
             trim_blocks=True,
             lstrip_blocks=True,
             autoescape=False,

