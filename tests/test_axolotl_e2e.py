@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import ROOT, read_hh_rows, write_jsonl
 
 pytestmark = pytest.mark.slow
@@ -53,6 +52,7 @@ def run_axolotl(config: dict, workdir: Path, timeout: int = 300) -> subprocess.C
     }
     return subprocess.run(
         [str(AXOLOTL), "train", str(path), "--launcher", "python"],
+        check=False,
         cwd=workdir,
         env=env,
         capture_output=True,
@@ -91,7 +91,7 @@ def base_config(model_dir: str, tmp_path: Path) -> dict:
 
 
 def independent_rewards(
-    model_dir: Path | str, data_file: Path, fmt: str, tokenizer_dir: Path | str
+    model_dir: Path | str, data_file: Path, fmt: str, tokenizer_dir: Path | str, *, adapter: bool = False
 ) -> tuple[list[float], list[float]]:
     """Rewards of a saved model on the pairs of ``data_file``: one unpadded forward per sequence, logits[0, 0]."""
     import pyarrow.parquet as pq
@@ -104,7 +104,12 @@ def independent_rewards(
     table_path = data_file.with_suffix(".check.parquet")
     convert(data_file, table_path, format=fmt, tokenizer=tokenizer, max_length=128, progress=False)
     table = pq.read_table(table_path).to_pydict()
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    if adapter:  # Axolotl's LoRA export: adapter files beside the base model's config.json
+        from peft import AutoPeftModelForSequenceClassification
+
+        model = AutoPeftModelForSequenceClassification.from_pretrained(model_dir, num_labels=1).eval()
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
     chosen, rejected = [], []
     with torch.no_grad():
         for ids_c, ids_r in zip(table["input_ids_chosen"], table["input_ids_rejected"]):
@@ -150,6 +155,44 @@ def test_axolotl_trains_with_our_trainer_and_exports_reward_stats(tmp_path, tiny
     assert stats["std"] == pytest.approx(both.std(), abs=1e-4)
     assert stats["accuracy"] == pytest.approx(np.mean(np.array(chosen) > np.array(rejected)))
     assert "reward-plugin" in (out / "README.md").read_text()
+
+
+@requires_axolotl
+def test_axolotl_lora_adapter_trains_the_head_and_exports_stats(tmp_path, tiny_llama_dir):
+    """``adapter: lora`` (Axolotl applies it; the plugin keeps the causal-LM-only LoRA kernels off)."""
+    import numpy as np
+    from safetensors.torch import load_file
+
+    rows = read_hh_rows(TRAIN_PAIRS + EVAL_PAIRS)
+    write_jsonl(tmp_path / "train.jsonl", rows[:TRAIN_PAIRS])
+    eval_file = write_jsonl(tmp_path / "eval.jsonl", rows[TRAIN_PAIRS:])
+    config = base_config(tiny_llama_dir, tmp_path)
+    del config["eval_steps"]
+    config.update(
+        adapter="lora",
+        lora_r=4,
+        lora_alpha=8,
+        lora_dropout=0.0,
+        lora_target_modules=["q_proj", "v_proj"],
+        lora_modules_to_save=["score"],
+        gradient_checkpointing=False,
+    )
+    result = run_axolotl(config, tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    out = tmp_path / "out"
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    assert adapter["task_type"] == "SEQ_CLS" and "score" in adapter["modules_to_save"]
+    weights = load_file(out / "adapter_model.safetensors")
+    assert any("lora_A" in name for name in weights) and any("score" in name for name in weights)
+
+    stats = json.loads((out / "reward_stats.json").read_text())
+    saved = json.loads((out / "config.json").read_text())
+    assert (saved["reward_mean"], saved["reward_std"]) == (stats["mean"], stats["std"])
+    chosen, rejected = independent_rewards(out, eval_file, "hh-rlhf", tiny_llama_dir, adapter=True)
+    both = np.array(chosen + rejected)
+    assert stats["num_pairs"] == EVAL_PAIRS
+    assert stats["mean"] == pytest.approx(both.mean(), abs=1e-4)
+    assert stats["std"] == pytest.approx(both.std(), abs=1e-4)
 
 
 @requires_axolotl

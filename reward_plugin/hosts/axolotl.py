@@ -75,7 +75,9 @@ class RewardPluginArgs(BaseModel):
     )
     reward_chat_template: str | None = Field(
         default=None,
-        json_schema_extra={"description": "Chat template for conversational data: bundled name or .jinja path"},
+        json_schema_extra={
+            "description": "Chat template for conversational data: bundled name or .jinja path"
+        },
     )
     reward_max_length: int | None = Field(
         default=None,
@@ -106,10 +108,14 @@ class RewardPluginArgs(BaseModel):
     )
     reward_save_stats: bool | None = Field(
         default=None,
-        json_schema_extra={"description": "Save reward mean/std to reward_stats.json and config.json (default true)"},
+        json_schema_extra={
+            "description": "Save reward mean/std to reward_stats.json and config.json (default true)"
+        },
     )
 
 
+#: Axolotl's fused LoRA kernel switches (causal-LM models only).
+LORA_KERNEL_KEYS = ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel", "lora_embedding_kernel")
 #: The plugin's keys, in the order of :class:`RewardPluginArgs`.
 PLUGIN_KEYS = tuple(RewardPluginArgs.model_fields)
 #: Plugin keys -> RewardConfig fields they set directly.
@@ -157,13 +163,17 @@ def stage_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
             settings[name] = value
     if "center_rewards_coefficient" not in settings and _get(cfg, "center_rewards_coefficient") is not None:
         settings["center_rewards_coefficient"] = _get(cfg, "center_rewards_coefficient")
-    max_length = _get(cfg, "reward_max_length") or _get(cfg, "sequence_len")
+    max_length = _get(cfg, "reward_max_length")
+    if max_length is None:
+        max_length = _get(cfg, "sequence_len")
     if max_length is not None:
         if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
             raise ConfigError(f"`reward_max_length` must be a positive integer, got {max_length!r}")
         settings["max_length"] = max_length
     coefficient = settings.get("center_rewards_coefficient")
-    if coefficient is not None and (isinstance(coefficient, bool) or not isinstance(coefficient, (int, float))):
+    if coefficient is not None and (
+        isinstance(coefficient, bool) or not isinstance(coefficient, (int, float))
+    ):
         raise ConfigError(
             f"`reward_center_rewards_coefficient` must be a number such as 0.01, got {coefficient!r}"
         )
@@ -176,7 +186,9 @@ def stage_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
     if options is not None and not isinstance(options, Mapping):
         raise ConfigError(f"`reward_dataset_options` must be a mapping of format options, got {options!r}")
     if _get(cfg, "reward_on_error") not in (None, "raise", "skip"):
-        raise ConfigError(f"`reward_on_error` must be 'raise' or 'skip', got {_get(cfg, 'reward_on_error')!r}")
+        raise ConfigError(
+            f"`reward_on_error` must be 'raise' or 'skip', got {_get(cfg, 'reward_on_error')!r}"
+        )
     return settings
 
 
@@ -235,7 +247,9 @@ def stage_section(cfg: Mapping[str, Any]) -> dict[str, Any]:
         section["eval_data"] = data_sources(cfg, "test_datasets")
     elif _get(cfg, "val_set_size"):
         size = _get(cfg, "val_set_size")  # Axolotl: a fraction below 1, a number of rows from 1 up (a float)
-        section["eval_size"] = int(size) if isinstance(size, float) and size >= 1 and size.is_integer() else size
+        section["eval_size"] = (
+            int(size) if isinstance(size, float) and size >= 1 and size.is_integer() else size
+        )
     for key, name in (("seed", "seed"), ("dataset_processes", "dataset_num_proc")):
         if _get(cfg, key) is not None:
             section[name] = _get(cfg, key)
@@ -327,7 +341,8 @@ class RewardPlugin(BasePlugin):
     def __init__(self) -> None:
         if _AXOLOTL_IMPORT_ERROR is not None:
             raise PluginError(
-                PLUGIN_NAME, f"Axolotl is not importable ({_AXOLOTL_IMPORT_ERROR}); pip install 'reward-plugin[axolotl]'"
+                PLUGIN_NAME,
+                f"Axolotl is not importable ({_AXOLOTL_IMPORT_ERROR}); pip install 'reward-plugin[axolotl]'",
             ) from _AXOLOTL_IMPORT_ERROR
         super().__init__()
         self._trainer: Any = None
@@ -351,6 +366,12 @@ class RewardPlugin(BasePlugin):
             raise ConfigError("`reward_stage` trains a reward model; remove `reward_model: false`")
         stage_settings(cfg)
         cfg["reward_model"] = True
+        if _get(cfg, "adapter") in ("lora", "qlora"):
+            # Axolotl's fused LoRA kernels patch causal-LM PEFT models only (they raise on a sequence
+            # classifier), and Axolotl turns them on by default: keep them off unless asked for.
+            for key in LORA_KERNEL_KEYS:
+                if _get(cfg, key) is None:
+                    cfg[key] = False
 
     @staticmethod
     def _stage(cfg: Any) -> Any:
