@@ -34,7 +34,7 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 120.0) -> None
     deadline = time.monotonic() + timeout
     while not predicate():
         if proc.poll() is not None:
-            out, err = proc.communicate()
+            _, err = proc.communicate()
             pytest.fail(f"the process ended (rc {proc.returncode}) before the expected point:\n{err[-3000:]}")
         assert time.monotonic() < deadline, "timed out waiting for the process"
         time.sleep(0.02)
@@ -74,9 +74,13 @@ def test_killed_conversion_with_side_files_and_workers(tmp_path, minilm_path):
     started: list[int] = []
 
     def start() -> subprocess.Popen:
-        proc = subprocess.Popen(argv, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            argv, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         started.append(proc.pid)
-        _wait_for(lambda: len(_children(proc.pid)) >= 2 and any(".tmp-" in p.name for p in tmp_path.iterdir()), proc)
+        _wait_for(
+            lambda: len(_children(proc.pid)) >= 2 and any(".tmp-" in p.name for p in tmp_path.iterdir()), proc
+        )
         started.extend(_children(proc.pid))
         return proc
 
@@ -125,13 +129,24 @@ def test_rejects_and_stats_do_not_depend_on_num_proc(tmp_path, minilm_path, caps
     outputs = {}
     for n in (1, 2):
         argv = ["convert", str(src), "--format", "hh-rlhf", "--tokenizer", minilm_path, "--on-error", "skip"]
-        argv += ["--num-proc", str(n), "-o", str(tmp_path / f"o{n}.parquet"), "--rejects", str(tmp_path / f"r{n}.jsonl")]
+        argv += [
+            "--num-proc",
+            str(n),
+            "-o",
+            str(tmp_path / f"o{n}.parquet"),
+            "--rejects",
+            str(tmp_path / f"r{n}.jsonl"),
+        ]
         argv += ["--stats-json", str(tmp_path / f"s{n}.json"), "--max-length", "96", "--no-progress"]
         assert reward_main(argv) == 0
         stats = json.loads((tmp_path / f"s{n}.json").read_text())
         for key in ("seconds", "output"):
             stats.pop(key)
-        outputs[n] = ((tmp_path / f"o{n}.parquet").read_bytes(), (tmp_path / f"r{n}.jsonl").read_text(), stats)
+        outputs[n] = (
+            (tmp_path / f"o{n}.parquet").read_bytes(),
+            (tmp_path / f"r{n}.jsonl").read_text(),
+            stats,
+        )
     assert outputs[1] == outputs[2]
     rejected = [json.loads(l)["row"] for l in outputs[1][1].splitlines()]
     assert {5, 40, 61, 1117} <= set(rejected) and rejected == sorted(rejected)
@@ -166,12 +181,25 @@ def train_data(tmp_path_factory) -> Path:
 
 
 def _config(
-    folder: Path, model: str, data: Path, out: Path, *, steps: int, batch: int = 4, save_steps: int = 0,
+    folder: Path,
+    model: str,
+    data: Path,
+    out: Path,
+    *,
+    steps: int,
+    batch: int = 4,
+    save_steps: int = 0,
     sampling: str = "random",
 ) -> Path:
     save = "steps" if save_steps else "no"
     text = TRAIN_YAML.format(
-        model=model, data=data, out=out, steps=steps, batch=batch, save=save, save_steps=save_steps or 500,
+        model=model,
+        data=data,
+        out=out,
+        steps=steps,
+        batch=batch,
+        save=save,
+        save_steps=save_steps or 500,
         sampling=sampling,
     )
     path = folder / f"{out.name}.yaml"
@@ -193,20 +221,38 @@ def test_resumed_training_matches_an_uninterrupted_run(tmp_path, tiny_llama_dir,
     steps, save_steps = 6, 2
     # uninterrupted reference, in this process
     ref_out = tmp_path / "reference"
-    assert reward_main(["train", str(_config(tmp_path, tiny_llama_dir, train_data, ref_out, steps=steps, save_steps=save_steps))]) == 0
+    assert (
+        reward_main(
+            [
+                "train",
+                str(
+                    _config(tmp_path, tiny_llama_dir, train_data, ref_out, steps=steps, save_steps=save_steps)
+                ),
+            ]
+        )
+        == 0
+    )
 
     # the same run in a subprocess, killed (SIGKILL) once its first checkpoint is complete
     out = tmp_path / "killed"
     config = _config(tmp_path, tiny_llama_dir, train_data, out, steps=steps, save_steps=save_steps)
     proc = subprocess.Popen(
         [sys.executable, "-m", "reward_plugin", "train", str(config)],
-        cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     _wait_for(lambda: (out / f"checkpoint-{save_steps}" / "trainer_state.json").exists(), proc, timeout=240)
     proc.kill()
     proc.wait(timeout=60)
-    assert not (out / "model.safetensors").exists(), "the run finished before it was killed; nothing was tested"
-    done = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*") if (p / "trainer_state.json").exists())
+    assert not (out / "model.safetensors").exists(), (
+        "the run finished before it was killed; nothing was tested"
+    )
+    done = sorted(
+        int(p.name.split("-")[1]) for p in out.glob("checkpoint-*") if (p / "trainer_state.json").exists()
+    )
     assert done and done[-1] < steps
     # a kill during a save leaves a checkpoint folder without trainer_state.json: resume must skip it
     partial = out / f"checkpoint-{steps + 100}"
@@ -318,35 +364,74 @@ def register_formats(register):
 @pytest.mark.parametrize(
     ("module", "body", "expected"),
     [
-        ("crashy_formats_xyz", "raise ImportError('needs the package foo')\n",
-         "error: plugin 'crashy (crashy-formats)': failed to import entry point 'crashy_formats_xyz': "
-         "ImportError: needs the package foo; set REWARD_PLUGIN_LOAD_PLUGINS to the plugins you want to run without it"),
-        ("crashy_formats_xyz", BAD_ADAPTER, "error: plugin 'crashy': registered <crashy_formats_xyz.NoName object"),
+        (
+            "crashy_formats_xyz",
+            "raise ImportError('needs the package foo')\n",
+            "error: plugin 'crashy (crashy-formats)': failed to import entry point 'crashy_formats_xyz': "
+            "ImportError: needs the package foo; set REWARD_PLUGIN_LOAD_PLUGINS to the plugins you want to run without it",
+        ),
+        (
+            "crashy_formats_xyz",
+            BAD_ADAPTER,
+            "error: plugin 'crashy': registered <crashy_formats_xyz.NoName object",
+        ),
     ],
     ids=["raises-on-import", "registers-a-bad-adapter"],
 )
-def test_broken_plugin_is_named_and_the_allowlist_runs_without_it(tmp_path, minilm_path, module, body, expected):
+def test_broken_plugin_is_named_and_the_allowlist_runs_without_it(
+    tmp_path, minilm_path, module, body, expected
+):
     site = tmp_path / "site"
+    _fake_distribution(site, "crashy-formats", f"[dataset_formats]\ncrashy = {module}\n", {module: body})
     _fake_distribution(
-        site, "crashy-formats", f"[dataset_formats]\ncrashy = {module}\n", {module: body}
+        site,
+        "good-formats",
+        "[dataset_formats]\ngood = good_formats_xyz\n",
+        {"good_formats_xyz": GOOD_ADAPTER},
     )
-    _fake_distribution(site, "good-formats", "[dataset_formats]\ngood = good_formats_xyz\n", {"good_formats_xyz": GOOD_ADAPTER})
     src = write_jsonl(tmp_path / "in.jsonl", [{"good": "Paris.", "bad": "Lyon."}, {"good": "4", "bad": "5"}])
     env = _env(PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
-    convert = ["-m", "reward_plugin", "convert", str(src), "--format", "good-pairs", "--tokenizer", minilm_path]
+    convert = [
+        "-m",
+        "reward_plugin",
+        "convert",
+        str(src),
+        "--format",
+        "good-pairs",
+        "--tokenizer",
+        minilm_path,
+    ]
 
-    done = subprocess.run([sys.executable, *convert, "-o", str(tmp_path / "a.parquet")], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, *convert, "-o", str(tmp_path / "a.parquet")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr.startswith(expected), done.stderr
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
     assert not (tmp_path / "a.parquet").exists()
 
     env["REWARD_PLUGIN_LOAD_PLUGINS"] = "good"
-    done = subprocess.run([sys.executable, *convert, "-o", str(tmp_path / "b.parquet")], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, *convert, "-o", str(tmp_path / "b.parquet")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert "rows read: 2, written: 2, rejected: 0" in done.stdout
-    done = subprocess.run([sys.executable, "-m", "reward_plugin", "formats"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "reward_plugin", "formats"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0 and "good-pairs" in done.stdout and "crashy" not in done.stdout

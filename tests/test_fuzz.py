@@ -10,8 +10,8 @@ reason the pipeline gives when an adapter crashes instead of raising a RecordErr
 from __future__ import annotations
 
 import json
-import os
 import math
+import os
 import tempfile
 from pathlib import Path
 
@@ -23,7 +23,6 @@ from hypothesis import strategies as st
 
 import dataset_formats as df
 
-
 FORMAT_FIXTURES = FIXTURES / "formats"
 ADAPTERS = sorted(info.name for info in df.list_formats())
 
@@ -32,7 +31,11 @@ def _fixture_rows(name: str) -> list[dict]:
     path = FORMAT_FIXTURES / f"{name}.json"
     if not path.exists():
         return []
-    return [case["row"] for case in json.loads(path.read_text(encoding="utf-8"))["cases"] if isinstance(case.get("row"), dict)]
+    return [
+        case["row"]
+        for case in json.loads(path.read_text(encoding="utf-8"))["cases"]
+        if isinstance(case.get("row"), dict)
+    ]
 
 
 def _keys() -> list[str]:
@@ -56,14 +59,21 @@ scalars = (
     | st.integers(min_value=-(2**63), max_value=2**63)
     | st.floats(allow_nan=True, allow_infinity=True)
     | st.text(max_size=40)
-    | st.sampled_from(ROLES + ["\n\nHuman: hi\n\nAssistant: yo", "\n\nAssistant:", "significantly better", "4"])
+    | st.sampled_from(
+        ROLES + ["\n\nHuman: hi\n\nAssistant: yo", "\n\nAssistant:", "significantly better", "4"]
+    )
 )
 messages = st.lists(
-    st.fixed_dictionaries({"role": st.sampled_from(ROLES), "content": st.text(max_size=20) | scalars}), max_size=4
-) | st.lists(st.fixed_dictionaries({"from": st.sampled_from(ROLES), "value": st.text(max_size=20)}), max_size=4)
+    st.fixed_dictionaries({"role": st.sampled_from(ROLES), "content": st.text(max_size=20) | scalars}),
+    max_size=4,
+) | st.lists(
+    st.fixed_dictionaries({"from": st.sampled_from(ROLES), "value": st.text(max_size=20)}), max_size=4
+)
 values = st.recursive(
     scalars | messages,
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.sampled_from(KEYS), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.sampled_from(KEYS), children, max_size=4)
+    ),
     max_leaves=12,
 )
 
@@ -115,7 +125,12 @@ def test_random_rows_are_written_or_rejected_with_a_reason(name, tokenizer):
 
     seen = {"written": 0, "rejected": 0}
 
-    @settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "25")), deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @settings(
+        max_examples=int(os.environ.get("FUZZ_EXAMPLES", "25")),
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        database=None,
+    )
     @given(rows=st.lists(mutated_row(base), min_size=1, max_size=6))
     def check(rows):
         with tempfile.TemporaryDirectory() as tmp:
@@ -123,8 +138,15 @@ def test_random_rows_are_written_or_rejected_with_a_reason(name, tokenizer):
             src.write_text("".join(_dump(r) + "\n" for r in rows), encoding="utf-8")
             rejects = Path(tmp) / "rejects.jsonl"
             stats = df.convert(
-                src, Path(tmp) / "out.parquet", format=name, tokenizer=tokenizer, chat_template=template,
-                max_length=128, on_error="skip", rejects=rejects, progress=False,
+                src,
+                Path(tmp) / "out.parquet",
+                format=name,
+                tokenizer=tokenizer,
+                chat_template=template,
+                max_length=128,
+                on_error="skip",
+                rejects=rejects,
+                progress=False,
             )
             assert stats.rows_read == len(rows) == stats.rows_written + stats.rows_rejected
             assert pq.read_table(Path(tmp) / "out.parquet").num_rows == stats.pairs_written

@@ -20,7 +20,11 @@ from conftest import ROOT, read_hh_rows, write_jsonl
 from reward_plugin.cli import main as reward_main
 
 CHAT_ROWS = [
-    {"messages": [{"role": "user", "content": "Hi!"}], "chosen": "Hello! How can I help?", "rejected": "What?"},
+    {
+        "messages": [{"role": "user", "content": "Hi!"}],
+        "chosen": "Hello! How can I help?",
+        "rejected": "What?",
+    },
     {"messages": [{"role": "user", "content": "Is ice cold?"}], "chosen": "Yes.", "rejected": "No."},
 ]
 
@@ -66,7 +70,16 @@ def test_template_calling_open_fails_every_row_with_a_clear_error(tmp_path, mini
     template = tmp_path / "evil.jinja"
     template.write_text("{{ open('%s', 'w') }}{{ messages[0]['content'] }}" % marker, encoding="utf-8")
     src = write_jsonl(tmp_path / "chat.jsonl", CHAT_ROWS)
-    argv = ["convert", str(src), "--format", "chat", "--tokenizer", minilm_path, "--chat-template", str(template)]
+    argv = [
+        "convert",
+        str(src),
+        "--format",
+        "chat",
+        "--tokenizer",
+        minilm_path,
+        "--chat-template",
+        str(template),
+    ]
     assert reward_main([*argv, "-o", str(tmp_path / "o.parquet")]) == 1
     err = capsys.readouterr().err
     assert err == (
@@ -106,10 +119,18 @@ def _remote_code_folder(folder: Path, marker: Path, kind: str) -> Path:
     folder.mkdir()
     (folder / "custom_code.py").write_text(f"open({str(marker)!r}, 'w').close()\n", encoding="utf-8")
     if kind == "tokenizer":
-        config = {"tokenizer_class": "EvilTokenizer", "auto_map": {"AutoTokenizer": ["custom_code.EvilTokenizer", None]}}
+        config = {
+            "tokenizer_class": "EvilTokenizer",
+            "auto_map": {"AutoTokenizer": ["custom_code.EvilTokenizer", None]},
+        }
         (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
-    config = {"model_type": "evil", "auto_map": {"AutoConfig": "custom_code.EvilConfig",
-              "AutoModelForSequenceClassification": "custom_code.EvilModel"}}
+    config = {
+        "model_type": "evil",
+        "auto_map": {
+            "AutoConfig": "custom_code.EvilConfig",
+            "AutoModelForSequenceClassification": "custom_code.EvilModel",
+        },
+    }
     (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
     return folder
 
@@ -134,7 +155,9 @@ def test_train_refuses_a_model_with_custom_code(tmp_path, bpe_tokenizer_path, ca
     err = capsys.readouterr().err
     (line,) = [l for l in err.splitlines() if l.startswith("error:")]
     assert code == 1 and "Traceback" not in err, err
-    assert line.endswith("remote code is off by default: set trust_remote_code: true only if you trust that code")
+    assert line.endswith(
+        "remote code is off by default: set trust_remote_code: true only if you trust that code"
+    )
     assert not marker.exists()
 
 
@@ -173,13 +196,21 @@ def test_pickled_weights_are_never_unpickled(tmp_path, tiny_llama_dir, bpe_token
     assert not marker.exists()
 
 
-UNSAFE_CALLS = {("pickle", "load"), ("pickle", "loads"), ("dill", "load"), ("marshal", "loads"), ("yaml", "load")}
+UNSAFE_CALLS = {
+    ("pickle", "load"),
+    ("pickle", "loads"),
+    ("dill", "load"),
+    ("marshal", "loads"),
+    ("yaml", "load"),
+}
 
 
 def test_no_unsafe_deserialization_in_the_code():
     """No pickle/marshal/yaml.load, eval or exec; any torch.load passes weights_only=True."""
     problems = []
-    for path in sorted((ROOT / "dataset_formats").rglob("*.py")) + sorted((ROOT / "reward_plugin").rglob("*.py")):
+    for path in sorted((ROOT / "dataset_formats").rglob("*.py")) + sorted(
+        (ROOT / "reward_plugin").rglob("*.py")
+    ):
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             if not isinstance(node, ast.Call):
@@ -194,7 +225,9 @@ def test_no_unsafe_deserialization_in_the_code():
                     problems.append(f"{where}: {pair[0]}.{pair[1]}()")
                 if pair == ("torch", "load"):
                     safe = any(
-                        k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
+                        k.arg == "weights_only"
+                        and isinstance(k.value, ast.Constant)
+                        and k.value.value is True
                         for k in node.keywords
                     )
                     if not safe:
