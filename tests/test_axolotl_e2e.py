@@ -244,3 +244,44 @@ def test_axolotl_rejects_rl_with_reward_stage(tmp_path, tiny_llama_dir):
     result = run_axolotl(config, tmp_path)
     assert result.returncode != 0
     assert "`rl: dpo` and `reward_stage: reward` exclude each other" in result.stdout + result.stderr
+
+
+OFF_CHECK = """
+from axolotl.integrations.base import PluginManager
+from axolotl.integrations.config import merge_input_args
+from axolotl.utils.dict import DictDefault
+
+name = "reward_plugin.hosts.axolotl.RewardPlugin"
+manager = PluginManager.get_instance()
+manager.register(name)
+plugin = manager.plugins[name]
+cfg = DictDefault({"base_model": "m", "adapter": "lora", "datasets": [{"path": "x.jsonl"}]})
+before = cfg.to_dict()
+plugin.register(cfg)
+assert plugin.load_datasets(cfg) is None
+assert plugin.get_trainer_cls(cfg) is None
+plugin.post_trainer_create(cfg, object())
+plugin.post_train(cfg, None)
+plugin.post_train_unload(cfg)
+assert cfg.to_dict() == before, cfg.to_dict()
+_, schema = merge_input_args()
+assert {"reward_stage", "reward_margin", "reward_truncation"} <= set(schema.model_fields)
+print("plugin off: ok")
+"""
+
+
+@requires_axolotl
+def test_axolotl_plugin_does_nothing_without_reward_stage(tmp_path):
+    """Listed but not switched on, the plugin leaves the config and Axolotl's own loading and trainer alone."""
+    python = AXOLOTL.parent / "python"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "AXOLOTL_DO_NOT_TRACK": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [str(python), "-c", OFF_CHECK],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0 and "plugin off: ok" in result.stdout, result.stderr[-4000:]

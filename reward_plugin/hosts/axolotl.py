@@ -58,60 +58,28 @@ class RewardPluginArgs(BaseModel):
     """The top-level Axolotl config keys of the plugin (merged into Axolotl's config schema)."""
 
     reward_stage: str | None = Field(
-        default=None,
-        json_schema_extra={"description": "Stage to run (`reward-plugin stages`); unset = the plugin is off"},
+        None, description="stage to run (`reward-plugin stages`); unset: plugin off"
     )
-    reward_dataset_format: str | None = Field(
-        default=None,
-        json_schema_extra={"description": "Dataset-toolkit format of raw data files, or auto (default)"},
-    )
-    reward_dataset_options: dict[str, Any] | None = Field(
-        default=None,
-        json_schema_extra={"description": "Options of that format (`reward-plugin formats --json`)"},
-    )
+    reward_dataset_format: str | None = Field(None, description="format of raw data files, or auto (default)")
+    reward_dataset_options: dict[str, Any] | None = Field(None, description="options of that format")
     reward_on_error: Literal["raise", "skip"] | None = Field(
-        default=None,
-        json_schema_extra={"description": "Bad raw rows: raise (default) stops, skip drops and counts them"},
+        None, description="bad raw rows: raise (default) or skip"
     )
-    reward_chat_template: str | None = Field(
-        default=None,
-        json_schema_extra={
-            "description": "Chat template for conversational data: bundled name or .jinja path"
-        },
-    )
+    reward_chat_template: str | None = Field(None, description="chat template: bundled name or .jinja path")
     reward_max_length: int | None = Field(
-        default=None,
-        json_schema_extra={"description": "Cut sequences longer than this (default: sequence_len)"},
+        None, description="cut sequences longer than this (default sequence_len)"
     )
-    reward_truncation: Literal["left", "right"] | None = Field(
-        default=None,
-        json_schema_extra={"description": "Side cut from too-long sequences: left (default) keeps the end"},
-    )
+    reward_truncation: Literal["left", "right"] | None = Field(None, description="side cut (default left)")
     reward_margin: bool | float | None = Field(
-        default=None,
-        json_schema_extra={
-            "description": "true (default): use the margins the data gives; false: ignore them; "
-            "a number: this fixed margin for every pair"
-        },
+        None,
+        description="true (default): the data's margins; false: none; a number: this margin for every pair",
     )
-    reward_center_rewards_coefficient: float | None = Field(
-        default=None,
-        json_schema_extra={"description": "Weight of mean((r_chosen + r_rejected)^2); 0.01 is common"},
-    )
+    reward_center_rewards_coefficient: float | None = Field(None, description="weight of mean((rc + rr)^2)")
     reward_pair_batching: Literal["standard", "prefix_shared", "packed", "auto"] | None = Field(
-        default=None,
-        json_schema_extra={"description": "Forward-pass layout of a pair (RewardConfig.pair_batching)"},
+        None, description="forward-pass layout of a pair (RewardConfig.pair_batching)"
     )
-    reward_disable_dropout: bool | None = Field(
-        default=None,
-        json_schema_extra={"description": "Set every dropout probability to 0 (default true)"},
-    )
-    reward_save_stats: bool | None = Field(
-        default=None,
-        json_schema_extra={
-            "description": "Save reward mean/std to reward_stats.json and config.json (default true)"
-        },
-    )
+    reward_disable_dropout: bool | None = Field(None, description="set every dropout to 0 (default true)")
+    reward_save_stats: bool | None = Field(None, description="save reward mean/std (default true)")
 
 
 #: Axolotl's fused LoRA kernel switches (causal-LM models only).
