@@ -81,7 +81,10 @@ class RewardConfig(TrainingArguments):
         pad_to_multiple_of: pad batch lengths up to a multiple of this value.
         group_by_length: batch pairs of similar length (seeded) to cut padding.
         pair_batching: how a pair is laid out for the forward pass: ``"standard"`` (chosen and rejected
-            as separate rows of one batch), ``"prefix_shared"``, ``"packed"`` or ``"auto"``.
+            as separate rows of one batch), ``"prefix_shared"`` (one row ``[shared prompt | chosen tail |
+            rejected tail]`` per pair), ``"packed"`` (several such pairs per row) or ``"auto"`` (default:
+            ``packed`` where the model supports it exactly, else ``standard``); see
+            :mod:`reward_plugin.pair_batching`.
 
     Parameters that control the training:
         center_rewards_coefficient: weight of the ``mean((r_chosen + r_rejected)^2)`` term that keeps
@@ -205,10 +208,12 @@ class RewardConfig(TrainingArguments):
         },
     )
     pair_batching: str = field(
-        default="standard",
+        default="auto",
         metadata={
             "help": "How pairs are laid out for the forward pass: 'standard' (chosen and rejected as separate "
-            "rows), 'prefix_shared', 'packed' or 'auto'.",
+            "rows), 'prefix_shared' (one row per pair, the shared prompt computed once), 'packed' (several "
+            "prefix-shared pairs per row) or 'auto' (packed for Llama/Qwen2/Mistral/Gemma/GPT-2 decoders with "
+            "sdpa/eager/flex attention, standard otherwise). All give the same rewards.",
             "choices": list(PAIR_BATCHING_MODES),
         },
     )

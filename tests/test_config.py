@@ -21,7 +21,7 @@ def test_defaults(tmp_path):
     c = RewardConfig(output_dir=str(tmp_path))
     assert c.max_length is None and c.center_rewards_coefficient is None and c.chat_template is None
     assert c.gradient_checkpointing is True and c.disable_dropout is True and c.trust_remote_code is False
-    assert (c.truncation, c.dataset_format, c.pair_batching) == ("left", "auto", "standard")
+    assert (c.truncation, c.dataset_format, c.pair_batching) == ("left", "auto", "auto")
     assert c.group_by_length is False and c.save_reward_stats is True and c.remove_unused_columns is False
     assert c.save_final_model is True
     assert c.logging_steps == 10

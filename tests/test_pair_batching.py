@@ -316,3 +316,14 @@ def test_auto_picks_packed_for_a_decoder_and_refuses_flash_attention(tmp_path, b
     args = RewardConfig(output_dir=str(tmp_path), pair_batching="packed", **COMMON)
     with pytest.raises(UnsupportedModelError, match="flash_attention_2"):
         RewardTrainer(model=model, args=args, processing_class=bpe_tokenizer)
+
+
+def test_docstring_examples():
+    import doctest
+
+    import reward_plugin.pair_batching
+    import reward_plugin.pair_batching_collator
+
+    for module in (reward_plugin.pair_batching, reward_plugin.pair_batching_collator):
+        result = doctest.testmod(module)
+        assert result.failed == 0 and result.attempted > 0

@@ -383,7 +383,7 @@ def test_argument_errors(tmp_path, tiny_llama, bpe_tokenizer):
 
 def test_trl_style_batches_and_unknown_batches(tmp_path, tiny_llama, bpe_tokenizer):
     data = tokenized_pairs(bpe_tokenizer, n=4, max_length=16)
-    trainer = RewardTrainer(model=tiny_llama, args=config(tmp_path, bf16=False), train_dataset=data,
+    trainer = RewardTrainer(model=tiny_llama, args=config(tmp_path, bf16=False, pair_batching="standard"), train_dataset=data,
                             processing_class=bpe_tokenizer)
     ours = trainer.data_collator(list(data))
     trl_layout = {
