@@ -988,3 +988,38 @@ def test_reliability_doc_table_matches_the_messages(tmp_path_factory, minilm_pat
         DOC.write_text(text, encoding="utf-8")
         end = start + len(table)
     assert text[start:end] == table, "docs/reliability.md is out of date: rerun with UPDATE_RELIABILITY_DOC=1"
+
+
+@pytest.mark.parametrize(
+    ("fmt", "row", "field", "fix"),
+    [
+        (
+            "preference",
+            {"Chosen": "a", "rejected": "b"},
+            "chosen",
+            "did you mean 'Chosen'? rename that column to 'chosen'",
+        ),
+        ("preference", {"chosen": "a", "rejectd": "b"}, "rejected", "did you mean 'rejectd'? rename that column to 'rejected'"),
+        # siblings are other fields, never suggested as typos of each other
+        (
+            "helpsteer2",
+            {"prompt": "p", "response_2": "b", "preference_strength": 1},
+            "response_1",
+            "add it, or pick the --format that matches these columns",
+        ),
+        (
+            "shp",
+            {"history": "h", "human_ref_A": "a", "human_ref_B": "b", "score_B": 1, "labels": 1},
+            "score_A",
+            "add it, or pick the --format that matches these columns",
+        ),
+    ],
+)
+def test_missing_field_suggests_only_real_near_misses(fmt, row, field, fix):
+    import dataset_formats as df
+
+    adapter = df.get_format(fmt)
+    with pytest.raises(df.RecordError) as info:
+        adapter.to_pairs(row, adapter.make_options({}))
+    assert (info.value.field, info.value.reason) == (field, "missing_field")
+    assert str(info.value).endswith(fix)

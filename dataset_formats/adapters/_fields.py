@@ -33,6 +33,8 @@ def require(row: Mapping[str, Any], field: str) -> Any:
 
 def near_miss(name: str, candidates: list[str]) -> str | None:
     """The candidate that looks like a misspelling of ``name`` (case or a typo), if any."""
+    # Siblings such as score_A/score_B or response_1/response_2 are other fields, not typos.
+    candidates = [c for c in candidates if not (len(c) == len(name) and c[:-1] == name[:-1])]
     lowered = {c.lower(): c for c in candidates}
     if name.lower() in lowered:
         return lowered[name.lower()]
