@@ -193,6 +193,11 @@ def worker(workdir: Path, name: str, kind: str, library: str, mode: str | None, 
             **common, pair_batching=mode, group_by_length=grouped, save_final_model=False, save_reward_stats=False
         )
         trainer = RewardTrainer(model=model, args=config, train_dataset=pairs, processing_class=tokenizer)
+    # Warm-up outside the clock: thread pools and the bf16 kernels' first use cost every configuration alike.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        warm = trainer.model(input_ids=torch.full((2, 64), 5), attention_mask=torch.ones(2, 64, dtype=torch.long))
+    warm.logits.float().sum().backward()
+    trainer.model.zero_grad(set_to_none=True)
     counter = Counting(trainer.data_collator, causal=kind == "causal")
     trainer.data_collator = counter
     times = {}

@@ -236,6 +236,22 @@ def packed_rewards(
     return flat[batch["chosen_index"]], flat[batch["rejected_index"]]
 
 
+def attention_cost_tokens(model: nn.Module) -> float:
+    """Row length at which a token's dense attention costs about as much as its linear layers.
+
+    Per layer and token the linear layers cost ~``2 * P`` FLOPs (``P``: the layer's weights), dense
+    attention ~``4 * hidden * T`` for a row of ``T`` tokens, so the two are equal at
+    ``T = P / (2 * hidden)``. Used by the packed collator to choose how long its rows are.
+    """
+    base = unwrap_model(model)
+    config = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
+    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None) or 1
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None) or 1
+    skip = {id(m.weight) for m in base.modules() if isinstance(m, nn.Embedding)}
+    weights = sum(p.numel() for p in base.parameters() if id(p) not in skip)
+    return max(weights / layers / (2 * hidden), 1.0)
+
+
 def layout_lengths(chosen: Sequence[Sequence[int]], rejected: Sequence[Sequence[int]]) -> list[int]:
     """Tokens of each pair's prefix-shared block: ``len(chosen) + len(rejected) - shared prefix``."""
     return [len(c) + len(r) - shared_prefix_length(c, r) for c, r in zip(chosen, rejected)]

@@ -21,8 +21,12 @@ class PrefixSharedPairCollator(RewardDataCollatorWithPadding):
     ``max_length`` the same way (``truncation``, ``keep_token_ids``); tokens whose attention mask
     is 0 are dropped. The shared prefix is the longest common prefix of the two id lists, capped
     so each tail keeps at least one token. With ``pack=False`` every pair gets its own row
-    (``prefix_shared``); with ``pack=True`` pairs are packed first-fit-decreasing into rows no
-    longer than the batch's longest block (``packed``), so no row is longer than without packing.
+    (``prefix_shared``); with ``pack=True`` pairs are packed first-fit-decreasing into rows
+    (``packed``). The row capacity is chosen per batch to minimise the estimated cost
+    ``rows * T * (1 + T / attention_cost_tokens)`` (linear layers grow with the tokens, dense
+    attention with their square): from the batch's longest block (no row longer than without
+    packing) up to all pairs in one row. Without ``attention_cost_tokens`` the capacity is the
+    longest block.
 
     The batch holds ``chosen_index``/``rejected_index`` (``(pairs,)``: flat positions in
     ``rows * T`` where each reward is read), ``packed_input_ids``, ``packed_position_ids``
@@ -32,6 +36,8 @@ class PrefixSharedPairCollator(RewardDataCollatorWithPadding):
 
     Args:
         pack: put several pairs into one row.
+        attention_cost_tokens: row length at which a token's attention costs as much as its linear
+            layers (see :func:`reward_plugin.pair_batching.attention_cost_tokens`); packing only.
         (others): as :class:`RewardDataCollatorWithPadding`; ``padding_side`` is not used.
 
     Example::
@@ -47,6 +53,7 @@ class PrefixSharedPairCollator(RewardDataCollatorWithPadding):
     """
 
     pack: bool = False
+    attention_cost_tokens: float | None = None
 
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         if not examples:
@@ -57,7 +64,8 @@ class PrefixSharedPairCollator(RewardDataCollatorWithPadding):
             rejected = _real_tokens(*self._sequence(example, "rejected", index))
             blocks.append(_block(chosen, rejected))
         margins = self._margins(examples)
-        rows = _pack([len(b[0]) for b in blocks]) if self.pack else [[i] for i in range(len(blocks))]
+        lengths = [len(b[0]) for b in blocks]
+        rows = _best_packing(lengths, self.attention_cost_tokens) if self.pack else [[i] for i in range(len(blocks))]
         length = max(sum(len(blocks[i][0]) for i in row) for row in rows)
         if self.pad_to_multiple_of:
             length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
@@ -106,9 +114,23 @@ def _block(chosen: list[int], rejected: list[int]) -> tuple[list[int], list[int]
     return ids, positions, segments, len(chosen) - 1, len(ids) - 1
 
 
-def _pack(lengths: list[int]) -> list[list[int]]:
-    """First-fit-decreasing bins (lists of block indices) of capacity ``max(lengths)``."""
-    capacity = max(lengths)
+def _best_packing(lengths: list[int], attention_cost_tokens: float | None) -> list[list[int]]:
+    """The cheapest first-fit-decreasing packing over capacities from the longest block to all blocks."""
+    longest, total = max(lengths), sum(lengths)
+    if attention_cost_tokens is None:
+        return _pack(lengths, longest)
+    best, best_cost = None, float("inf")
+    for rows in range(1, len(lengths) + 1):
+        bins = _pack(lengths, max(longest, -(-total // rows)))
+        width = max(sum(lengths[i] for i in b) for b in bins)
+        cost = len(bins) * width * (1 + width / attention_cost_tokens)
+        if cost < best_cost:
+            best, best_cost = bins, cost
+    return best
+
+
+def _pack(lengths: list[int], capacity: int) -> list[list[int]]:
+    """First-fit-decreasing bins (lists of block indices) of ``capacity`` tokens (>= the longest block)."""
     bins: list[list[int]] = []
     room: list[int] = []
     for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):

@@ -19,7 +19,7 @@ from .errors import ConfigError, DataError
 from .loss import pairwise_loss
 from .metrics import compute_reward_metrics, reward_metrics, reward_statistics, write_reward_stats
 from .modelcard import library_versions, write_model_card
-from .pair_batching import FAST_MODES, PACKED_KEYS, packed_rewards, resolve_pair_batching
+from .pair_batching import FAST_MODES, PACKED_KEYS, attention_cost_tokens, packed_rewards, resolve_pair_batching
 from .pair_batching_collator import PrefixSharedPairCollator
 from .modeling import (
     apply_peft,
@@ -141,6 +141,7 @@ class RewardTrainer(Trainer):
             eval_dataset = self._prepare(eval_dataset, "eval")
         # The layout needs the model; a `model_init` model only exists once Trainer.__init__ built it.
         self.pair_batching = resolve_pair_batching(args.pair_batching, model) if model is not None else "standard"
+        self._layout_model = model
         default_collator = data_collator is None
         if default_collator:
             data_collator = self._default_collator()
@@ -168,6 +169,7 @@ class RewardTrainer(Trainer):
         self.model_accepts_loss_kwargs = False
         if model is None:
             self.pair_batching = resolve_pair_batching(args.pair_batching, self.model)
+            self._layout_model = self.model
             if default_collator:
                 self.data_collator = self._default_collator()
         self.can_return_loss = True
@@ -227,7 +229,10 @@ class RewardTrainer(Trainer):
             padding_side="right",
         )
         if getattr(self, "pair_batching", "standard") in FAST_MODES:
-            return PrefixSharedPairCollator(**options, pack=self.pair_batching == "packed")
+            pack = self.pair_batching == "packed"
+            model = getattr(self, "_layout_model", None)
+            cost = attention_cost_tokens(model) if pack and model is not None else None
+            return PrefixSharedPairCollator(**options, pack=pack, attention_cost_tokens=cost)
         return RewardDataCollatorWithPadding(**options)
 
     def _set_signature_columns_if_needed(self) -> None:

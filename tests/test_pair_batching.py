@@ -133,6 +133,16 @@ def test_packing_fills_rows_up_to_the_longest_block():
     assert int((batch["packed_segments"] >= 0).sum()) == 2 * (5 + 2 + 3 + 1 + 1)
 
 
+def test_packing_row_length_follows_the_attention_cost():
+    rows = [{"chosen_ids": [1] * n, "rejected_ids": [2] * n} for n in (5, 2, 3, 1, 1)]  # blocks 10, 4, 6, 2, 2
+    cheap_attention = PrefixSharedPairCollator(pad_token_id=0, pack=True, attention_cost_tokens=1e9)(rows)
+    rows_, width = cheap_attention["packed_input_ids"].shape
+    assert rows_ * width == 24  # only the token count matters: no padding at all
+    dear_attention = PrefixSharedPairCollator(pad_token_id=0, pack=True, attention_cost_tokens=1.0)(rows)
+    # rows * T * (1 + T): one row 24*25 = 600, two rows (10+2 | 6+4+2) 2*12*13 = 312, three (10 | 6+4 | 2+2) 3*10*11 = 330
+    assert dear_attention["packed_input_ids"].shape == (2, 12)
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_rewards_and_gradients_equal_the_standard_forward(arch):
     rows = random_rows()
