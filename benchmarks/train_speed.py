@@ -77,7 +77,9 @@ def build_bpe_tokenizer(directory: Path, texts: list[str], vocab_size: int):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=vocab_size,
+        special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(texts, trainer=trainer)
     fast = PreTrainedTokenizerFast(
@@ -164,22 +166,22 @@ def worker(workdir: Path, name: str, kind: str, library: str, mode: str | None, 
     tokenizer = AutoTokenizer.from_pretrained(workdir / "model")
     model = AutoModelForSequenceClassification.from_pretrained(workdir / "model", num_labels=1)
     pairs = datasets.load_from_disk(str(workdir / "pairs"))
-    common = dict(
-        output_dir=str(workdir / "out" / name.replace(" ", "_")),
-        num_train_epochs=1,
-        per_device_train_batch_size=args.batch,
-        learning_rate=1e-5,
-        seed=0,
-        bf16=True,
-        use_cpu=True,
-        gradient_checkpointing=True,
-        max_length=args.max_length,
-        logging_steps=1000,
-        report_to="none",
-        save_strategy="no",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-    )
+    common = {
+        "output_dir": str(workdir / "out" / name.replace(" ", "_")),
+        "num_train_epochs": 1,
+        "per_device_train_batch_size": args.batch,
+        "learning_rate": 1e-5,
+        "seed": 0,
+        "bf16": True,
+        "use_cpu": True,
+        "gradient_checkpointing": True,
+        "max_length": args.max_length,
+        "logging_steps": 1000,
+        "report_to": "none",
+        "save_strategy": "no",
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+    }
     if library == "trl":
         import trl
 
@@ -190,12 +192,18 @@ def worker(workdir: Path, name: str, kind: str, library: str, mode: str | None, 
         from reward_plugin import RewardConfig, RewardTrainer
 
         config = RewardConfig(
-            **common, pair_batching=mode, group_by_length=grouped, save_final_model=False, save_reward_stats=False
+            **common,
+            pair_batching=mode,
+            group_by_length=grouped,
+            save_final_model=False,
+            save_reward_stats=False,
         )
         trainer = RewardTrainer(model=model, args=config, train_dataset=pairs, processing_class=tokenizer)
     # Warm-up outside the clock: thread pools and the bf16 kernels' first use cost every configuration alike.
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        warm = trainer.model(input_ids=torch.full((2, 64), 5), attention_mask=torch.ones(2, 64, dtype=torch.long))
+        warm = trainer.model(
+            input_ids=torch.full((2, 64), 5), attention_mask=torch.ones(2, 64, dtype=torch.long)
+        )
     warm.logits.float().sum().backward()
     trainer.model.zero_grad(set_to_none=True)
     counter = Counting(trainer.data_collator, causal=kind == "causal")
@@ -234,8 +242,20 @@ def run_suite(kind: str, configs: dict, args) -> tuple[list[dict], dict]:
     for name, (library, mode, grouped) in configs.items():
         if args.only and name not in args.only:
             continue
-        command = [sys.executable, __file__, "--worker", json.dumps([str(workdir), name, kind, library, mode, grouped])]
-        command += ["--batch", str(args.batch), "--max-length", str(args.max_length), "--threads", str(args.threads)]
+        command = [
+            sys.executable,
+            __file__,
+            "--worker",
+            json.dumps([str(workdir), name, kind, library, mode, grouped]),
+        ]
+        command += [
+            "--batch",
+            str(args.batch),
+            "--max-length",
+            str(args.max_length),
+            "--threads",
+            str(args.threads),
+        ]
         done = subprocess.run(command, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             sys.stderr.write(done.stderr[-3000:])
@@ -249,8 +269,10 @@ def run_suite(kind: str, configs: dict, args) -> tuple[list[dict], dict]:
 def table(kind: str, results: list[dict], info: dict, args) -> str:
     base = next((r for r in results if r["name"].startswith("TRL")), None)
     lines = [
-        f"**{kind}** ({info['params'] / 1e6:.1f}M parameters, {info['rows']} hh-rlhf pairs, one epoch, "
-        f"batch {args.batch}, max_length {args.max_length}, bf16, gradient checkpointing)",
+        (
+            f"**{kind}** ({info['params'] / 1e6:.1f}M parameters, {info['rows']} hh-rlhf pairs, one epoch, "
+            f"batch {args.batch}, max_length {args.max_length}, bf16, gradient checkpointing)"
+        ),
         "",
         "| configuration | pairs/s | speed-up vs TRL | token efficiency | tokens processed / needed | pairs trained | pairs dropped | peak RSS (MB) |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -266,7 +288,9 @@ def table(kind: str, results: list[dict], info: dict, args) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=160, help="hh-rlhf rows (one epoch over them per configuration)")
+    parser.add_argument(
+        "--rows", type=int, default=160, help="hh-rlhf rows (one epoch over them per configuration)"
+    )
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--threads", type=int, default=2, help="torch threads per run")
@@ -287,7 +311,9 @@ def main(argv: list[str] | None = None) -> None:
             continue
         results, info = run_suite(kind, configs, args)
         out[kind] = {"info": info, "results": results}
-        print(table("Llama (causal)" if kind == "causal" else "MiniLM-L6 (encoder)", results, info, args) + "\n")
+        print(
+            table("Llama (causal)" if kind == "causal" else "MiniLM-L6 (encoder)", results, info, args) + "\n"
+        )
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
 

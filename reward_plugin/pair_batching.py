@@ -98,7 +98,9 @@ def unsupported_reason(model: nn.Module) -> str | None:
     if found is None or found[0] != "score":
         return f"{name} has no per-token `score` head to read both rewards from"
     peft_config = getattr(model, "peft_config", None)
-    if isinstance(peft_config, dict) and any(getattr(c, "is_prompt_learning", False) for c in peft_config.values()):
+    if isinstance(peft_config, dict) and any(
+        getattr(c, "is_prompt_learning", False) for c in peft_config.values()
+    ):
         return "prompt-learning PEFT adapters prepend virtual tokens and a 2D mask"
     return None
 
@@ -205,7 +207,7 @@ def attention_masks(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.T
                     ~mask, torch.finfo(dtype).min
                 )
         masks[layer_type] = mask
-    return masks[None] if None in masks else masks
+    return masks.get(None, masks)
 
 
 def packed_rewards(

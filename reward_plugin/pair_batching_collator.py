@@ -65,7 +65,11 @@ class PrefixSharedPairCollator(RewardDataCollatorWithPadding):
             blocks.append(_block(chosen, rejected))
         margins = self._margins(examples)
         lengths = [len(b[0]) for b in blocks]
-        rows = _best_packing(lengths, self.attention_cost_tokens) if self.pack else [[i] for i in range(len(blocks))]
+        rows = (
+            _best_packing(lengths, self.attention_cost_tokens)
+            if self.pack
+            else [[i] for i in range(len(blocks))]
+        )
         length = max(sum(len(blocks[i][0]) for i in row) for row in rows)
         if self.pad_to_multiple_of:
             length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of

@@ -19,8 +19,6 @@ from .errors import ConfigError, DataError
 from .loss import pairwise_loss
 from .metrics import compute_reward_metrics, reward_metrics, reward_statistics, write_reward_stats
 from .modelcard import library_versions, write_model_card
-from .pair_batching import FAST_MODES, PACKED_KEYS, attention_cost_tokens, packed_rewards, resolve_pair_batching
-from .pair_batching_collator import PrefixSharedPairCollator
 from .modeling import (
     apply_peft,
     check_reward_head,
@@ -29,6 +27,14 @@ from .modeling import (
     load_reward_model,
     load_tokenizer,
 )
+from .pair_batching import (
+    FAST_MODES,
+    PACKED_KEYS,
+    attention_cost_tokens,
+    packed_rewards,
+    resolve_pair_batching,
+)
+from .pair_batching_collator import PrefixSharedPairCollator
 from .sampler import LengthGroupedPairSampler
 from .scoring import ScoreReader, unwrap_model
 
@@ -220,14 +226,14 @@ class RewardTrainer(Trainer):
         """
         tok = self.processing_class
         keep = {getattr(tok, f"{kind}_token_id", None) for kind in ("bos", "eos", "cls", "sep")} if tok else set()
-        options = dict(
-            pad_token_id=self._pad_token_id,
-            pad_to_multiple_of=self.args.pad_to_multiple_of,
-            max_length=self.args.max_length,
-            truncation=self.args.truncation,
-            keep_token_ids={i for i in keep if isinstance(i, int)},
-            padding_side="right",
-        )
+        options = {
+            "pad_token_id": self._pad_token_id,
+            "pad_to_multiple_of": self.args.pad_to_multiple_of,
+            "max_length": self.args.max_length,
+            "truncation": self.args.truncation,
+            "keep_token_ids": {i for i in keep if isinstance(i, int)},
+            "padding_side": "right",
+        }
         if getattr(self, "pair_batching", "standard") in FAST_MODES:
             pack = self.pair_batching == "packed"
             model = getattr(self, "_layout_model", None)

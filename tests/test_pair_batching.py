@@ -31,11 +31,17 @@ from reward_plugin.pair_batching_collator import PrefixSharedPairCollator
 from reward_plugin.scoring import ScoreReader
 
 VOCAB = 64
-SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+SMALL = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
 
 
 def make_config(arch: str, vocab_size: int = VOCAB, pad_token_id: int = 0):
-    common = dict(vocab_size=vocab_size, num_labels=1, pad_token_id=pad_token_id)
+    common = {"vocab_size": vocab_size, "num_labels": 1, "pad_token_id": pad_token_id}
     if arch == "llama":
         return LlamaConfig(**SMALL, **common)
     if arch == "qwen2":
@@ -45,7 +51,9 @@ def make_config(arch: str, vocab_size: int = VOCAB, pad_token_id: int = 0):
     if arch == "gemma":
         return GemmaConfig(**SMALL, head_dim=8, **common)
     if arch == "gpt2":
-        return GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=256, bos_token_id=1, eos_token_id=2, **common)
+        return GPT2Config(
+            n_embd=32, n_layer=2, n_head=4, n_positions=256, bos_token_id=1, eos_token_id=2, **common
+        )
     raise AssertionError(arch)
 
 
@@ -54,7 +62,9 @@ ARCHS = ("llama", "qwen2", "mistral", "gemma", "gpt2")
 
 def make_model(arch: str, attn: str = "sdpa", **kwargs):
     torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_config(make_config(arch, **kwargs), attn_implementation=attn)
+    model = AutoModelForSequenceClassification.from_config(
+        make_config(arch, **kwargs), attn_implementation=attn
+    )
     return model.eval()  # dropout off (GPT-2 has some)
 
 
@@ -134,7 +144,9 @@ def test_packing_fills_rows_up_to_the_longest_block():
 
 
 def test_packing_row_length_follows_the_attention_cost():
-    rows = [{"chosen_ids": [1] * n, "rejected_ids": [2] * n} for n in (5, 2, 3, 1, 1)]  # blocks 10, 4, 6, 2, 2
+    rows = [
+        {"chosen_ids": [1] * n, "rejected_ids": [2] * n} for n in (5, 2, 3, 1, 1)
+    ]  # blocks 10, 4, 6, 2, 2
     cheap_attention = PrefixSharedPairCollator(pad_token_id=0, pack=True, attention_cost_tokens=1e9)(rows)
     rows_, width = cheap_attention["packed_input_ids"].shape
     assert rows_ * width == 24  # only the token count matters: no padding at all
@@ -192,7 +204,7 @@ def test_padding_in_the_rows_is_dropped_and_pad_equal_to_eos_is_read_correctly()
 def test_truncation_follows_the_standard_collator():
     rows = [{"chosen_ids": [1, 5, 6, 7, 8, 2], "rejected_ids": [1, 5, 6, 9, 2]}]
     for side in ("left", "right"):
-        options = dict(pad_token_id=0, max_length=4, truncation=side, keep_token_ids={1, 2})
+        options = {"pad_token_id": 0, "max_length": 4, "truncation": side, "keep_token_ids": {1, 2}}
         standard = RewardDataCollatorWithPadding(**options)(rows)
         chosen = standard["input_ids_chosen"][0][standard["attention_mask_chosen"][0].bool()].tolist()
         rejected = standard["input_ids_rejected"][0][standard["attention_mask_rejected"][0].bool()].tolist()
@@ -205,21 +217,21 @@ def test_truncation_follows_the_standard_collator():
 
 # ------------------------------------------------------------------ through the trainer
 
-COMMON = dict(
-    max_steps=10,
-    per_device_train_batch_size=4,
-    per_device_eval_batch_size=5,
-    learning_rate=2e-3,
-    logging_steps=1,
-    seed=3,
-    bf16=False,
-    use_cpu=True,
-    report_to="none",
-    save_strategy="no",
-    disable_tqdm=True,
-    save_final_model=False,
-    save_reward_stats=False,
-)
+COMMON = {
+    "max_steps": 10,
+    "per_device_train_batch_size": 4,
+    "per_device_eval_batch_size": 5,
+    "learning_rate": 2e-3,
+    "logging_steps": 1,
+    "seed": 3,
+    "bf16": False,
+    "use_cpu": True,
+    "report_to": "none",
+    "save_strategy": "no",
+    "disable_tqdm": True,
+    "save_final_model": False,
+    "save_reward_stats": False,
+}
 
 
 def train_losses(tmp_path, model, tokenizer, dataset, mode, **extra):
@@ -265,7 +277,9 @@ def test_grouping_peft_predict_and_eval_in_packed_mode(tmp_path, tiny_llama, bpe
     for mode in ("standard", "packed"):
         trainer = RewardTrainer(
             model=copy.deepcopy(tiny_llama),
-            args=RewardConfig(output_dir=str(tmp_path / mode), pair_batching=mode, group_by_length=True, **COMMON),
+            args=RewardConfig(
+                output_dir=str(tmp_path / mode), pair_batching=mode, group_by_length=True, **COMMON
+            ),
             train_dataset=dataset,
             processing_class=bpe_tokenizer,
             peft_config=lora,
@@ -282,7 +296,10 @@ def test_grouping_peft_predict_and_eval_in_packed_mode(tmp_path, tiny_llama, bpe
     assert accuracy == ref_accuracy
     assert prediction.predictions.shape == (12, 2)
     torch.testing.assert_close(
-        torch.as_tensor(prediction.predictions), torch.as_tensor(ref_prediction.predictions), rtol=0, atol=1e-5
+        torch.as_tensor(prediction.predictions),
+        torch.as_tensor(ref_prediction.predictions),
+        rtol=0,
+        atol=1e-5,
     )
     assert metrics["eval_accuracy"] == ref_metrics["eval_accuracy"]
     assert abs(metrics["eval_loss"] - ref_metrics["eval_loss"]) <= 1e-5
@@ -291,7 +308,12 @@ def test_grouping_peft_predict_and_eval_in_packed_mode(tmp_path, tiny_llama, bpe
 def tiny_bert():
     torch.manual_seed(0)
     config = BertConfig(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, num_labels=1
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_labels=1,
     )
     return AutoModelForSequenceClassification.from_config(config)
 
@@ -302,7 +324,9 @@ def test_encoder_falls_back_under_auto_with_one_warning(tmp_path, caplog, bpe_to
     data = datasets.Dataset.from_list(random_rows(n=4))
     args = RewardConfig(output_dir=str(tmp_path), pair_batching="auto", **COMMON)
     with caplog.at_level(logging.WARNING, logger="reward_plugin.pair_batching"):
-        trainer = RewardTrainer(model=tiny_bert(), args=args, train_dataset=data, processing_class=bpe_tokenizer)
+        trainer = RewardTrainer(
+            model=tiny_bert(), args=args, train_dataset=data, processing_class=bpe_tokenizer
+        )
     warnings = [r.getMessage() for r in caplog.records if r.name == "reward_plugin.pair_batching"]
     assert len(warnings) == 1 and "BertForSequenceClassification" in warnings[0] and "standard" in warnings[0]
     assert trainer.pair_batching == "standard"
@@ -313,7 +337,10 @@ def test_encoder_falls_back_under_auto_with_one_warning(tmp_path, caplog, bpe_to
 @pytest.mark.parametrize("mode", ["prefix_shared", "packed"])
 def test_explicit_fast_mode_on_an_encoder_raises(tmp_path, mode, bpe_tokenizer):
     args = RewardConfig(output_dir=str(tmp_path), pair_batching=mode, **COMMON)
-    with pytest.raises(UnsupportedModelError, match=rf"pair_batching='{mode}' cannot be exact.*BertForSequenceClassification.*'standard'"):
+    with pytest.raises(
+        UnsupportedModelError,
+        match=rf"pair_batching='{mode}' cannot be exact.*BertForSequenceClassification.*'standard'",
+    ):
         RewardTrainer(model=tiny_bert(), args=args, processing_class=bpe_tokenizer)
 
 
