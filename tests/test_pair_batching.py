@@ -364,3 +364,20 @@ def test_docstring_examples():
     for module in (reward_plugin.pair_batching, reward_plugin.pair_batching_collator):
         result = doctest.testmod(module)
         assert result.failed == 0 and result.attempted > 0
+
+
+def test_model_init_models_get_the_layout_too(tmp_path, bpe_tokenizer):
+    dataset = tokenized_pairs(bpe_tokenizer, n=8, max_length=24)
+    config = make_config("llama", vocab_size=len(bpe_tokenizer), pad_token_id=bpe_tokenizer.pad_token_id)
+    args = RewardConfig(output_dir=str(tmp_path), **{**COMMON, "max_steps": 2})
+    trainer = RewardTrainer(
+        model_init=lambda *_: AutoModelForSequenceClassification.from_config(config),
+        args=args,
+        train_dataset=dataset,
+        processing_class=bpe_tokenizer,
+    )
+    assert trainer.pair_batching == "packed"  # the `auto` default, resolved once the model exists
+    assert isinstance(trainer.data_collator, PrefixSharedPairCollator) and trainer.data_collator.pack
+    assert trainer.data_collator.attention_cost_tokens > 1
+    trainer.train()
+    assert all(e["loss"] > 0 for e in trainer.state.log_history if "loss" in e)
