@@ -251,7 +251,11 @@ class RewardTrainer(Trainer):
         if grouped and dataset is not None and has_length(dataset) and hasattr(dataset, "with_format"):
             lengths = self._pair_lengths(dataset)
             seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-            return LengthGroupedPairSampler(lengths, batch_size=self.args.train_batch_size, seed=seed)
+            # Grouped by the batch of one optimizer step across all processes: the data loader hands
+            # consecutive per-device chunks of it to the processes, so N processes see the same
+            # global batches as one process with N times the per-device batch.
+            global_batch = self.args.train_batch_size * max(1, self.args.world_size)
+            return LengthGroupedPairSampler(lengths, batch_size=global_batch, seed=seed)
         if train_dataset is None:
             return super()._get_train_sampler()
         return super()._get_train_sampler(train_dataset)

@@ -276,20 +276,25 @@ def test_resumed_training_matches_an_uninterrupted_run(tmp_path, tiny_llama_dir,
 # (c) two processes (gloo) against one -----------------------------------------------------------
 
 
-def test_two_process_training_matches_one_process(tmp_path, tiny_llama_dir, train_data, capsys):
+@pytest.mark.parametrize("sampling", ["random", "group_by_length"])
+def test_two_process_training_matches_one_process(tmp_path, tiny_llama_dir, train_data, capsys, sampling):
     """accelerate launch --num_processes 2 --cpu: per-device batch 2 on two processes has the same
     global batch as 4 on one; the logged loss of every step agrees within 1e-4.
-    Both runs use the default random sampler (seeded): the two processes split each global batch of
-    the same permutation.
+    With the default random sampler (seeded) and with length grouping (grouped by the global batch)
+    the two processes split each global batch of the same order.
     """
     pytest.importorskip("accelerate")
     steps = 6
     one = tmp_path / "one"
-    config = _config(tmp_path, tiny_llama_dir, train_data, one, steps=steps, batch=4, save_steps=steps)
+    config = _config(
+        tmp_path, tiny_llama_dir, train_data, one, steps=steps, batch=4, save_steps=steps, sampling=sampling
+    )
     assert reward_main(["train", str(config)]) == 0
     capsys.readouterr()
     two = tmp_path / "two"
-    config = _config(tmp_path, tiny_llama_dir, train_data, two, steps=steps, batch=2, save_steps=steps)
+    config = _config(
+        tmp_path, tiny_llama_dir, train_data, two, steps=steps, batch=2, save_steps=steps, sampling=sampling
+    )
     # `accelerate launch --cpu --num_processes 2` starts ONE process (accelerate 1.x: --cpu picks the
     # simple launcher); `--multi_gpu` on a machine without visible GPUs starts two gloo processes.
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
