@@ -237,4 +237,20 @@ def run_training(
         dataset_formats.DatasetFormatError: a data file that cannot be read or converted.
     """
     stage, cfg = prepare_run(config, overrides)
-    return stage.run(cfg, resume=resume)
+    try:
+        return stage.run(cfg, resume=resume)
+    finally:
+        _close_process_group()
+
+
+def _close_process_group() -> None:
+    """Shut down the process group ``accelerate launch`` started, before the interpreter exits.
+
+    Left to interpreter shutdown, gloo's worker threads can be torn down while still joinable and
+    abort the process ("terminate called without an active exception") after a successful run.
+    """
+    import sys
+
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
