@@ -28,7 +28,7 @@ BUNDLED_SAMPLE = Path(__file__).resolve().parent / "data" / "hh_rlhf_sample.json
 def default_config() -> dict[str, Any]:
     """The embedded default run: MiniLM-L6 on the bundled hh-rlhf sample, 180 train / 20 eval pairs.
 
-    One epoch at batch 8 (23 steps) with ``max_length`` 256 takes about a minute on two CPU
+    One epoch at batch 8 (23 steps) with ``max_length`` 256 takes well under a minute on two CPU
     cores; the model is written to ``outputs/reward-model``.
     """
     try:
