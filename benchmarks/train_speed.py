@@ -42,20 +42,22 @@ os.environ.setdefault("WANDB_DISABLED", "true")
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-base-test-part1.jsonl.gz"
 
-#: name -> (library, pair_batching, group_by_length)
+#: name -> (library, pair_batching, group_by_length, pair_attention)
 CAUSAL_CONFIGS = {
-    "TRL 1.16": ("trl", None, False),
-    "standard": ("ours", "standard", False),
-    "standard + grouping": ("ours", "standard", True),
-    "prefix_shared": ("ours", "prefix_shared", False),
-    "prefix_shared + grouping": ("ours", "prefix_shared", True),
-    "packed": ("ours", "packed", False),
-    "packed + grouping": ("ours", "packed", True),
+    "TRL 1.16": ("trl", None, False, None),
+    "standard": ("ours", "standard", False, None),
+    "standard + grouping": ("ours", "standard", True, None),
+    "prefix_shared, mask": ("ours", "prefix_shared", False, "mask"),
+    "prefix_shared": ("ours", "prefix_shared", False, "segments"),
+    "prefix_shared + grouping": ("ours", "prefix_shared", True, "segments"),
+    "packed, mask": ("ours", "packed", False, "mask"),
+    "packed (the default)": ("ours", "packed", False, "segments"),
+    "packed + grouping": ("ours", "packed", True, "segments"),
 }
 ENCODER_CONFIGS = {
-    "TRL 1.16": ("trl", None, False),
-    "standard": ("ours", "standard", False),
-    "standard + grouping": ("ours", "standard", True),
+    "TRL 1.16": ("trl", None, False, None),
+    "standard": ("ours", "standard", False, None),
+    "standard + grouping": ("ours", "standard", True, None),
 }
 
 
@@ -157,7 +159,16 @@ class Counting:
         return batch
 
 
-def worker(workdir: Path, name: str, kind: str, library: str, mode: str | None, grouped: bool, args) -> dict:
+def worker(
+    workdir: Path,
+    name: str,
+    kind: str,
+    library: str,
+    mode: str | None,
+    grouped: bool,
+    attention: str | None,
+    args,
+) -> dict:
     import datasets
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
@@ -195,6 +206,7 @@ def worker(workdir: Path, name: str, kind: str, library: str, mode: str | None, 
             **common,
             pair_batching=mode,
             group_by_length=grouped,
+            pair_attention=attention or "segments",
             save_final_model=False,
             save_reward_stats=False,
         )
@@ -239,14 +251,14 @@ def run_suite(kind: str, configs: dict, args) -> tuple[list[dict], dict]:
     prepare(workdir, kind, args.rows)
     info = json.loads((workdir / "info.json").read_text())
     results = []
-    for name, (library, mode, grouped) in configs.items():
+    for name, (library, mode, grouped, attention) in configs.items():
         if args.only and name not in args.only:
             continue
         command = [
             sys.executable,
             __file__,
             "--worker",
-            json.dumps([str(workdir), name, kind, library, mode, grouped]),
+            json.dumps([str(workdir), name, kind, library, mode, grouped, attention]),
         ]
         command += [
             "--batch",
@@ -301,8 +313,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        workdir, name, kind, library, mode, grouped = json.loads(args.worker)
-        print(json.dumps(worker(Path(workdir), name, kind, library, mode, grouped, args)))
+        workdir, name, kind, library, mode, grouped, attention = json.loads(args.worker)
+        print(json.dumps(worker(Path(workdir), name, kind, library, mode, grouped, attention, args)))
         return
     out = {}
     suites = [("causal", CAUSAL_CONFIGS, args.skip_causal), ("minilm", ENCODER_CONFIGS, args.skip_minilm)]

@@ -13,6 +13,8 @@ from .errors import ConfigError
 
 #: Values of ``RewardConfig.pair_batching``.
 PAIR_BATCHING_MODES = ("standard", "prefix_shared", "packed", "auto")
+#: Values of ``RewardConfig.pair_attention``.
+PAIR_ATTENTION_MODES = ("segments", "mask")
 #: Values of ``RewardConfig.dataset_on_error``.
 ON_ERROR_CHOICES = ("skip", "raise")
 #: Values of ``RewardConfig.truncation``.
@@ -85,6 +87,11 @@ class RewardConfig(TrainingArguments):
             rejected tail]`` per pair), ``"packed"`` (several such pairs per row) or ``"auto"`` (default:
             ``packed`` where the model supports it exactly, else ``standard``); see
             :mod:`reward_plugin.pair_batching`.
+        pair_attention: how the prefix-shared/packed layouts attend: ``"segments"`` (default: each
+            pair block's attention as its own small calls, so cost grows with the pairs, not the
+            square of the row, and a packed batch is one padding-free row; sdpa/eager models) or
+            ``"mask"`` (one dense 4D mask per row; a flex-attention ``BlockMask`` under
+            ``flex_attention``, which segments also fall back to). Both give the same rewards.
 
     Parameters that control the training:
         center_rewards_coefficient: weight of the ``mean((r_chosen + r_rejected)^2)`` term that keeps
@@ -217,6 +224,15 @@ class RewardConfig(TrainingArguments):
             "choices": list(PAIR_BATCHING_MODES),
         },
     )
+    pair_attention: str = field(
+        default="segments",
+        metadata={
+            "help": "Attention of the prefix_shared/packed layouts: 'segments' (each pair block attends on its "
+            "own, no dense mask; packed batches become one padding-free row; used with sdpa/eager attention) or "
+            "'mask' (a dense 4D mask per row, or a flex-attention BlockMask). Both give the same rewards.",
+            "choices": list(PAIR_ATTENTION_MODES),
+        },
+    )
 
     # --- the training ---
     center_rewards_coefficient: float | None = field(
@@ -270,6 +286,10 @@ class RewardConfig(TrainingArguments):
         if self.pair_batching not in PAIR_BATCHING_MODES:
             raise ConfigError(
                 f"`pair_batching` must be one of {', '.join(PAIR_BATCHING_MODES)}, got {self.pair_batching!r}"
+            )
+        if self.pair_attention not in PAIR_ATTENTION_MODES:
+            raise ConfigError(
+                f"`pair_attention` must be one of {', '.join(PAIR_ATTENTION_MODES)}, got {self.pair_attention!r}"
             )
         for name in ("max_length", "pad_to_multiple_of", "dataset_num_proc"):
             value = getattr(self, name)

@@ -7,10 +7,11 @@ and its position ids restart where the prefix ends. Both rewards (the head's sco
 token of each tail) are then exactly those of two separate forward passes. ``packed`` puts several
 such pair blocks into one row with a block-diagonal mask (positions restart per pair).
 
-The collators (:mod:`reward_plugin.pair_collator`) write a compact description of the layout (token
-ids, position ids, the pair and segment of every token, where each reward is read);
-:func:`packed_rewards` turns it into the 4D mask the model's attention implementation takes and
-runs the model once.
+The collators (:mod:`reward_plugin.pair_batching_collator`) write a compact description of the
+layout (token ids, position ids, the pair and segment of every token, each block's span, where each
+reward is read); :func:`packed_rewards` runs the model once, either with segment attention
+(:mod:`reward_plugin.pair_attention`: each block attends on its own, no mask) or with the 4D mask
+the model's attention implementation takes.
 """
 
 from __future__ import annotations
@@ -23,6 +24,13 @@ import torch
 from torch import nn
 
 from .errors import UnsupportedModelError
+from .pair_attention import (
+    SPANS_KWARG,
+    base_implementation,
+    spans_from_batch,
+    supports_segment_attention,
+    use_segment_attention,
+)
 from .scoring import ScoreReader, find_head, unwrap_model
 
 logger = logging.getLogger(__name__)
@@ -46,6 +54,7 @@ PACKED_KEYS = (
     "packed_position_ids",
     "packed_pair_ids",
     "packed_segments",
+    "packed_spans",
 )
 
 
@@ -91,7 +100,7 @@ def unsupported_reason(model: nn.Module) -> str | None:
             f"{name} (model_type={model_type!r}) is not one of the causal decoders whose attention takes a custom "
             f"4D mask ({', '.join(SUPPORTED_MODEL_TYPES)}); encoders attend in both directions and cannot share a prompt"
         )
-    impl = getattr(config, "_attn_implementation", None) or "eager"
+    impl = base_implementation(base)
     if impl not in MASKED_ATTENTION:
         return f"{name} uses attn_implementation={impl!r}, which ignores custom 4D masks; load it with 'sdpa' or 'eager'"
     found = find_head(model)
@@ -194,7 +203,7 @@ def attention_masks(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.T
     ``sdpa`` gets a boolean mask, ``eager`` an additive float mask, ``flex_attention`` a ``BlockMask``.
     """
     config = unwrap_model(model).config
-    impl = getattr(config, "_attn_implementation", None) or "eager"
+    impl = base_implementation(model)
     masks: dict[str | None, Any] = {}
     for layer_type, window in _mask_plan(config):
         if impl == "flex_attention":
@@ -211,7 +220,7 @@ def attention_masks(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.T
 
 
 def packed_rewards(
-    reader: ScoreReader, model: nn.Module, batch: dict[str, torch.Tensor]
+    reader: ScoreReader, model: nn.Module, batch: dict[str, torch.Tensor], *, segments: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(rewards_chosen, rewards_rejected)``, each ``(pairs,)``, from one forward over a packed batch.
 
@@ -219,16 +228,23 @@ def packed_rewards(
         reader: the trainer's :class:`ScoreReader` (its hook captures the head's per-token scores).
         model: the reward model (wrappers included).
         batch: a batch with the :data:`PACKED_KEYS` (from a prefix-shared or packed collator).
+        segments: run attention block by block (:mod:`reward_plugin.pair_attention`) where the
+            model's implementation allows it (``sdpa``, ``eager``); otherwise, or when False, build
+            the dense 4D mask (a flex-attention ``BlockMask`` under ``flex_attention``).
 
     Returns:
         The chosen and rejected rewards, in the batch's pair order.
     """
-    scores, _ = reader.token_scores(
-        model,
-        input_ids=batch["packed_input_ids"],
-        attention_mask=attention_masks(model, batch),
-        position_ids=batch["packed_position_ids"],
-    )
+    inputs: dict[str, Any] = {"input_ids": batch["packed_input_ids"], "position_ids": batch["packed_position_ids"]}
+    if segments and supports_segment_attention(model):
+        use_segment_attention(model)
+        inputs[SPANS_KWARG] = spans_from_batch(batch)
+        # A 4D mask is taken as given, so the model builds none of its own; segment attention ignores it.
+        rows = batch["packed_input_ids"].shape[0]
+        inputs["attention_mask"] = torch.ones(rows, 1, 1, 1, dtype=torch.bool, device=batch["packed_input_ids"].device)
+    else:
+        inputs["attention_mask"] = attention_masks(model, batch)
+    scores, _ = reader.token_scores(model, **inputs)
     if scores is None:
         raise UnsupportedModelError(
             f"{type(unwrap_model(model)).__name__} returned no per-token scores from its head, so the packed layout "

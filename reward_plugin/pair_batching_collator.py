@@ -32,7 +32,9 @@ class PrefixSharedPairCollator(RewardDataCollatorWithPadding):
     ``rows * T`` where each reward is read), ``packed_input_ids``, ``packed_position_ids``
     (restarting at 0 per pair, and at the prefix end for the rejected tail), ``packed_pair_ids``
     (the pair of each token, -1 for padding), ``packed_segments`` (0 prefix, 1 chosen, 2 rejected,
-    -1 padding), each ``(rows, T)``, and ``margin`` when the rows have one.
+    -1 padding), each ``(rows, T)``, ``packed_spans`` (``(pairs, 5)``: row, start, prefix,
+    chosen tail and rejected tail lengths of each block, for segment attention), and ``margin``
+    when the rows have one.
 
     Args:
         pack: put several pairs into one row.
@@ -80,6 +82,7 @@ class PrefixSharedPairCollator(RewardDataCollatorWithPadding):
         segments = torch.full(shape, PAD, dtype=torch.long)
         chosen_index = torch.empty(len(blocks), dtype=torch.long)
         rejected_index = torch.empty(len(blocks), dtype=torch.long)
+        spans = torch.empty(len(blocks), 5, dtype=torch.long)
         for r, row in enumerate(rows):
             start = 0
             for pair in row:
@@ -91,6 +94,7 @@ class PrefixSharedPairCollator(RewardDataCollatorWithPadding):
                 pair_ids[r, start:end] = pair
                 chosen_index[pair] = r * length + start + chosen_end
                 rejected_index[pair] = r * length + start + rejected_end
+                spans[pair] = torch.tensor([r, start, *_segment_sizes(block_seg)])
                 start = end
         batch = {
             "chosen_index": chosen_index,
@@ -99,6 +103,7 @@ class PrefixSharedPairCollator(RewardDataCollatorWithPadding):
             "packed_position_ids": positions,
             "packed_pair_ids": pair_ids,
             "packed_segments": segments,
+            "packed_spans": spans,
         }
         if margins is not None:
             batch[MARGIN_COLUMN] = torch.tensor(margins, dtype=torch.float32)
@@ -107,6 +112,11 @@ class PrefixSharedPairCollator(RewardDataCollatorWithPadding):
 
 def _real_tokens(ids: list[int], mask: list[int]) -> list[int]:
     return [i for i, m in zip(ids, mask) if m] if not all(mask) else ids
+
+
+def _segment_sizes(segments: list[int]) -> tuple[int, int, int]:
+    """(prefix, chosen tail, rejected tail) token counts of one block."""
+    return segments.count(PREFIX), segments.count(CHOSEN), segments.count(REJECTED)
 
 
 def _block(chosen: list[int], rejected: list[int]) -> tuple[list[int], list[int], list[int], int, int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from .modeling import (
     load_reward_model,
     load_tokenizer,
 )
+from .pair_attention import supports_segment_attention
 from .pair_batching import (
     FAST_MODES,
     PACKED_KEYS,
@@ -237,9 +239,16 @@ class RewardTrainer(Trainer):
         if getattr(self, "pair_batching", "standard") in FAST_MODES:
             pack = self.pair_batching == "packed"
             model = getattr(self, "_layout_model", None)
-            cost = attention_cost_tokens(model) if pack and model is not None else None
+            cost = None
+            if pack and model is not None:
+                # Segment attention costs the same per token however long the row: one row, no padding.
+                cost = math.inf if self._segment_attention(model) else attention_cost_tokens(model)
             return PrefixSharedPairCollator(**options, pack=pack, attention_cost_tokens=cost)
         return RewardDataCollatorWithPadding(**options)
+
+    def _segment_attention(self, model: nn.Module) -> bool:
+        """Whether the fast layouts run segment attention (``pair_attention='segments'`` and sdpa/eager)."""
+        return self.args.pair_attention == "segments" and supports_segment_attention(model)
 
     def _set_signature_columns_if_needed(self) -> None:
         if self._signature_columns is None:
@@ -287,7 +296,7 @@ class RewardTrainer(Trainer):
         head's per-token scores (:func:`reward_plugin.pair_batching.packed_rewards`).
         """
         if "packed_input_ids" in inputs:
-            return packed_rewards(self._score_reader, model, inputs)
+            return packed_rewards(self._score_reader, model, inputs, segments=self.args.pair_attention == "segments")
         if "input_ids_chosen" not in inputs and "input_ids" in inputs:
             # TRL's DataCollatorForPreference layout: chosen rows, then rejected rows, in one tensor.
             rewards = self._score_reader.rewards(

@@ -102,9 +102,9 @@ def standard_rewards(model, rows):
     return ScoreReader(model).rewards(model, ids, mask).chunk(2)
 
 
-def fast_rewards(model, rows, pack: bool):
-    batch = PrefixSharedPairCollator(pad_token_id=0, pack=pack)(rows)
-    return packed_rewards(ScoreReader(model), model, batch)
+def fast_rewards(model, rows, pack: bool, segments: bool = True, **collator_options):
+    batch = PrefixSharedPairCollator(pad_token_id=0, pack=pack, **collator_options)(rows)
+    return packed_rewards(ScoreReader(model), model, batch, segments=segments)
 
 
 def grads(model, rewards) -> dict[str, torch.Tensor]:
@@ -155,14 +155,16 @@ def test_packing_row_length_follows_the_attention_cost():
     assert dear_attention["packed_input_ids"].shape == (2, 12)
 
 
+@pytest.mark.parametrize("attention", ["segments", "mask"])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_rewards_and_gradients_equal_the_standard_forward(arch):
+def test_rewards_and_gradients_equal_the_standard_forward(arch, attention):
     rows = random_rows()
     model = make_model(arch)
     reference = standard_rewards(model, rows)
     reference_grads = grads(model, reference)
-    for pack in (False, True):
-        rewards = fast_rewards(model, rows, pack)
+    # Packed rows as short as the longest block (several rows, padding) and all pairs in one row.
+    for pack, cost in ((False, None), (True, None), (True, float("inf"))):
+        rewards = fast_rewards(model, rows, pack, segments=attention == "segments", attention_cost_tokens=cost)
         for got, want in zip(rewards, reference):
             torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
         fast_grads = grads(model, rewards)
@@ -170,15 +172,16 @@ def test_rewards_and_gradients_equal_the_standard_forward(arch):
         for name, grad in fast_grads.items():
             want = reference_grads[name]
             scale = want.abs().max().clamp_min(1e-8)
-            assert float((grad - want).abs().max() / scale) <= 1e-4, f"{arch} pack={pack}: gradient of {name}"
+            assert float((grad - want).abs().max() / scale) <= 1e-4, f"{arch} {attention} pack={pack}: gradient of {name}"
 
 
+@pytest.mark.parametrize("attention", ["segments", "mask"])
 @pytest.mark.parametrize("arch", ["llama", "mistral", "gpt2"])
-def test_eager_attention_gets_an_additive_mask(arch):
+def test_eager_attention_models(arch, attention):
     rows = random_rows(n=4, seed=3)
     model = make_model(arch, attn="eager")
     reference = standard_rewards(model, rows)
-    for got, want in zip(fast_rewards(model, rows, pack=True), reference):
+    for got, want in zip(fast_rewards(model, rows, pack=True, segments=attention == "segments"), reference):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
 
 
@@ -261,10 +264,10 @@ def test_training_losses_equal_standard_mode(tmp_path, arch, bpe_tokenizer):
     dataset = tokenized_pairs(bpe_tokenizer, n=40, max_length=40, margin=arch == "llama")
     extra = {"max_length": 32} if arch == "qwen2" else {}  # cut pairs in the collator too
     _, want = train_losses(tmp_path, model, bpe_tokenizer, dataset, "standard", **extra)
-    for mode in ("prefix_shared", "packed"):
-        trainer, got = train_losses(tmp_path, model, bpe_tokenizer, dataset, mode, **extra)
+    for mode, attention in (("prefix_shared", "segments"), ("packed", "segments"), ("packed", "mask")):
+        trainer, got = train_losses(tmp_path, model, bpe_tokenizer, dataset, mode, pair_attention=attention, **extra)
         assert trainer.pair_batching == mode
-        assert_same_losses(got, want, f"{arch} {mode}")
+        assert_same_losses(got, want, f"{arch} {mode} {attention}")
 
 
 def test_grouping_peft_predict_and_eval_in_packed_mode(tmp_path, tiny_llama, bpe_tokenizer):

@@ -1,0 +1,251 @@
+"""Segment attention for the prefix-shared and packed pair layouts: no dense ``T x T`` mask.
+
+A packed row holds pair blocks ``[prefix | chosen tail | rejected tail]``. Within a block the
+prefix and the chosen tail attend causally to each other, and the rejected tail attends to the
+prefix and causally to itself; nothing crosses blocks. A dense 4D mask makes the attention kernel
+compute every ``T x T`` score of the row and throw most away, so its cost grows with the square of
+the row length and punishes packing. Here every block runs as two small attention calls instead
+(``prefix + chosen`` with ``is_causal``, ``rejected`` against ``[prefix, rejected]``), which is
+what a variable-length attention kernel does on GPU, written with PyTorch's
+``scaled_dot_product_attention`` so it runs on any device. The outputs are those of the dense mask
+(same keys, same order within each softmax) within floating-point rounding.
+
+Wiring: transformers looks the attention function up by ``config._attn_implementation`` at every
+layer call (also when gradient checkpointing recomputes a layer in the backward pass), and passes
+the model's extra keyword arguments through to it. :func:`use_segment_attention` registers, once,
+an implementation per base implementation (``reward_pairs_sdpa``, ``reward_pairs_eager``) that
+runs segment attention when the forward got :data:`SPANS_KWARG`, and the base implementation
+(with its own mask construction) otherwise, and sets it on the model's config. Plain forwards of
+the model therefore behave exactly as before; the name is a runtime attribute that is not saved
+with the config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .scoring import unwrap_model
+
+#: The forward keyword argument that carries the pair spans to the attention function.
+SPANS_KWARG = "reward_pair_spans"
+#: Prefix of the attention implementations registered here.
+IMPLEMENTATION_PREFIX = "reward_pairs_"
+#: Base implementations segment attention can stand in for (both honour custom masks exactly).
+BASE_IMPLEMENTATIONS = ("sdpa", "eager")
+
+#: One pair block: ``(row, start, prefix, chosen tail, rejected tail)`` token counts.
+Span = tuple[int, int, int, int, int]
+
+
+def spans_from_batch(batch: dict[str, torch.Tensor]) -> tuple[Span, ...]:
+    """The ``packed_spans`` tensor of a prefix-shared/packed batch as a tuple of Python spans."""
+    return tuple(tuple(int(v) for v in span) for span in batch["packed_spans"].tolist())
+
+
+def _window_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> torch.Tensor:
+    """Boolean ``(q, k)``: key at or before the query, and (with ``window``) fewer than ``window`` back."""
+    allowed = k_pos[None, :] <= q_pos[:, None]
+    if window is not None:
+        allowed &= (q_pos[:, None] - k_pos[None, :]) < window
+    return allowed
+
+
+#: On CPU, blocks with at most this many query x key scores use plain matmul-softmax attention.
+CPU_MATH_MAX_SCORES = 512 * 1024
+
+
+def _attend(query, key, value, mask, *, causal: bool, scaling, dropout: float, gqa: bool) -> torch.Tensor:
+    """Attention of one segment, ``(1, heads, q, head_dim)``.
+
+    On CPU, segments of pair-block size run as matmul + softmax: PyTorch's fused CPU kernel is no
+    faster there and keeps memory per new segment shape, which a stream of differently sized pairs
+    grows without bound. Longer segments, and other devices, use ``scaled_dot_product_attention``.
+    """
+    q_len, k_len = query.shape[2], key.shape[2]
+    if query.device.type != "cpu" or q_len * k_len > CPU_MATH_MAX_SCORES:
+        return F.scaled_dot_product_attention(
+            query,
+            key,
+            value,
+            attn_mask=mask,
+            dropout_p=dropout,
+            is_causal=causal and mask is None,
+            scale=scaling,
+            enable_gqa=gqa,
+        )
+    if gqa:
+        groups = query.shape[1] // key.shape[1]
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    scores = (query @ key.transpose(-1, -2)) * (scaling if scaling is not None else query.shape[-1] ** -0.5)
+    if mask is None and causal:
+        mask = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril_()
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    probs = scores.softmax(dim=-1)
+    if dropout:
+        probs = F.dropout(probs, p=dropout)
+    return probs @ value
+
+
+def segment_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    spans: Sequence[Span],
+    *,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    sliding_window: int | None = None,
+) -> torch.Tensor:
+    """Attention over packed pair blocks, block by block.
+
+    Args:
+        query: ``(rows, heads, T, head_dim)``.
+        key: ``(rows, kv_heads, T, head_dim)``; ``heads`` a multiple of ``kv_heads`` (grouped queries).
+        value: as ``key``.
+        spans: one :data:`Span` per pair; tokens outside every span (padding) get a zero output.
+        scaling: softmax scale (default ``head_dim ** -0.5``).
+        dropout: attention dropout probability.
+        sliding_window: keys more than ``sliding_window - 1`` positions back are not seen.
+
+    Returns:
+        ``(rows, T, heads, head_dim)``, the layout transformers' attention functions return.
+    """
+    if query.device.type == "cpu" and query.dtype in (torch.bfloat16, torch.float16):
+        # Attention itself runs in float32 on CPU (the more precise, and at pair-block sizes no slower
+        # than bf16 there); the result goes back to the model's compute dtype.
+        with torch.autocast("cpu", enabled=False):
+            output = segment_attention(
+                query.float(), key.float(), value.float(), spans,
+                scaling=scaling, dropout=dropout, sliding_window=sliding_window,
+            )  # fmt: skip
+        return output.to(query.dtype)
+    rows, heads, length, head_dim = query.shape
+    gqa = key.shape[1] != heads
+    by_row: list[list[Span]] = [[] for _ in range(rows)]
+    for span in spans:
+        by_row[span[0]].append(span)
+    out_rows = []
+    # One split per tensor and row (not a slice per segment): autograd then writes each gradient
+    # once into one row-sized buffer instead of one buffer per slice.
+    for row, (q_row, k_row, v_row) in enumerate(zip(query.split(1), key.split(1), value.split(1))):
+        sizes, blocks, cursor = [], [], 0
+        for _, start, prefix, chosen, rejected in sorted(by_row[row], key=lambda s: s[1]):
+            if start > cursor:
+                sizes.append(start - cursor)
+                blocks.append(None)
+            sizes += [prefix + chosen, rejected]
+            blocks.append((prefix, chosen, rejected))
+            cursor = start + prefix + chosen + rejected
+        if cursor < length:
+            sizes.append(length - cursor)
+            blocks.append(None)
+        q_parts, k_parts, v_parts = (t.split(sizes, dim=2) for t in (q_row, k_row, v_row))
+        pieces, part = [], 0
+        for block in blocks:
+            if block is None:  # padding: no keys to attend, a zero output
+                pieces.append(query.new_zeros(1, heads, sizes[part], head_dim))
+                part += 1
+                continue
+            prefix, chosen, rejected = block
+            q_head, k_head, v_head = q_parts[part], k_parts[part], v_parts[part]
+            q_tail, k_tail, v_tail = q_parts[part + 1], k_parts[part + 1], v_parts[part + 1]
+            part += 2
+            mask = None
+            if sliding_window is not None and prefix + chosen > sliding_window:
+                pos = torch.arange(prefix + chosen, device=query.device)
+                mask = _window_mask(pos, pos, sliding_window)
+            pieces.append(
+                _attend(q_head, k_head, v_head, mask, causal=True, scaling=scaling, dropout=dropout, gqa=gqa)
+            )
+            # The rejected tail continues the prefix (positions prefix..prefix+rejected-1) and never
+            # sees the chosen tail.
+            k_pos = torch.arange(prefix + rejected, device=query.device)
+            keys = torch.cat([k_head[:, :, :prefix], k_tail], dim=2)
+            values = torch.cat([v_head[:, :, :prefix], v_tail], dim=2)
+            tail_mask = _window_mask(k_pos[prefix:], k_pos, sliding_window)
+            pieces.append(
+                _attend(
+                    q_tail, keys, values, tail_mask, causal=False, scaling=scaling, dropout=dropout, gqa=gqa
+                )
+            )
+        out_rows.append(torch.cat(pieces, dim=2))
+    return torch.cat(out_rows, dim=0).transpose(1, 2).contiguous()
+
+
+def _make_attention_function(base: str):
+    def attention(
+        module: nn.Module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs: Any
+    ):
+        spans = kwargs.pop(SPANS_KWARG, None)
+        if spans is None:
+            return _base_function(base, module)(
+                module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+            )
+        window = kwargs.get("sliding_window", getattr(module, "sliding_window", None))
+        output = segment_attention(
+            query, key, value, spans, scaling=scaling, dropout=dropout, sliding_window=window or None
+        )
+        return output, None
+
+    attention.__name__ = f"reward_pairs_{base}_attention"
+    return attention
+
+
+def _base_function(base: str, module: nn.Module):
+    """The base implementation's attention function (eager: the model's own module-level one)."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    if base == "sdpa":
+        return ALL_ATTENTION_FUNCTIONS["sdpa"]
+    import sys
+
+    eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+    if eager is None:  # pragma: no cover - every supported decoder defines one
+        raise RuntimeError(f"{type(module).__name__} has no eager_attention_forward to fall back to")
+    return eager
+
+
+_REGISTERED: set[str] = set()
+
+
+def _register(base: str) -> str:
+    name = IMPLEMENTATION_PREFIX + base
+    if name not in _REGISTERED:
+        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        ALL_ATTENTION_FUNCTIONS.register(name, _make_attention_function(base))
+        ALL_MASK_ATTENTION_FUNCTIONS.register(name, ALL_MASK_ATTENTION_FUNCTIONS[base])
+        _REGISTERED.add(name)
+    return name
+
+
+def base_implementation(model: nn.Module) -> str:
+    """The model's attention implementation without the segment-attention wrapper."""
+    impl = getattr(unwrap_model(model).config, "_attn_implementation", None) or "eager"
+    return impl.removeprefix(IMPLEMENTATION_PREFIX)
+
+
+def supports_segment_attention(model: nn.Module) -> bool:
+    """Whether the model's attention can run as segment attention (``sdpa`` or ``eager``)."""
+    return base_implementation(model) in BASE_IMPLEMENTATIONS
+
+
+def use_segment_attention(model: nn.Module) -> None:
+    """Route the model's attention through segment attention when a forward carries the spans.
+
+    Idempotent. Forwards without :data:`SPANS_KWARG` run the model's own implementation.
+    """
+    config = unwrap_model(model).config
+    base = base_implementation(model)
+    if base not in BASE_IMPLEMENTATIONS:
+        raise ValueError(f"segment attention stands in for {BASE_IMPLEMENTATIONS}, not {base!r}")
+    name = _register(base)
+    if config._attn_implementation != name:
+        config._attn_implementation = name
