@@ -47,45 +47,63 @@ def spans_from_batch(batch: dict[str, torch.Tensor]) -> tuple[Span, ...]:
     return tuple(tuple(int(v) for v in span) for span in batch["packed_spans"].tolist())
 
 
-def _window_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> torch.Tensor:
-    """Boolean ``(q, k)``: key at or before the query, and (with ``window``) fewer than ``window`` back."""
-    allowed = k_pos[None, :] <= q_pos[:, None]
-    if window is not None:
-        allowed &= (q_pos[:, None] - k_pos[None, :]) < window
-    return allowed
-
-
-#: On CPU, blocks with at most this many query x key scores use plain matmul-softmax attention.
+#: On CPU, segments with at most this many query x key scores use plain matmul-softmax attention.
 CPU_MATH_MAX_SCORES = 512 * 1024
 
+_HIDDEN: dict[torch.device, torch.Tensor] = {}
 
-def _attend(query, key, value, mask, *, causal: bool, scaling, dropout: float, gqa: bool) -> torch.Tensor:
-    """Attention of one segment, ``(1, heads, q, head_dim)``.
+
+def _hidden_keys(q_len: int, k_len: int, window: int | None, device: torch.device) -> torch.Tensor:
+    """Boolean ``(q_len, k_len)``, True where a key is hidden from a query.
+
+    A segment's queries are its last ``q_len`` tokens (query ``i`` at position ``k_len - q_len + i``
+    of the keys), so key ``j`` is hidden when ``j`` lies after the query or, with a sliding
+    ``window``, ``window`` or more positions before it. Without a window this is a slice of one
+    cached upper-triangular matrix.
+    """
+    offset = k_len - q_len
+    if window is None:
+        cached = _HIDDEN.get(device)
+        if cached is None or cached.shape[0] < k_len:
+            size = max(k_len, 2 * (cached.shape[0] if cached is not None else 512))
+            cached = _HIDDEN[device] = torch.ones(size, size, dtype=torch.bool, device=device).triu_(1)
+        return cached[offset:k_len, :k_len]
+    q_pos = torch.arange(offset, k_len, device=device)[:, None]
+    k_pos = torch.arange(k_len, device=device)[None, :]
+    return (k_pos > q_pos) | (q_pos - k_pos >= window)
+
+
+def _attend(query, key, value, *, window: int | None, scaling, dropout: float, gqa: bool) -> torch.Tensor:
+    """Causal attention of one segment's queries (the last ``q`` of its keys), ``(1, heads, q, head_dim)``.
 
     On CPU, segments of pair-block size run as matmul + softmax: PyTorch's fused CPU kernel is no
     faster there and keeps memory per new segment shape, which a stream of differently sized pairs
     grows without bound. Longer segments, and other devices, use ``scaled_dot_product_attention``.
     """
     q_len, k_len = query.shape[2], key.shape[2]
+    if window is not None and k_len <= window:
+        window = None  # every key is inside the window
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     if query.device.type != "cpu" or q_len * k_len > CPU_MATH_MAX_SCORES:
+        plain_causal = window is None and q_len == k_len
+        mask = None if plain_causal else ~_hidden_keys(q_len, k_len, window, query.device)
         return F.scaled_dot_product_attention(
             query,
             key,
             value,
             attn_mask=mask,
             dropout_p=dropout,
-            is_causal=causal and mask is None,
-            scale=scaling,
+            is_causal=plain_causal,
+            scale=scale,
             enable_gqa=gqa,
         )
     if gqa:
         groups = query.shape[1] // key.shape[1]
         key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
-    scores = (query @ key.transpose(-1, -2)) * (scaling if scaling is not None else query.shape[-1] ** -0.5)
-    if mask is None and causal:
-        mask = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril_()
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
+    # Scaling the queries (q x d) is cheaper than scaling the scores (q x k); matmul saves its
+    # inputs, not its output, so the mask can be written into the scores in place.
+    scores = (query * scale) @ key.transpose(-1, -2)
+    scores.masked_fill_(_hidden_keys(q_len, k_len, window, query.device), float("-inf"))
     probs = scores.softmax(dim=-1)
     if dropout:
         probs = F.dropout(probs, p=dropout)
@@ -156,24 +174,13 @@ def segment_attention(
             q_head, k_head, v_head = q_parts[part], k_parts[part], v_parts[part]
             q_tail, k_tail, v_tail = q_parts[part + 1], k_parts[part + 1], v_parts[part + 1]
             part += 2
-            mask = None
-            if sliding_window is not None and prefix + chosen > sliding_window:
-                pos = torch.arange(prefix + chosen, device=query.device)
-                mask = _window_mask(pos, pos, sliding_window)
-            pieces.append(
-                _attend(q_head, k_head, v_head, mask, causal=True, scaling=scaling, dropout=dropout, gqa=gqa)
-            )
+            options = {"window": sliding_window, "scaling": scaling, "dropout": dropout, "gqa": gqa}
+            pieces.append(_attend(q_head, k_head, v_head, **options))
             # The rejected tail continues the prefix (positions prefix..prefix+rejected-1) and never
             # sees the chosen tail.
-            k_pos = torch.arange(prefix + rejected, device=query.device)
             keys = torch.cat([k_head[:, :, :prefix], k_tail], dim=2)
             values = torch.cat([v_head[:, :, :prefix], v_tail], dim=2)
-            tail_mask = _window_mask(k_pos[prefix:], k_pos, sliding_window)
-            pieces.append(
-                _attend(
-                    q_tail, keys, values, tail_mask, causal=False, scaling=scaling, dropout=dropout, gqa=gqa
-                )
-            )
+            pieces.append(_attend(q_tail, keys, values, **options))
         out_rows.append(torch.cat(pieces, dim=2))
     return torch.cat(out_rows, dim=0).transpose(1, 2).contiguous()
 
