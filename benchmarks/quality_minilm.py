@@ -117,6 +117,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, nargs="+", default=[5e-5])
     parser.add_argument("--fp32", action="store_true", help="train in fp32 (default: bf16 on both sides)")
     parser.add_argument("--eval-size", type=int, default=100)
+    parser.add_argument("--skip-trl", action="store_true", help="train reward-plugin only")
     args = parser.parse_args()
 
     model_path, pairs = minilm_pairs()
@@ -126,7 +127,8 @@ def main() -> None:
         for seed in args.seeds:
             split = pairs.train_test_split(test_size=args.eval_size, shuffle=True, seed=seed)
             for lr in args.lr:
-                for name, run in (("reward-plugin", ours), ("TRL 1.16", trl)):
+                runs = (("reward-plugin", ours),) if args.skip_trl else (("reward-plugin", ours), ("TRL 1.16", trl))
+                for name, run in runs:
                     acc = run(model_path, split["train"], split["test"], lr, seed, not args.fp32, tmp)
                     sizes = f"{len(split['train'])} | {len(split['test'])}"
                     print(f"| {name} | {lr:g} | {seed} | {sizes} | {acc:.2f} |", flush=True)

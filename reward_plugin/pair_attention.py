@@ -22,6 +22,7 @@ with the config.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -152,25 +153,28 @@ def segment_attention(
     # One split per tensor and row (not a slice per segment): autograd then writes each gradient
     # once into one row-sized buffer instead of one buffer per slice.
     for row, (q_row, k_row, v_row) in enumerate(zip(query.split(1), key.split(1), value.split(1))):
-        sizes, blocks, cursor = [], [], 0
+        # Split sizes along the row: padding gaps, and per pair [prefix + chosen tail, rejected
+        # tail]; `blocks` holds each pair's prefix length, None for a gap.
+        sizes: list[int] = []
+        blocks: list[int | None] = []
+        cursor = 0
         for _, start, prefix, chosen, rejected in sorted(by_row[row], key=lambda s: s[1]):
             if start > cursor:
                 sizes.append(start - cursor)
                 blocks.append(None)
             sizes += [prefix + chosen, rejected]
-            blocks.append((prefix, chosen, rejected))
+            blocks.append(prefix)
             cursor = start + prefix + chosen + rejected
         if cursor < length:
             sizes.append(length - cursor)
             blocks.append(None)
         q_parts, k_parts, v_parts = (t.split(sizes, dim=2) for t in (q_row, k_row, v_row))
         pieces, part = [], 0
-        for block in blocks:
-            if block is None:  # padding: no keys to attend, a zero output
+        for prefix in blocks:
+            if prefix is None:  # padding: no keys to attend, a zero output
                 pieces.append(query.new_zeros(1, heads, sizes[part], head_dim))
                 part += 1
                 continue
-            prefix, chosen, rejected = block
             q_head, k_head, v_head = q_parts[part], k_parts[part], v_parts[part]
             q_tail, k_tail, v_tail = q_parts[part + 1], k_parts[part + 1], v_parts[part + 1]
             part += 2
@@ -210,8 +214,6 @@ def _base_function(base: str, module: nn.Module):
 
     if base == "sdpa":
         return ALL_ATTENTION_FUNCTIONS["sdpa"]
-    import sys
-
     eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
     if eager is None:  # pragma: no cover - every supported decoder defines one
         raise RuntimeError(f"{type(module).__name__} has no eager_attention_forward to fall back to")
