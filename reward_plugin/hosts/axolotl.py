@@ -78,6 +78,9 @@ class RewardPluginArgs(BaseModel):
     reward_pair_batching: Literal["standard", "prefix_shared", "packed", "auto"] | None = Field(
         None, description="forward-pass layout of a pair (RewardConfig.pair_batching)"
     )
+    reward_pair_attention: Literal["segments", "mask"] | None = Field(
+        None, description="attention of the fast layouts (RewardConfig.pair_attention)"
+    )
     reward_disable_dropout: bool | None = Field(None, description="set every dropout to 0 (default true)")
     reward_save_stats: bool | None = Field(None, description="save reward mean/std (default true)")
 
@@ -93,6 +96,7 @@ _FIELD_KEYS = {
     "reward_truncation": "truncation",
     "reward_center_rewards_coefficient": "center_rewards_coefficient",
     "reward_pair_batching": "pair_batching",
+    "reward_pair_attention": "pair_attention",
     "reward_disable_dropout": "disable_dropout",
     "reward_save_stats": "save_reward_stats",
 }
