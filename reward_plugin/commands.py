@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -176,6 +177,14 @@ def run_train(args: argparse.Namespace) -> int:
         if "eval_accuracy" in m:
             print(f"eval accuracy {m['eval_accuracy']:.4f}, margin {m.get('eval_margin', float('nan')):.4f}")
     print(f"saved the {result.stage} model to {result.output_dir}")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # One process of a multi-process run: everything is written and the group is closed. Leave
+        # now, without interpreter teardown: DDP's reducer outlives the group and its destructor
+        # can block forever joining gloo threads once a peer has exited (seen in a CI run).
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 

@@ -15,9 +15,12 @@ import copy
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .stages import StageResult
 
 #: The stage a config without ``stage:`` runs.
 DEFAULT_STAGE = "reward"
@@ -237,20 +240,27 @@ def run_training(
         dataset_formats.DatasetFormatError: a data file that cannot be read or converted.
     """
     stage, cfg = prepare_run(config, overrides)
+    result = None
     try:
-        return stage.run(cfg, resume=resume)
+        result = stage.run(cfg, resume=resume)
+        return result
     finally:
-        _close_process_group()
+        _close_process_group(result)
 
 
-def _close_process_group() -> None:
+def _close_process_group(result: StageResult | None) -> None:
     """Shut down the process group ``accelerate launch`` started, before the interpreter exits.
 
     Left to interpreter shutdown, gloo's worker threads can be torn down while still joinable and
     abort the process ("terminate called without an active exception") after a successful run.
+    After a successful run every process first waits for the others, so none leaves while a peer
+    may still talk to it; after a failure there is no waiting (the failed peer may never come).
     """
     import sys
 
     dist = sys.modules.get("torch.distributed")
-    if dist is not None and dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return
+    if result is not None:
+        dist.barrier()
+    dist.destroy_process_group()

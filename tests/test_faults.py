@@ -301,8 +301,18 @@ def test_two_process_training_matches_one_process(tmp_path, tiny_llama_dir, trai
     command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     command += ["--main_process_port", str(_free_port()), "-m", "reward_plugin", "train", str(config)]
     env = _env(CUDA_VISIBLE_DEVICES="", ACCELERATE_USE_CPU="true")
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-4000:]
+    # Its own session, so a timeout kills the launcher and both workers: a worker left behind keeps
+    # the pipes open and would block the test (and CI) forever.
+    proc = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        _, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, stderr = proc.communicate()
+        pytest.fail(f"the two-process run did not finish in 300 s: {stderr[-4000:]}")
+    assert proc.returncode == 0, stderr[-4000:]
     want_state = json.loads((one / f"checkpoint-{steps}" / "trainer_state.json").read_text())
     got_state = json.loads((two / f"checkpoint-{steps}" / "trainer_state.json").read_text())
     # two processes really shared the data: an epoch takes as many steps as with one process
