@@ -5,10 +5,11 @@ prefix and the chosen tail attend causally to each other, and the rejected tail 
 prefix and causally to itself; nothing crosses blocks. A dense 4D mask makes the attention kernel
 compute every ``T x T`` score of the row and throw most away, so its cost grows with the square of
 the row length and punishes packing. Here every block runs as two small attention calls instead
-(``prefix + chosen`` with ``is_causal``, ``rejected`` against ``[prefix, rejected]``), which is
-what a variable-length attention kernel does on GPU, written with PyTorch's
-``scaled_dot_product_attention`` so it runs on any device. The outputs are those of the dense mask
-(same keys, same order within each softmax) within floating-point rounding.
+(``prefix + chosen`` causal, ``rejected`` against ``[prefix, rejected]``), which is what a
+variable-length attention kernel does on GPU: ``scaled_dot_product_attention`` on GPU and for long
+segments, float32 matmul + softmax for pair-sized segments on CPU (see :func:`_attend`). The
+outputs are those of the dense mask (same keys, same order within each softmax) within
+floating-point rounding.
 
 Wiring: transformers looks the attention function up by ``config._attn_implementation`` at every
 layer call (also when gradient checkpointing recomputes a layer in the backward pass), and passes

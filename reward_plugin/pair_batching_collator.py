@@ -86,7 +86,7 @@ class PrefixSharedPairCollator(RewardDataCollatorWithPadding):
         for r, row in enumerate(rows):
             start = 0
             for pair in row:
-                block_ids, block_pos, block_seg, chosen_end, rejected_end = blocks[pair]
+                block_ids, block_pos, block_seg, chosen_end, rejected_end, sizes = blocks[pair]
                 end = start + len(block_ids)
                 ids[r, start:end] = torch.tensor(block_ids)
                 positions[r, start:end] = torch.tensor(block_pos)
@@ -94,7 +94,7 @@ class PrefixSharedPairCollator(RewardDataCollatorWithPadding):
                 pair_ids[r, start:end] = pair
                 chosen_index[pair] = r * length + start + chosen_end
                 rejected_index[pair] = r * length + start + rejected_end
-                spans[pair] = torch.tensor([r, start, *_segment_sizes(block_seg)])
+                spans[pair] = torch.tensor([r, start, *sizes])
                 start = end
         batch = {
             "chosen_index": chosen_index,
@@ -114,18 +114,16 @@ def _real_tokens(ids: list[int], mask: list[int]) -> list[int]:
     return [i for i, m in zip(ids, mask) if m] if not all(mask) else ids
 
 
-def _segment_sizes(segments: list[int]) -> tuple[int, int, int]:
-    """(prefix, chosen tail, rejected tail) token counts of one block."""
-    return segments.count(PREFIX), segments.count(CHOSEN), segments.count(REJECTED)
-
-
-def _block(chosen: list[int], rejected: list[int]) -> tuple[list[int], list[int], list[int], int, int]:
-    """(ids, positions, segments, last chosen offset, last rejected offset) of one pair block."""
+def _block(
+    chosen: list[int], rejected: list[int]
+) -> tuple[list[int], list[int], list[int], int, int, tuple[int, int, int]]:
+    """(ids, positions, segments, last chosen offset, last rejected offset, (prefix, chosen tail,
+    rejected tail) lengths) of one pair block."""
     p = shared_prefix_length(chosen, rejected)
     ids = chosen + rejected[p:]
     positions = list(range(len(chosen))) + list(range(p, len(rejected)))
     segments = [PREFIX] * p + [CHOSEN] * (len(chosen) - p) + [REJECTED] * (len(rejected) - p)
-    return ids, positions, segments, len(chosen) - 1, len(ids) - 1
+    return ids, positions, segments, len(chosen) - 1, len(ids) - 1, (p, len(chosen) - p, len(rejected) - p)
 
 
 def _best_packing(lengths: list[int], attention_cost_tokens: float | None) -> list[list[int]]:
