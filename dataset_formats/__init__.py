@@ -35,6 +35,7 @@ from .registry import (
 from .schema import PAIR_COLUMNS, pair_schema
 
 __all__ = [
+    "PAIR_COLUMNS",
     "DatasetFormatError",
     "DuplicateFormatError",
     "FormatAdapter",
@@ -44,7 +45,6 @@ __all__ = [
     "NoOptions",
     "OptionError",
     "OutputExistsError",
-    "PAIR_COLUMNS",
     "PluginError",
     "PreferencePair",
     "RecordError",

@@ -66,7 +66,9 @@ def _coerce(fmt: str, key: str, value: Any, hint: Any) -> Any:
     if typing.get_origin(hint) is typing.Literal or typing.get_origin(target) is typing.Literal:
         lit = typing.get_args(target if typing.get_origin(target) is typing.Literal else hint)
         if value not in lit:
-            raise OptionError(f"format {fmt!r}: option {key!r} must be one of {', '.join(map(str, lit))}, got {value!r}")
+            raise OptionError(
+                f"format {fmt!r}: option {key!r} must be one of {', '.join(map(str, lit))}, got {value!r}"
+            )
         return value
     try:
         if target is bool:
@@ -80,5 +82,7 @@ def _coerce(fmt: str, key: str, value: Any, hint: Any) -> Any:
         if value.lower() in ("none", "null") and type(None) in typing.get_args(hint):
             return None
     except ValueError as exc:
-        raise OptionError(f"format {fmt!r}: option {key!r} expects {getattr(target, '__name__', target)}, got {value!r}") from exc
+        raise OptionError(
+            f"format {fmt!r}: option {key!r} expects {getattr(target, '__name__', target)}, got {value!r}"
+        ) from exc
     return value

@@ -16,7 +16,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     commands.add_commands(subparsers)
 
 
-def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None, errors: tuple[type[BaseException], ...]) -> int:
+def run_cli(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None, errors: tuple[type[BaseException], ...]
+) -> int:
     """Parse ``argv`` and run the chosen command; ``errors`` become one ``error: ...`` line and exit 1."""
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int | None] | None = getattr(args, "func", None)
@@ -39,6 +41,8 @@ def one_line(exc: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dataset_formats", description="Convert preference datasets.")
+    parser = argparse.ArgumentParser(
+        prog="python -m dataset_formats", description="Convert preference datasets."
+    )
     add_commands(parser.add_subparsers(title="commands", metavar="COMMAND"))
     return run_cli(parser, argv, (DatasetFormatError,))

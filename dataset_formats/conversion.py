@@ -74,7 +74,8 @@ def _source_batches(paths: list[Path], batch_size: int) -> Iterator[tuple[str, A
             yield str(path), batch
         if rows == 0:
             raise InputFileError(
-                str(path), "has no rows; check that it is the file you meant and that it was written completely"
+                str(path),
+                "has no rows; check that it is the file you meant and that it was written completely",
             )
 
 

@@ -103,7 +103,9 @@ def load_tokenizer(spec: Any, *, trust_remote_code: bool = False) -> Any:
             if "custom code" in str(exc) or "trust_remote_code" in str(exc):
                 fix = "remote code is off by default; pass --trust-remote-code only if you trust that code"
             else:
-                fix = "pass a local tokenizer folder (with tokenizer.json) or a hub name that is already cached"
+                fix = (
+                    "pass a local tokenizer folder (with tokenizer.json) or a hub name that is already cached"
+                )
             raise OptionError(f"tokenizer {spec!r} could not be loaded ({first}); {fix}") from exc
     if not getattr(tokenizer, "is_fast", False):
         raise OptionError(

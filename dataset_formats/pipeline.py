@@ -8,13 +8,13 @@ number of processes).
 from __future__ import annotations
 
 import math
-import numbers
 import multiprocessing
+import numbers
 import os
 import signal
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 

@@ -225,7 +225,7 @@ def _as_object(value: Any, path: Path, row: int) -> dict[str, Any] | RecordError
     shown = shown[:60] + ("..." if len(shown) > 60 else "")
     return RecordError(
         f"expected a JSON object with named fields, got {type(value).__name__} {shown}; write each row as "
-        "one object such as {\"chosen\": ..., \"rejected\": ...}",
+        'one object such as {"chosen": ..., "rejected": ...}',
         reason="not_an_object",
         value=value,
         path=str(path),
@@ -355,7 +355,8 @@ def _parquet_batches(path: Path, batch_size: int) -> Iterator[RowBatch]:
         raise
     except (pa.ArrowException, OSError, *_CORRUPT) as exc:
         raise InputFileError(
-            str(path), f"is not a readable Parquet file ({_one_line(exc)}); check that it was written completely"
+            str(path),
+            f"is not a readable Parquet file ({_one_line(exc)}); check that it was written completely",
         ) from exc
     row = 0
     try:

@@ -1,8 +1,8 @@
 """reward_plugin: pairwise (Bradley-Terry) reward-model training on top of transformers.Trainer.
 
-    from reward_plugin import RewardConfig, RewardTrainer
-    trainer = RewardTrainer(model="path/or/name", args=RewardConfig(output_dir="out"), train_dataset=ds)
-    trainer.train()
+from reward_plugin import RewardConfig, RewardTrainer
+trainer = RewardTrainer(model="path/or/name", args=RewardConfig(output_dir="out"), train_dataset=ds)
+trainer.train()
 """
 
 from .errors import ConfigError, DataError, PluginError, RewardPluginError, UnknownStageError
@@ -11,7 +11,7 @@ from .hookspecs import hookimpl
 _LAZY = {
     "RewardConfig": ".config",
     "RewardTrainer": ".trainer",
-    "RewardDataCollatorWithPadding": ".collator",
+    "RewardDataCollatorWithPadding": ".pairs.collators",
     "pairwise_loss": ".loss",
 }
 

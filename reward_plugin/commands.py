@@ -93,7 +93,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     train.__class__ = _TrainParser
-    train.add_argument("config", nargs="?", metavar="CONFIG.yaml", help="the run's YAML config (default: embedded)")
+    train.add_argument(
+        "config", nargs="?", metavar="CONFIG.yaml", help="the run's YAML config (default: embedded)"
+    )
     train.add_argument(
         "--resume",
         nargs="?",
@@ -114,15 +116,25 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "--data", required=True, metavar="FILE", help="a converted table or raw preference data (any format)"
     )
     evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
-    evaluate.add_argument("--plot", metavar="PATH.png", help="write reward histograms and accuracy by gap (matplotlib)")
-    evaluate.add_argument("--format", default="auto", metavar="NAME|auto", help="format of raw data (default: auto)")
+    evaluate.add_argument(
+        "--plot", metavar="PATH.png", help="write reward histograms and accuracy by gap (matplotlib)"
+    )
+    evaluate.add_argument(
+        "--format", default="auto", metavar="NAME|auto", help="format of raw data (default: auto)"
+    )
     evaluate.add_argument("--max-length", type=int, metavar="N", help="cut longer sequences, as in training")
-    evaluate.add_argument("--truncation", choices=("left", "right"), default="left", help="side to cut (default left)")
-    evaluate.add_argument("--chat-template", metavar="NAME|PATH", help="chat template for conversational raw data")
+    evaluate.add_argument(
+        "--truncation", choices=("left", "right"), default="left", help="side to cut (default left)"
+    )
+    evaluate.add_argument(
+        "--chat-template", metavar="NAME|PATH", help="chat template for conversational raw data"
+    )
     evaluate.add_argument(
         "--option", action="append", default=[], metavar="KEY=VALUE", help="an adapter option of raw data"
     )
-    evaluate.add_argument("--batch-size", type=int, default=16, metavar="N", help="pairs per batch (default 16)")
+    evaluate.add_argument(
+        "--batch-size", type=int, default=16, metavar="N", help="pairs per batch (default 16)"
+    )
     evaluate.set_defaults(func=run_eval)
 
     stages = subparsers.add_parser(
@@ -168,7 +180,7 @@ def _configure_logging() -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .runner import run_training
+    from .hosts.runner import run_training
 
     _configure_logging()
     result = run_training(args.config, args.overrides, resume=args.resume)

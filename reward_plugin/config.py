@@ -20,7 +20,9 @@ ON_ERROR_CHOICES = ("skip", "raise")
 #: Values of ``RewardConfig.truncation``.
 TRUNCATION_SIDES = ("left", "right")
 
-_HAS_ACTIVATION_CHECKPOINTING = "activation_checkpointing" in {f.name for f in dataclasses.fields(TrainingArguments)}
+_HAS_ACTIVATION_CHECKPOINTING = "activation_checkpointing" in {
+    f.name for f in dataclasses.fields(TrainingArguments)
+}
 
 
 @functools.lru_cache(maxsize=1)
@@ -86,7 +88,7 @@ class RewardConfig(TrainingArguments):
             as separate rows of one batch), ``"prefix_shared"`` (one row ``[shared prompt | chosen tail |
             rejected tail]`` per pair), ``"packed"`` (several such pairs per row) or ``"auto"`` (default:
             ``packed`` where the model supports it exactly, else ``standard``); see
-            :mod:`reward_plugin.pair_batching`.
+            :mod:`reward_plugin.pairs`.
         pair_attention: how the prefix-shared/packed layouts attend: ``"segments"`` (default: each
             pair block's attention as its own small calls, so cost grows with the pairs, not the
             square of the row, and a packed batch is one padding-free row; sdpa/eager models) or
@@ -121,7 +123,9 @@ class RewardConfig(TrainingArguments):
     # --- TrainingArguments fields with different defaults ---
     logging_steps: float = field(
         default=10,
-        metadata={"help": "Log every X update steps (an integer, or a float in [0,1) as a ratio of total steps)."},
+        metadata={
+            "help": "Log every X update steps (an integer, or a float in [0,1) as a ratio of total steps)."
+        },
     )
     gradient_checkpointing: bool | None = field(
         default=True,
@@ -138,7 +142,9 @@ class RewardConfig(TrainingArguments):
     )
     remove_unused_columns: bool = field(
         default=False,
-        metadata={"help": "Drop dataset columns the trainer does not read (the pair columns are always kept)."},
+        metadata={
+            "help": "Drop dataset columns the trainer does not read (the pair columns are always kept)."
+        },
     )
 
     # --- the model ---
@@ -270,7 +276,10 @@ class RewardConfig(TrainingArguments):
             # is the old one, so hand its value over ourselves instead of triggering the deprecation warning.
             if self.activation_checkpointing is None and self.gradient_checkpointing is not None:
                 self.activation_checkpointing = self.gradient_checkpointing
-            if self.activation_checkpointing_kwargs is None and self.gradient_checkpointing_kwargs is not None:
+            if (
+                self.activation_checkpointing_kwargs is None
+                and self.gradient_checkpointing_kwargs is not None
+            ):
                 self.activation_checkpointing_kwargs = self.gradient_checkpointing_kwargs
         super().__post_init__()
 

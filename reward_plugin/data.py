@@ -16,8 +16,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .collator import MARGIN_COLUMN, PAIR_COLUMNS, missing_columns_message
+from dataset_formats.schema import MARGIN_COLUMN, PAIR_COLUMNS
+
 from .errors import ConfigError, DataError
+from .pairs.collators import missing_columns_message
 
 logger = logging.getLogger(__name__)
 
@@ -137,8 +139,10 @@ def _from_text(
     import dataset_formats
     from dataset_formats.conversion import encode_rows
 
-    sample = dataset.select(range(min(20, len(dataset)))).to_list() if _is_map_style(dataset) else list(
-        itertools.islice(dataset, 20)
+    sample = (
+        dataset.select(range(min(20, len(dataset)))).to_list()
+        if _is_map_style(dataset)
+        else list(itertools.islice(dataset, 20))
     )
     if not sample:
         raise DataError(f"the {name} dataset has no rows (columns: {', '.join(columns) or 'none'})")
@@ -173,7 +177,9 @@ def _from_text(
         raise DataError(f"{exc} (reading the {name} dataset as {fmt!r} rows)") from exc
     logger.info("%s dataset converted as %r rows:\n%s", name, fmt, stats.summary())
     if stats.rows_rejected:
-        reasons = ", ".join(f"{reason}: {count}" for reason, count in sorted(stats.rejected_by_reason.items()))
+        reasons = ", ".join(
+            f"{reason}: {count}" for reason, count in sorted(stats.rejected_by_reason.items())
+        )
         logger.warning(
             "%s dataset: skipped %d of %d %r rows the toolkit could not use (%s); set dataset_on_error='raise' "
             "to stop at the first",

@@ -35,7 +35,9 @@ def _distribution(values: np.ndarray) -> dict[str, float]:
     return out
 
 
-def accuracy_by_bucket(keys: np.ndarray, correct: np.ndarray, buckets: int = NUM_BUCKETS) -> list[dict[str, Any]]:
+def accuracy_by_bucket(
+    keys: np.ndarray, correct: np.ndarray, buckets: int = NUM_BUCKETS
+) -> list[dict[str, Any]]:
     """Accuracy within (about) equal-count buckets of ``keys``, split at their quantiles.
 
     Args:
@@ -152,7 +154,9 @@ def predict_rewards(
         )
         output = trainer.predict(dataset)
     margins = dataset["margin"] if "margin" in dataset.column_names else None
-    return np.asarray(output.predictions, dtype=np.float64), (np.asarray(margins) if margins is not None else None)
+    return np.asarray(output.predictions, dtype=np.float64), (
+        np.asarray(margins) if margins is not None else None
+    )
 
 
 def evaluate_model(

@@ -35,7 +35,9 @@ def reward_metrics(rewards_chosen: Any, rewards_rejected: Any) -> dict[str, floa
     """
     chosen, rejected = _as_array(rewards_chosen), _as_array(rewards_rejected)
     if chosen.shape != rejected.shape:
-        raise ValueError(f"{chosen.size} chosen rewards but {rejected.size} rejected rewards; they come in pairs")
+        raise ValueError(
+            f"{chosen.size} chosen rewards but {rejected.size} rejected rewards; they come in pairs"
+        )
     if chosen.size == 0:
         nan = float("nan")
         return dict.fromkeys(_METRIC_KEYS, nan)

@@ -75,7 +75,11 @@ def render_model_card(
         + " with reward-plugin's `RewardTrainer`, loss `-logsigmoid(r_chosen - r_rejected"
         + (" - margin" if uses_margin else "")
         + ")`"
-        + (" plus the reward-centring term" if args is not None and getattr(args, "center_rewards_coefficient", None) else "")
+        + (
+            " plus the reward-centring term"
+            if args is not None and getattr(args, "center_rewards_coefficient", None)
+            else ""
+        )
         + ".",
         "",
         "## Usage",
@@ -106,10 +110,12 @@ def render_model_card(
         lines += [
             "## Reward statistics",
             "",
-            (f"Over the {reward_stats.get('split', '?')} set ({reward_stats.get('num_pairs', '?')} pairs), the rewards "
-            f"have mean {_fmt(reward_stats.get('mean'))} and standard deviation {_fmt(reward_stats.get('std'))}. "
-            "They are saved in `reward_stats.json` and as `reward_mean`/`reward_std` in `config.json`; "
-            "normalise rewards for RLHF with `(reward - reward_mean) / reward_std`."),
+            (
+                f"Over the {reward_stats.get('split', '?')} set ({reward_stats.get('num_pairs', '?')} pairs), the rewards "
+                f"have mean {_fmt(reward_stats.get('mean'))} and standard deviation {_fmt(reward_stats.get('std'))}. "
+                "They are saved in `reward_stats.json` and as `reward_mean`/`reward_std` in `config.json`; "
+                "normalise rewards for RLHF with `(reward - reward_mean) / reward_std`."
+            ),
             "",
         ]
     if metrics:

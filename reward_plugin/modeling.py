@@ -60,7 +60,9 @@ def load_reward_model(name_or_path: str, *, trust_remote_code: bool = False, ini
                 "; only safetensors weights are loaded (a pickled .bin can run code): convert the checkpoint to "
                 "model.safetensors, or set model_init_kwargs: {use_safetensors: false} if you trust it"
             )
-        raise ConfigError(f"cannot load the model {name_or_path!r}: {' '.join(str(exc).split())}{hint}") from exc
+        raise ConfigError(
+            f"cannot load the model {name_or_path!r}: {' '.join(str(exc).split())}{hint}"
+        ) from exc
 
 
 def load_tokenizer(name_or_path: str | None, *, trust_remote_code: bool = False):
@@ -122,7 +124,9 @@ def ensure_pad_token(model: nn.Module | None, tokenizer: Any) -> int:
                 tokenizer.pad_token = tokenizer.eos_token
             else:
                 tokenizer.add_special_tokens({"pad_token": "<pad>"})
-                logger.warning("the tokenizer had no pad or EOS token; added '<pad>' (id %d)", tokenizer.pad_token_id)
+                logger.warning(
+                    "the tokenizer had no pad or EOS token; added '<pad>' (id %d)", tokenizer.pad_token_id
+                )
         pad_id = tokenizer.pad_token_id
         if model is not None and pad_id >= unwrap_model(model).get_input_embeddings().weight.shape[0]:
             unwrap_model(model).resize_token_embeddings(len(tokenizer))

@@ -27,7 +27,9 @@ class LengthGroupedPairSampler(Sampler[int]):
         mega_batch_mult: batches per mega-batch; default ``min(50, max(1, n // (4 * batch_size)))``.
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, mega_batch_mult: int | None = None):
+    def __init__(
+        self, lengths: Sequence[int], batch_size: int, seed: int = 0, mega_batch_mult: int | None = None
+    ):
         if batch_size < 1:
             raise ValueError(f"`batch_size` must be >= 1, got {batch_size!r}")
         self.lengths = [int(n) for n in lengths]

@@ -92,9 +92,13 @@ class ScoreReader:
             return captured[..., 0], outputs
         return None, outputs
 
-    def rewards(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, **inputs: Any) -> torch.Tensor:
+    def rewards(
+        self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, **inputs: Any
+    ) -> torch.Tensor:
         """One reward per row: the head's score at the row's last attended token, shape ``(N,)``."""
-        scores, outputs = self.token_scores(model, input_ids=input_ids, attention_mask=attention_mask, **inputs)
+        scores, outputs = self.token_scores(
+            model, input_ids=input_ids, attention_mask=attention_mask, **inputs
+        )
         if scores is None:
             logits = outputs.logits if hasattr(outputs, "logits") else outputs[0]
             return logits.reshape(logits.shape[0], -1)[:, 0]

@@ -13,7 +13,8 @@ from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainerCallback
 from transformers.trainer_utils import EvalPrediction, has_length
 
-from .collator import MARGIN_COLUMN, PAIR_COLUMNS, RewardDataCollatorWithPadding
+from dataset_formats.schema import MARGIN_COLUMN, PAIR_COLUMNS
+
 from .config import RewardConfig
 from .data import column_names, pair_lengths, prepare_dataset
 from .errors import ConfigError, DataError
@@ -28,15 +29,16 @@ from .modeling import (
     load_reward_model,
     load_tokenizer,
 )
-from .pair_attention import supports_segment_attention
-from .pair_batching import (
+from .pairs import (
     FAST_MODES,
     PACKED_KEYS,
+    PrefixSharedPairCollator,
+    RewardDataCollatorWithPadding,
     attention_cost_tokens,
     packed_rewards,
     resolve_pair_batching,
 )
-from .pair_batching_collator import PrefixSharedPairCollator
+from .pairs.attention import supports_segment_attention
 from .sampler import LengthGroupedPairSampler
 from .scoring import ScoreReader, unwrap_model
 
@@ -104,7 +106,11 @@ class RewardTrainer(Trainer):
         if model is None and model_init is None:
             raise ConfigError("pass `model` (a model or a name/path) or `model_init`")
         if args is None:
-            name = model if isinstance(model, str) else getattr(getattr(model, "config", None), "_name_or_path", "")
+            name = (
+                model
+                if isinstance(model, str)
+                else getattr(getattr(model, "config", None), "_name_or_path", "")
+            )
             args = RewardConfig(output_dir=f"{Path(str(name or 'model')).name or 'model'}-reward")
         elif not isinstance(args, RewardConfig):
             raise ConfigError(
@@ -112,11 +118,17 @@ class RewardTrainer(Trainer):
                 "RewardConfig(output_dir=..., ...)"
             )
         if tokenizer is not None and processing_class is not None and tokenizer is not processing_class:
-            raise ConfigError("pass the tokenizer once: `processing_class` or its old name `tokenizer`, not both")
+            raise ConfigError(
+                "pass the tokenizer once: `processing_class` or its old name `tokenizer`, not both"
+            )
         processing_class = processing_class if processing_class is not None else tokenizer
         if max_length is not None:
             if args.max_length is not None and args.max_length != max_length:
-                logger.warning("max_length=%d given to the trainer overrides args.max_length=%d", max_length, args.max_length)
+                logger.warning(
+                    "max_length=%d given to the trainer overrides args.max_length=%d",
+                    max_length,
+                    args.max_length,
+                )
             args.max_length = max_length
         self.args = args
         self._peft_config = peft_config
@@ -140,7 +152,9 @@ class RewardTrainer(Trainer):
         if model is not None:
             model = self._prepare_model(model)
         else:  # model_init: Trainer builds the model later; the collator needs the pad id now
-            self._pad_token_id = ensure_pad_token(None, processing_class) if processing_class is not None else 0
+            self._pad_token_id = (
+                ensure_pad_token(None, processing_class) if processing_class is not None else 0
+            )
 
         train_dataset = self._prepare(train_dataset, "train") if train_dataset is not None else None
         if isinstance(eval_dataset, dict):
@@ -148,7 +162,9 @@ class RewardTrainer(Trainer):
         elif eval_dataset is not None:
             eval_dataset = self._prepare(eval_dataset, "eval")
         # The layout needs the model; a `model_init` model only exists once Trainer.__init__ built it.
-        self.pair_batching = resolve_pair_batching(args.pair_batching, model) if model is not None else "standard"
+        self.pair_batching = (
+            resolve_pair_batching(args.pair_batching, model) if model is not None else "standard"
+        )
         self._layout_model = model
         default_collator = data_collator is None
         if default_collator:
@@ -186,7 +202,10 @@ class RewardTrainer(Trainer):
         self.reward_stats: dict[str, Any] | None = None
         self._uses_margin = any(
             MARGIN_COLUMN in column_names(ds)
-            for ds in [train_dataset, *(eval_dataset.values() if isinstance(eval_dataset, dict) else [eval_dataset])]
+            for ds in [
+                train_dataset,
+                *(eval_dataset.values() if isinstance(eval_dataset, dict) else [eval_dataset]),
+            ]
             if ds is not None
         )
 
@@ -197,7 +216,9 @@ class RewardTrainer(Trainer):
         check_reward_head(model)
         self._pad_token_id = ensure_pad_token(model, self.processing_class)
         if self._peft_config is not None:
-            model = apply_peft(model, self._peft_config, gradient_checkpointing=bool(self.args.gradient_checkpointing))
+            model = apply_peft(
+                model, self._peft_config, gradient_checkpointing=bool(self.args.gradient_checkpointing)
+            )
         if self.args.disable_dropout:
             disable_dropout(model)
         self._score_reader = ScoreReader(model)
@@ -227,7 +248,11 @@ class RewardTrainer(Trainer):
         ``prefix_shared`` and ``packed`` write one block per pair (:class:`PrefixSharedPairCollator`).
         """
         tok = self.processing_class
-        keep = {getattr(tok, f"{kind}_token_id", None) for kind in ("bos", "eos", "cls", "sep")} if tok else set()
+        keep = (
+            {getattr(tok, f"{kind}_token_id", None) for kind in ("bos", "eos", "cls", "sep")}
+            if tok
+            else set()
+        )
         options = {
             "pad_token_id": self._pad_token_id,
             "pad_to_multiple_of": self.args.pad_to_multiple_of,
@@ -252,7 +277,13 @@ class RewardTrainer(Trainer):
 
     def _set_signature_columns_if_needed(self) -> None:
         if self._signature_columns is None:
-            self._signature_columns = [*PAIR_COLUMNS, "chosen_ids", "rejected_ids", MARGIN_COLUMN, *PACKED_KEYS]
+            self._signature_columns = [
+                *PAIR_COLUMNS,
+                "chosen_ids",
+                "rejected_ids",
+                MARGIN_COLUMN,
+                *PACKED_KEYS,
+            ]
 
     def _get_train_sampler(self, train_dataset: Any = None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -293,10 +324,12 @@ class RewardTrainer(Trainer):
         Standard layout: chosen and rejected rows are stacked along the batch dimension (padded to
         one length) and scored at their last attended token. Prefix-shared/packed layout (a batch
         from :class:`PrefixSharedPairCollator`): one block per pair, both rewards read from the
-        head's per-token scores (:func:`reward_plugin.pair_batching.packed_rewards`).
+        head's per-token scores (:func:`reward_plugin.pairs.forward.packed_rewards`).
         """
         if "packed_input_ids" in inputs:
-            return packed_rewards(self._score_reader, model, inputs, segments=self.args.pair_attention == "segments")
+            return packed_rewards(
+                self._score_reader, model, inputs, segments=self.args.pair_attention == "segments"
+            )
         if "input_ids_chosen" not in inputs and "input_ids" in inputs:
             # TRL's DataCollatorForPreference layout: chosen rows, then rejected rows, in one tensor.
             rewards = self._score_reader.rewards(
@@ -316,7 +349,9 @@ class RewardTrainer(Trainer):
         def widen(t: torch.Tensor, value: int) -> torch.Tensor:
             return nn.functional.pad(t, (0, length - t.shape[1]), value=value) if t.shape[1] < length else t
 
-        input_ids = torch.cat([widen(chosen_ids, self._pad_token_id), widen(rejected_ids, self._pad_token_id)])
+        input_ids = torch.cat(
+            [widen(chosen_ids, self._pad_token_id), widen(rejected_ids, self._pad_token_id)]
+        )
         attention_mask = torch.cat([widen(chosen_mask, 0), widen(rejected_mask, 0)])
         rewards = self._score_reader.rewards(model, input_ids=input_ids, attention_mask=attention_mask)
         return rewards[: chosen_ids.shape[0]], rewards[chosen_ids.shape[0] :]
@@ -330,7 +365,9 @@ class RewardTrainer(Trainer):
             center_rewards_coefficient=self.args.center_rewards_coefficient,
         )
         if model.training:
-            gathered = self.accelerator.gather(torch.stack([rewards_chosen.detach(), rewards_rejected.detach()], 1))
+            gathered = self.accelerator.gather(
+                torch.stack([rewards_chosen.detach(), rewards_rejected.detach()], 1)
+            )
             self._train_rewards.append(gathered.float())  # moved to the CPU once per log, not per step
         if return_outputs:
             return loss, {"rewards_chosen": rewards_chosen, "rewards_rejected": rewards_rejected}
@@ -345,7 +382,9 @@ class RewardTrainer(Trainer):
             return loss, None, None
         rewards = torch.stack([outputs["rewards_chosen"], outputs["rewards_rejected"]], dim=1).float()
         margin = inputs.get(MARGIN_COLUMN)
-        labels = margin.float() if margin is not None else torch.zeros(rewards.shape[0], device=rewards.device)
+        labels = (
+            margin.float() if margin is not None else torch.zeros(rewards.shape[0], device=rewards.device)
+        )
         return loss, rewards, labels
 
     # ------------------------------------------------------- logging, eval
@@ -364,10 +403,14 @@ class RewardTrainer(Trainer):
             return {key: self._prepare(ds, key) for key, ds in dataset.items()}
         return self._prepare(dataset, name)
 
-    def evaluate(self, eval_dataset: Any = None, ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval"):
+    def evaluate(
+        self, eval_dataset: Any = None, ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval"
+    ):
         return super().evaluate(self._prepare_eval_arg(eval_dataset, "eval"), ignore_keys, metric_key_prefix)
 
-    def predict(self, test_dataset: Any, ignore_keys: list[str] | None = None, metric_key_prefix: str = "test"):
+    def predict(
+        self, test_dataset: Any, ignore_keys: list[str] | None = None, metric_key_prefix: str = "test"
+    ):
         """Per-pair rewards: ``predictions`` of shape ``(n, 2)`` (chosen, rejected), plus metrics."""
         return super().predict(self._prepare(test_dataset, "test"), ignore_keys, metric_key_prefix)
 
@@ -395,7 +438,9 @@ class RewardTrainer(Trainer):
             if has_length(dataset) and len(dataset) > TRAIN_STATS_PAIRS and hasattr(dataset, "shuffle"):
                 dataset = dataset.shuffle(seed=self.args.seed).select(range(TRAIN_STATS_PAIRS))
         if dataset is None:
-            raise DataError("no dataset to compute reward statistics on: pass `train_dataset` or `eval_dataset`")
+            raise DataError(
+                "no dataset to compute reward statistics on: pass `train_dataset` or `eval_dataset`"
+            )
         # Through the eval loop so the numbers are gathered across processes; not logged as a "test" run.
         compute_metrics, self.compute_metrics = self.compute_metrics, None
         try:
@@ -418,7 +463,9 @@ class RewardTrainer(Trainer):
         base_name = getattr(base.config, "_name_or_path", None) or None
         metrics = {}
         for entry in self.state.log_history:
-            metrics.update({k: v for k, v in entry.items() if k.startswith("eval_") and isinstance(v, (int, float))})
+            metrics.update(
+                {k: v for k, v in entry.items() if k.startswith("eval_") and isinstance(v, (int, float))}
+            )
         write_model_card(
             output_dir,
             model_name=model_name or Path(output_dir).resolve().name,

@@ -29,7 +29,7 @@ LLAMAFACTORY_DEMO = SHARED_DATA / "llamafactory-dpo_en_demo.json"
 
 def read_hh_rows(n: int | None = None) -> list[dict]:
     """The first ``n`` rows of the shared hh-rlhf file (falls back to the bundled sample)."""
-    path = HH_RLHF if HH_RLHF.exists() else ROOT / "reward_plugin" / "data" / "hh_rlhf_sample.jsonl.gz"
+    path = HH_RLHF if HH_RLHF.exists() else ROOT / "reward_plugin" / "sample_data" / "hh_rlhf_sample.jsonl.gz"
     rows = []
     with gzip.open(path, "rt", encoding="utf-8") as fh:
         for line in fh:

@@ -26,7 +26,12 @@ print("ok")
 
 @pytest.mark.parametrize(
     "first",
-    ["", "import dataset_formats.conversion", "from dataset_formats.conversion import convert", "import reward_plugin.trainer"],
+    [
+        "",
+        "import dataset_formats.conversion",
+        "from dataset_formats.conversion import convert",
+        "import reward_plugin.trainer",
+    ],
 )
 def test_public_names_resolve(first):
     result = subprocess.run(

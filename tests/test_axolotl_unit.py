@@ -201,7 +201,7 @@ def _doc_yaml(after_marker: str) -> dict:
 
 def test_documented_axolotl_yaml_and_runner_yaml_are_the_same_run():
     """docs/hosts.md shows one run twice: as an Axolotl YAML with the plugin and as a runner YAML."""
-    from reward_plugin.runner import prepare_run
+    from reward_plugin.hosts.runner import prepare_run
     from reward_plugin.stages import get_stage
 
     axolotl_cfg = _doc_yaml("<!-- axolotl-yaml -->")

@@ -999,7 +999,12 @@ def test_reliability_doc_table_matches_the_messages(tmp_path_factory, minilm_pat
             "chosen",
             "did you mean 'Chosen'? rename that column to 'chosen'",
         ),
-        ("preference", {"chosen": "a", "rejectd": "b"}, "rejected", "did you mean 'rejectd'? rename that column to 'rejected'"),
+        (
+            "preference",
+            {"chosen": "a", "rejectd": "b"},
+            "rejected",
+            "did you mean 'rejectd'? rename that column to 'rejected'",
+        ),
         # siblings are other fields, never suggested as typos of each other
         (
             "helpsteer2",

@@ -24,8 +24,15 @@ def assert_equal(actual: torch.Tensor, expected: list) -> None:
 
 
 def test_pads_chosen_and_rejected_to_one_length_on_the_right():
-    batch = RewardDataCollatorWithPadding(pad_token_id=7)([pair([1, 2, 3], [4, 5]), pair([6], [8, 9, 10, 11])])
-    assert set(batch) == {"input_ids_chosen", "attention_mask_chosen", "input_ids_rejected", "attention_mask_rejected"}
+    batch = RewardDataCollatorWithPadding(pad_token_id=7)(
+        [pair([1, 2, 3], [4, 5]), pair([6], [8, 9, 10, 11])]
+    )
+    assert set(batch) == {
+        "input_ids_chosen",
+        "attention_mask_chosen",
+        "input_ids_rejected",
+        "attention_mask_rejected",
+    }
     assert_equal(batch["input_ids_chosen"], [[1, 2, 3, 7], [6, 7, 7, 7]])
     assert_equal(batch["attention_mask_chosen"], [[1, 1, 1, 0], [1, 0, 0, 0]])
     assert_equal(batch["input_ids_rejected"], [[4, 5, 7, 7], [8, 9, 10, 11]])
@@ -82,7 +89,9 @@ def test_pad_id_and_side_come_from_the_tokenizer(bpe_tokenizer):
 
 
 def test_left_truncation_keeps_the_end_and_a_leading_special_token():
-    collator = RewardDataCollatorWithPadding(pad_token_id=0, max_length=4, truncation="left", keep_token_ids={101})
+    collator = RewardDataCollatorWithPadding(
+        pad_token_id=0, max_length=4, truncation="left", keep_token_ids={101}
+    )
     batch = collator([pair([101, 11, 12, 13, 14, 102], [21, 22, 23, 24, 25, 26])])
     assert_equal(batch["input_ids_chosen"], [[101, 13, 14, 102]])
     assert_equal(batch["input_ids_rejected"], [[23, 24, 25, 26]])
@@ -90,7 +99,9 @@ def test_left_truncation_keeps_the_end_and_a_leading_special_token():
 
 
 def test_right_truncation_keeps_the_start_and_a_trailing_special_token():
-    collator = RewardDataCollatorWithPadding(pad_token_id=0, max_length=3, truncation="right", keep_token_ids={2})
+    collator = RewardDataCollatorWithPadding(
+        pad_token_id=0, max_length=3, truncation="right", keep_token_ids={2}
+    )
     batch = collator([pair([1, 5, 6, 7, 2], [8, 9, 10, 11]), pair([3], [4])])
     assert_equal(batch["input_ids_chosen"], [[1, 5, 2], [3, 0, 0]])
     assert_equal(batch["input_ids_rejected"], [[8, 9, 10], [4, 0, 0]])
@@ -122,7 +133,9 @@ def test_text_columns_are_not_pairs():
 def test_mask_length_mismatch_is_an_error():
     example = pair([1, 2], [3])
     example["attention_mask_chosen"] = [1]
-    with pytest.raises(DataError, match=r"'attention_mask_chosen' has 1 entries but 'input_ids_chosen' has 2"):
+    with pytest.raises(
+        DataError, match=r"'attention_mask_chosen' has 1 entries but 'input_ids_chosen' has 2"
+    ):
         RewardDataCollatorWithPadding()([example])
 
 
@@ -155,8 +168,8 @@ def test_documented_examples_run():
     import doctest
     from pathlib import Path
 
-    import reward_plugin.collator
+    import reward_plugin.pairs.collators
 
     docs = Path(__file__).resolve().parents[1] / "docs" / "training.md"
     assert doctest.testfile(str(docs), module_relative=False).failed == 0
-    assert doctest.testmod(reward_plugin.collator).failed == 0
+    assert doctest.testmod(reward_plugin.pairs.collators).failed == 0

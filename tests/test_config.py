@@ -11,9 +11,22 @@ from reward_plugin import ConfigError, RewardConfig
 from reward_plugin.config import cpu_has_native_bf16
 
 REWARD_FIELDS = {
-    "model_init_kwargs", "trust_remote_code", "disable_dropout", "max_length", "truncation", "dataset_format",
-    "chat_template", "dataset_num_proc", "pad_to_multiple_of", "group_by_length", "pair_batching",
-    "center_rewards_coefficient", "save_reward_stats", "save_final_model", "dataset_format_options", "dataset_on_error",
+    "model_init_kwargs",
+    "trust_remote_code",
+    "disable_dropout",
+    "max_length",
+    "truncation",
+    "dataset_format",
+    "chat_template",
+    "dataset_num_proc",
+    "pad_to_multiple_of",
+    "group_by_length",
+    "pair_batching",
+    "center_rewards_coefficient",
+    "save_reward_stats",
+    "save_final_model",
+    "dataset_format_options",
+    "dataset_on_error",
 }
 
 
@@ -54,12 +67,26 @@ def test_gradient_checkpointing_is_handed_to_the_new_name_without_a_warning(tmp_
 
 def test_parser_turns_fields_into_flags(tmp_path):
     parser = HfArgumentParser(RewardConfig)
-    (c,) = parser.parse_args_into_dataclasses([
-        "--output_dir", str(tmp_path), "--max_length", "256", "--no_gradient_checkpointing",
-        "--center_rewards_coefficient", "0.01", "--pair_batching", "auto", "--group_by_length",
-        "--model_init_kwargs", '{"dtype": "float32"}', "--bf16", "false",
-        "--dataset_format_options", '{"allow_empty_response": true}',
-    ])
+    (c,) = parser.parse_args_into_dataclasses(
+        [
+            "--output_dir",
+            str(tmp_path),
+            "--max_length",
+            "256",
+            "--no_gradient_checkpointing",
+            "--center_rewards_coefficient",
+            "0.01",
+            "--pair_batching",
+            "auto",
+            "--group_by_length",
+            "--model_init_kwargs",
+            '{"dtype": "float32"}',
+            "--bf16",
+            "false",
+            "--dataset_format_options",
+            '{"allow_empty_response": true}',
+        ]
+    )
     assert c.max_length == 256 and c.gradient_checkpointing is False and c.center_rewards_coefficient == 0.01
     assert c.pair_batching == "auto" and c.group_by_length is True and c.bf16 is False
     assert c.model_init_kwargs == {"dtype": "float32"}
@@ -73,10 +100,18 @@ def test_parser_turns_fields_into_flags(tmp_path):
     "field, value, message",
     [
         ("truncation", "middle", "`truncation` must be one of left, right, got 'middle'"),
-        ("pair_batching", "fast", "`pair_batching` must be one of standard, prefix_shared, packed, auto, got 'fast'"),
+        (
+            "pair_batching",
+            "fast",
+            "`pair_batching` must be one of standard, prefix_shared, packed, auto, got 'fast'",
+        ),
         ("max_length", 0, "`max_length` must be a positive integer or None, got 0"),
         ("pad_to_multiple_of", -8, "`pad_to_multiple_of` must be a positive integer or None, got -8"),
-        ("center_rewards_coefficient", -0.1, "`center_rewards_coefficient` must be a number >= 0 or None, got -0.1"),
+        (
+            "center_rewards_coefficient",
+            -0.1,
+            "`center_rewards_coefficient` must be a number >= 0 or None, got -0.1",
+        ),
         ("dataset_format", "", "`dataset_format` must be a format name or 'auto', got ''"),
         ("dataset_on_error", "ignore", "`dataset_on_error` must be one of skip, raise, got 'ignore'"),
     ],

@@ -304,7 +304,13 @@ def test_two_process_training_matches_one_process(tmp_path, tiny_llama_dir, trai
     # Its own session, so a timeout kills the launcher and both workers: a worker left behind keeps
     # the pipes open and would block the test (and CI) forever.
     proc = subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        command,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     try:
         _, stderr = proc.communicate(timeout=300)

@@ -32,9 +32,11 @@ def reference(chosen, rejected, margin=None, coef=None):
 
 def sample(n, seed):
     rng = random.Random(seed)
-    return [rng.uniform(-3, 3) for _ in range(n)], [rng.uniform(-3, 3) for _ in range(n)], [
-        rng.uniform(0, 2) for _ in range(n)
-    ]
+    return (
+        [rng.uniform(-3, 3) for _ in range(n)],
+        [rng.uniform(-3, 3) for _ in range(n)],
+        [rng.uniform(0, 2) for _ in range(n)],
+    )
 
 
 @pytest.mark.parametrize("use_margin", [False, True])
@@ -56,11 +58,13 @@ def test_matches_independent_computation(use_margin, coef):
 def test_known_values():
     # Equal rewards: -log(1/2); a margin of 1 on a reward gap of 1 gives the same.
     assert pairwise_loss(torch.zeros(3), torch.zeros(3)).item() == pytest.approx(math.log(2))
-    assert pairwise_loss(torch.ones(2), torch.zeros(2), margin=torch.ones(2)).item() == pytest.approx(math.log(2))
-    # Centring adds coef * mean((1 + 0)^2) = coef.
-    assert pairwise_loss(torch.ones(2), torch.zeros(2), center_rewards_coefficient=0.25).item() == pytest.approx(
-        math.log1p(math.exp(-1)) + 0.25
+    assert pairwise_loss(torch.ones(2), torch.zeros(2), margin=torch.ones(2)).item() == pytest.approx(
+        math.log(2)
     )
+    # Centring adds coef * mean((1 + 0)^2) = coef.
+    assert pairwise_loss(
+        torch.ones(2), torch.zeros(2), center_rewards_coefficient=0.25
+    ).item() == pytest.approx(math.log1p(math.exp(-1)) + 0.25)
 
 
 def test_scalar_margin_and_column_shaped_rewards():
@@ -84,5 +88,7 @@ def test_half_precision_rewards_are_computed_in_float32():
 
 
 def test_shape_mismatch():
-    with pytest.raises(ValueError, match=r"rewards_chosen has shape \(3,\) but rewards_rejected has shape \(2,\)"):
+    with pytest.raises(
+        ValueError, match=r"rewards_chosen has shape \(3,\) but rewards_rejected has shape \(2,\)"
+    ):
         pairwise_loss(torch.zeros(3), torch.zeros(2))

@@ -24,7 +24,9 @@ def test_accuracy_counts_ties_as_wrong():
     assert m["accuracy"] == 0.5  # pair 2 is a tie, pair 3 is wrong
     assert m["margin"] == pytest.approx((1 + 0 - 0.5 + 2) / 4)
     assert m["rewards/chosen_mean"] == pytest.approx(1.625)
-    assert m["rewards/chosen_std"] == pytest.approx(math.sqrt(np.mean((np.array([1, 2, 0.5, 3]) - 1.625) ** 2)))
+    assert m["rewards/chosen_std"] == pytest.approx(
+        math.sqrt(np.mean((np.array([1, 2, 0.5, 3]) - 1.625) ** 2))
+    )
     assert m["rewards/rejected_mean"] == pytest.approx(1.0)
     assert m["rewards/rejected_std"] == pytest.approx(math.sqrt(0.5))
 

@@ -1,7 +1,7 @@
 """Segment attention equals attention under the dense pair mask, and leaves plain forwards alone.
 
 The reference is ``scaled_dot_product_attention`` with the boolean 4D mask of
-:func:`reward_plugin.pair_batching.allowed_pairs` (itself checked against the standard two-sequence
+:func:`reward_plugin.pairs.masks.allowed_pairs` (itself checked against the standard two-sequence
 forward in test_pair_batching.py), on random queries, keys and values.
 """
 
@@ -14,15 +14,15 @@ import torch
 import torch.nn.functional as F
 from test_pair_batching import ARCHS, make_model, random_rows
 
-from reward_plugin import pair_attention
-from reward_plugin.pair_attention import (
+from reward_plugin.pairs import attention as pair_attention
+from reward_plugin.pairs.attention import (
     SPANS_KWARG,
     segment_attention,
     spans_from_batch,
     use_segment_attention,
 )
-from reward_plugin.pair_batching import allowed_pairs
-from reward_plugin.pair_batching_collator import PrefixSharedPairCollator
+from reward_plugin.pairs.collators import PrefixSharedPairCollator
+from reward_plugin.pairs.masks import allowed_pairs
 
 
 def packed_batch(cost=None, **options):

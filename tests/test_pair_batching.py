@@ -26,8 +26,8 @@ from transformers import (
 
 from reward_plugin import RewardConfig, RewardDataCollatorWithPadding, RewardTrainer, pairwise_loss
 from reward_plugin.errors import UnsupportedModelError
-from reward_plugin.pair_batching import packed_rewards, shared_prefix_length
-from reward_plugin.pair_batching_collator import PrefixSharedPairCollator
+from reward_plugin.pairs import packed_rewards, shared_prefix_length
+from reward_plugin.pairs.collators import PrefixSharedPairCollator
 from reward_plugin.scoring import ScoreReader
 
 VOCAB = 64
@@ -122,7 +122,7 @@ def test_shared_prefix_length_caps_so_each_tail_keeps_a_token():
 
 
 def test_collator_layout_and_mask_by_hand():
-    from reward_plugin.pair_batching import allowed_pairs
+    from reward_plugin.pairs.masks import allowed_pairs
 
     rows = [{"chosen_ids": [5, 6, 7], "rejected_ids": [5, 6, 9, 9]}, {"chosen_ids": [3], "rejected_ids": [4]}]
     batch = PrefixSharedPairCollator(pad_token_id=0, pack=True)(rows)
@@ -164,7 +164,9 @@ def test_rewards_and_gradients_equal_the_standard_forward(arch, attention):
     reference_grads = grads(model, reference)
     # Packed rows as short as the longest block (several rows, padding) and all pairs in one row.
     for pack, cost in ((False, None), (True, None), (True, float("inf"))):
-        rewards = fast_rewards(model, rows, pack, segments=attention == "segments", attention_cost_tokens=cost)
+        rewards = fast_rewards(
+            model, rows, pack, segments=attention == "segments", attention_cost_tokens=cost
+        )
         for got, want in zip(rewards, reference):
             torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
         fast_grads = grads(model, rewards)
@@ -172,7 +174,9 @@ def test_rewards_and_gradients_equal_the_standard_forward(arch, attention):
         for name, grad in fast_grads.items():
             want = reference_grads[name]
             scale = want.abs().max().clamp_min(1e-8)
-            assert float((grad - want).abs().max() / scale) <= 1e-4, f"{arch} {attention} pack={pack}: gradient of {name}"
+            assert float((grad - want).abs().max() / scale) <= 1e-4, (
+                f"{arch} {attention} pack={pack}: gradient of {name}"
+            )
 
 
 @pytest.mark.parametrize("attention", ["segments", "mask"])
@@ -265,7 +269,9 @@ def test_training_losses_equal_standard_mode(tmp_path, arch, bpe_tokenizer):
     extra = {"max_length": 32} if arch == "qwen2" else {}  # cut pairs in the collator too
     _, want = train_losses(tmp_path, model, bpe_tokenizer, dataset, "standard", **extra)
     for mode, attention in (("prefix_shared", "segments"), ("packed", "segments"), ("packed", "mask")):
-        trainer, got = train_losses(tmp_path, model, bpe_tokenizer, dataset, mode, pair_attention=attention, **extra)
+        trainer, got = train_losses(
+            tmp_path, model, bpe_tokenizer, dataset, mode, pair_attention=attention, **extra
+        )
         assert trainer.pair_batching == mode
         assert_same_losses(got, want, f"{arch} {mode} {attention}")
 
@@ -326,11 +332,11 @@ def test_encoder_falls_back_under_auto_with_one_warning(tmp_path, caplog, bpe_to
 
     data = datasets.Dataset.from_list(random_rows(n=4))
     args = RewardConfig(output_dir=str(tmp_path), pair_batching="auto", **COMMON)
-    with caplog.at_level(logging.WARNING, logger="reward_plugin.pair_batching"):
+    with caplog.at_level(logging.WARNING, logger="reward_plugin.pairs.layout"):
         trainer = RewardTrainer(
             model=tiny_bert(), args=args, train_dataset=data, processing_class=bpe_tokenizer
         )
-    warnings = [r.getMessage() for r in caplog.records if r.name == "reward_plugin.pair_batching"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "reward_plugin.pairs.layout"]
     assert len(warnings) == 1 and "BertForSequenceClassification" in warnings[0] and "standard" in warnings[0]
     assert trainer.pair_batching == "standard"
     assert isinstance(trainer.data_collator, RewardDataCollatorWithPadding)
@@ -361,10 +367,10 @@ def test_auto_picks_packed_for_a_decoder_and_refuses_flash_attention(tmp_path, b
 def test_docstring_examples():
     import doctest
 
-    import reward_plugin.pair_batching
-    import reward_plugin.pair_batching_collator
+    import reward_plugin.pairs.collators
+    import reward_plugin.pairs.layout
 
-    for module in (reward_plugin.pair_batching, reward_plugin.pair_batching_collator):
+    for module in (reward_plugin.pairs.layout, reward_plugin.pairs.collators):
         result = doctest.testmod(module)
         assert result.failed == 0 and result.attempted > 0
 

@@ -51,7 +51,9 @@ def train_lora(tmp_path, model, tokenizer, target_modules, head, **overrides):
     trainer.train()
     after = dict(trainer.model.named_parameters())
     changed = {name for name in before if not torch.equal(before[name], after[name].detach())}
-    assert changed == trainable, f"frozen but changed: {changed - trainable}; trainable but unchanged: {trainable - changed}"
+    assert changed == trainable, (
+        f"frozen but changed: {changed - trainable}; trainable but unchanged: {trainable - changed}"
+    )
     assert [e for e in trainer.state.log_history if "loss" in e and "accuracy" in e]
 
     trainer.save_model()
@@ -66,7 +68,10 @@ def train_lora(tmp_path, model, tokenizer, target_modules, head, **overrides):
     with torch.no_grad():
         for row in data:
             reference.append(
-                [reloaded(input_ids=torch.tensor([row[f"input_ids_{s}"]])).logits[0, 0].item() for s in ("chosen", "rejected")]
+                [
+                    reloaded(input_ids=torch.tensor([row[f"input_ids_{s}"]])).logits[0, 0].item()
+                    for s in ("chosen", "rejected")
+                ]
             )
     np.testing.assert_allclose(predicted, reference, atol=1e-5, rtol=0)
     # ... and the adapter really matters: the bare base model scores differently.
@@ -86,18 +91,35 @@ def test_lora_on_minilm(tmp_path, minilm_path):
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(minilm_path, num_labels=1)
     # The BERT head has a bias, which only the centring term moves (it cancels in r_chosen - r_rejected).
-    train_lora(tmp_path, model, tokenizer, ["query", "value"], head="classifier", center_rewards_coefficient=0.01)
+    train_lora(
+        tmp_path, model, tokenizer, ["query", "value"], head="classifier", center_rewards_coefficient=0.01
+    )
 
 
 def test_peft_config_errors(tmp_path, tiny_llama, bpe_tokenizer):
     data = tokenized_pairs(bpe_tokenizer, n=2, max_length=8)
     with pytest.raises(ConfigError, match="`peft_config` must be a peft.PeftConfig"):
-        RewardTrainer(model=tiny_llama, args=args(tmp_path), train_dataset=data, processing_class=bpe_tokenizer,
-                      peft_config={"r": 4})
+        RewardTrainer(
+            model=tiny_llama,
+            args=args(tmp_path),
+            train_dataset=data,
+            processing_class=bpe_tokenizer,
+            peft_config={"r": 4},
+        )
     with pytest.raises(ConfigError, match="task_type` is 'CAUSAL_LM'"):
-        RewardTrainer(model=tiny_llama, args=args(tmp_path), train_dataset=data, processing_class=bpe_tokenizer,
-                      peft_config=peft.LoraConfig(task_type="CAUSAL_LM"))
+        RewardTrainer(
+            model=tiny_llama,
+            args=args(tmp_path),
+            train_dataset=data,
+            processing_class=bpe_tokenizer,
+            peft_config=peft.LoraConfig(task_type="CAUSAL_LM"),
+        )
     wrapped = peft.get_peft_model(copy.deepcopy(tiny_llama), peft.LoraConfig(task_type="SEQ_CLS"))
     with pytest.raises(ConfigError, match="already a PeftModel"):
-        RewardTrainer(model=wrapped, args=args(tmp_path), train_dataset=data, processing_class=bpe_tokenizer,
-                      peft_config=peft.LoraConfig())
+        RewardTrainer(
+            model=wrapped,
+            args=args(tmp_path),
+            train_dataset=data,
+            processing_class=bpe_tokenizer,
+            peft_config=peft.LoraConfig(),
+        )

@@ -88,7 +88,9 @@ def test_malformed_json_line_is_a_row_error_and_the_other_rows_survive(tmp_path)
     assert str(error).startswith(f"{path}, row 1: malformed JSON (")
     assert "'{\"a\": 2,'" in str(error)
     assert isinstance(got[3][1], RecordError) and got[3][1].reason == "not_an_object"
-    assert str(got[3][1]).startswith(f"{path}, row 4: expected a JSON object with named fields, got list [1, 2]; ")
+    assert str(got[3][1]).startswith(
+        f"{path}, row 4: expected a JSON object with named fields, got list [1, 2]; "
+    )
 
 
 def test_bom_crlf_and_non_utf8_lines(tmp_path):

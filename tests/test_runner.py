@@ -8,7 +8,7 @@ import pytest
 from reward_plugin.cli import main
 from reward_plugin.commands import split_train_argv
 from reward_plugin.errors import ConfigError, UnknownStageError
-from reward_plugin.runner import (
+from reward_plugin.hosts.runner import (
     BUNDLED_SAMPLE,
     apply_overrides,
     default_config,

@@ -58,8 +58,15 @@ def reference_rewards(model, dataset) -> list[tuple[float, float]]:
     return out
 
 
-TRAIN_KEYS = {"loss", "accuracy", "margin", "rewards/chosen_mean", "rewards/chosen_std", "rewards/rejected_mean",
-              "rewards/rejected_std"}
+TRAIN_KEYS = {
+    "loss",
+    "accuracy",
+    "margin",
+    "rewards/chosen_mean",
+    "rewards/chosen_std",
+    "rewards/rejected_mean",
+    "rewards/rejected_std",
+}
 
 
 def test_tiny_llama_trains_end_to_end(tmp_path, tiny_llama, bpe_tokenizer):
@@ -90,7 +97,9 @@ def test_tiny_llama_trains_end_to_end(tmp_path, tiny_llama, bpe_tokenizer):
     assert not (tmp_path / "out" / "model.safetensors").exists()  # save_final_model=False
     stats = json.loads((tmp_path / "out" / "reward_stats.json").read_text())
     assert stats["split"] == "eval" and stats["num_pairs"] == 8
-    assert trainer.model.config.reward_mean == stats["mean"] and trainer.model.config.reward_std == stats["std"]
+    assert (
+        trainer.model.config.reward_mean == stats["mean"] and trainer.model.config.reward_std == stats["std"]
+    )
     card = (tmp_path / "out" / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: transformers\n") and "## Reward statistics" in card
     assert "eval_accuracy" in card
@@ -99,7 +108,9 @@ def test_tiny_llama_trains_end_to_end(tmp_path, tiny_llama, bpe_tokenizer):
 def test_saved_model_reloads_with_stats_and_same_rewards(tmp_path, tiny_llama, bpe_tokenizer):
     train = tokenized_pairs(bpe_tokenizer, n=8, max_length=32)
     trainer = RewardTrainer(
-        model=tiny_llama, args=config(tmp_path, max_steps=2, bf16=False), train_dataset=train,
+        model=tiny_llama,
+        args=config(tmp_path, max_steps=2, bf16=False),
+        train_dataset=train,
         processing_class=bpe_tokenizer,
     )
     trainer.train()  # saves the final model (save_final_model=True by default)
@@ -163,8 +174,14 @@ def test_first_step_loss_uses_the_margin(tmp_path, tiny_llama, bpe_tokenizer):
     reference = reference_rewards(copy.deepcopy(tiny_llama), data.select(range(4)))
     trainer = RewardTrainer(
         model=tiny_llama,
-        args=config(tmp_path, max_steps=1, bf16=False, train_sampling_strategy="sequential",
-                    center_rewards_coefficient=0.1, save_reward_stats=False),
+        args=config(
+            tmp_path,
+            max_steps=1,
+            bf16=False,
+            train_sampling_strategy="sequential",
+            center_rewards_coefficient=0.1,
+            save_reward_stats=False,
+        ),
         train_dataset=data,
         processing_class=bpe_tokenizer,
     )
@@ -182,7 +199,12 @@ def eos_terminated_pairs(tokenizer, n=6):
     rows = read_hh_rows(n)
     eos = tokenizer.eos_token_id
     enc = lambda text, k: tokenizer(text[-k:])["input_ids"] + [eos]
-    data = {"input_ids_chosen": [], "attention_mask_chosen": [], "input_ids_rejected": [], "attention_mask_rejected": []}
+    data = {
+        "input_ids_chosen": [],
+        "attention_mask_chosen": [],
+        "input_ids_rejected": [],
+        "attention_mask_rejected": [],
+    }
     for i, row in enumerate(rows):
         for side, k in (("chosen", 60 + 15 * i), ("rejected", 40 + 9 * i)):
             ids = enc(row[side], k)
@@ -207,10 +229,13 @@ def test_reward_is_read_at_the_last_real_token_when_pad_is_eos(tmp_path, bpe_tok
         tiny_llama_config(vocab_size=len(tokenizer), pad_token_id=tokenizer.eos_token_id)
     )
     data = eos_terminated_pairs(tokenizer)
-    trainer = RewardTrainer(model=model, args=config(tmp_path, bf16=False), train_dataset=data,
-                            processing_class=tokenizer)
+    trainer = RewardTrainer(
+        model=model, args=config(tmp_path, bf16=False), train_dataset=data, processing_class=tokenizer
+    )
     assert trainer.model.config.pad_token_id == tokenizer.eos_token_id
-    batch = RewardDataCollatorWithPadding(pad_token_id=tokenizer.pad_token_id, padding_side=padding_side)(list(data))
+    batch = RewardDataCollatorWithPadding(pad_token_id=tokenizer.pad_token_id, padding_side=padding_side)(
+        list(data)
+    )
     trainer.model.eval()
     with torch.no_grad():
         chosen, rejected = trainer.compute_rewards(trainer.model, batch)
@@ -220,7 +245,9 @@ def test_reward_is_read_at_the_last_real_token_when_pad_is_eos(tmp_path, bpe_tok
     assert rejected.tolist() == pytest.approx(expected_rejected, abs=1e-5)
     # The model's own pooling (rightmost token that is not the pad id) skips the real EOS: a different number.
     with torch.no_grad():
-        pooled = trainer.model(input_ids=batch["input_ids_chosen"], attention_mask=batch["attention_mask_chosen"])
+        pooled = trainer.model(
+            input_ids=batch["input_ids_chosen"], attention_mask=batch["attention_mask_chosen"]
+        )
     assert max(abs(a - b) for a, b in zip(pooled.logits[:, 0].tolist(), expected_chosen)) > 1e-3
 
 
@@ -231,7 +258,9 @@ def test_missing_pad_token_becomes_eos_in_tokenizer_and_model(tmp_path, bpe_toke
         tiny_llama_config(vocab_size=len(tokenizer), pad_token_id=None)
     )
     data = tokenized_pairs(bpe_tokenizer, n=4, max_length=16)
-    trainer = RewardTrainer(model=model, args=config(tmp_path), train_dataset=data, processing_class=tokenizer)
+    trainer = RewardTrainer(
+        model=model, args=config(tmp_path), train_dataset=data, processing_class=tokenizer
+    )
     assert tokenizer.pad_token == "</s>"
     assert trainer.model.config.pad_token_id == tokenizer.pad_token_id == tokenizer.eos_token_id
     assert trainer.data_collator.pad_token_id == tokenizer.eos_token_id
@@ -243,9 +272,12 @@ def test_tokenizer_without_pad_or_eos_gets_a_new_pad_token(tmp_path, minilm_path
     tokenizer.pad_token = None
     assert tokenizer.eos_token is None and "<pad>" not in tokenizer.get_vocab()
     size = len(tokenizer)
-    model = AutoModelForSequenceClassification.from_config(tiny_llama_config(vocab_size=size, pad_token_id=None))
-    trainer = RewardTrainer(model=model, args=config(tmp_path, max_steps=1), train_dataset=data,
-                            processing_class=tokenizer)
+    model = AutoModelForSequenceClassification.from_config(
+        tiny_llama_config(vocab_size=size, pad_token_id=None)
+    )
+    trainer = RewardTrainer(
+        model=model, args=config(tmp_path, max_steps=1), train_dataset=data, processing_class=tokenizer
+    )
     assert tokenizer.pad_token == "<pad>" and tokenizer.pad_token_id == size
     assert trainer.model.config.pad_token_id == size
     assert trainer.model.get_input_embeddings().weight.shape[0] == size + 1
@@ -275,10 +307,14 @@ def test_model_with_several_labels_is_refused(tmp_path, bpe_tokenizer):
 def test_missing_columns_name_the_columns_present(tmp_path, tiny_llama, bpe_tokenizer):
     bad = datasets.Dataset.from_dict({"question": ["q"], "answer": ["a"]})
     with pytest.raises(DataError) as info:
-        RewardTrainer(model=tiny_llama, args=config(tmp_path), train_dataset=bad, processing_class=bpe_tokenizer)
+        RewardTrainer(
+            model=tiny_llama, args=config(tmp_path), train_dataset=bad, processing_class=bpe_tokenizer
+        )
     message = str(info.value)
-    assert message.startswith("the train dataset has no tokenized preference pairs: it needs the columns "
-                              "input_ids_chosen, attention_mask_chosen, input_ids_rejected, attention_mask_rejected")
+    assert message.startswith(
+        "the train dataset has no tokenized preference pairs: it needs the columns "
+        "input_ids_chosen, attention_mask_chosen, input_ids_rejected, attention_mask_rejected"
+    )
     assert "columns present: answer, question" in message
 
 
@@ -315,28 +351,45 @@ def test_eval_dataset_dict_and_compute_metrics_override(tmp_path, tiny_llama, bp
     a = tokenized_pairs(bpe_tokenizer, n=4, max_length=16)
     b = tokenized_pairs(bpe_tokenizer, n=6, max_length=16, offset=4, margin=True)
     trainer = RewardTrainer(
-        model=tiny_llama, args=config(tmp_path), train_dataset=a, eval_dataset={"short": a, "margin": b},
-        processing_class=bpe_tokenizer, compute_metrics=my_metrics,
+        model=tiny_llama,
+        args=config(tmp_path),
+        train_dataset=a,
+        eval_dataset={"short": a, "margin": b},
+        processing_class=bpe_tokenizer,
+        compute_metrics=my_metrics,
     )
     metrics = trainer.evaluate()
-    assert {"eval_short_loss", "eval_short_chosen_wins", "eval_margin_loss", "eval_margin_chosen_wins"} <= set(metrics)
+    assert {
+        "eval_short_loss",
+        "eval_short_chosen_wins",
+        "eval_margin_loss",
+        "eval_margin_chosen_wins",
+    } <= set(metrics)
     assert seen["shape"] == (6, 2) and seen["labels"] == pytest.approx(list(b["margin"]))
 
 
 def test_text_level_data_is_tokenized_through_the_toolkit(tmp_path, tiny_llama, bpe_tokenizer):
     rows = read_hh_rows(6)
-    text = datasets.Dataset.from_dict({
-        "prompt": ["Human: " + r["chosen"][-120:-60] for r in rows],
-        "chosen": [r["chosen"][-60:] for r in rows],
-        "rejected": [r["rejected"][-60:] for r in rows],
-    })
+    text = datasets.Dataset.from_dict(
+        {
+            "prompt": ["Human: " + r["chosen"][-120:-60] for r in rows],
+            "chosen": [r["chosen"][-60:] for r in rows],
+            "rejected": [r["rejected"][-60:] for r in rows],
+        }
+    )
     trainer = RewardTrainer(
-        model=tiny_llama, args=config(tmp_path, max_steps=1), train_dataset=text, processing_class=bpe_tokenizer
+        model=tiny_llama,
+        args=config(tmp_path, max_steps=1),
+        train_dataset=text,
+        processing_class=bpe_tokenizer,
     )
     prepared = trainer.train_dataset
-    assert {"input_ids_chosen", "attention_mask_chosen", "input_ids_rejected", "attention_mask_rejected"} <= set(
-        prepared.column_names
-    )
+    assert {
+        "input_ids_chosen",
+        "attention_mask_chosen",
+        "input_ids_rejected",
+        "attention_mask_rejected",
+    } <= set(prepared.column_names)
     assert len(prepared) == 6
     trainer.train()
 
@@ -345,8 +398,11 @@ def test_group_by_length_uses_the_pair_sampler(tmp_path, tiny_llama, bpe_tokeniz
     data = tokenized_pairs(bpe_tokenizer, n=12, max_length=48)
     for options in ({"group_by_length": True}, {"train_sampling_strategy": "group_by_length"}):
         trainer = RewardTrainer(
-            model=copy.deepcopy(tiny_llama), args=config(tmp_path, max_steps=2, **options), train_dataset=data,
-            eval_dataset=data, processing_class=bpe_tokenizer,
+            model=copy.deepcopy(tiny_llama),
+            args=config(tmp_path, max_steps=2, **options),
+            train_dataset=data,
+            eval_dataset=data,
+            processing_class=bpe_tokenizer,
         )
         sampler = trainer._get_train_sampler()
         assert isinstance(sampler, LengthGroupedPairSampler)
@@ -361,8 +417,9 @@ def test_model_init_and_tokenizer_alias(tmp_path, bpe_tokenizer):
         )
 
     data = tokenized_pairs(bpe_tokenizer, n=4, max_length=16)
-    trainer = RewardTrainer(model_init=model_init, args=config(tmp_path, max_steps=1), train_dataset=data,
-                            tokenizer=bpe_tokenizer)
+    trainer = RewardTrainer(
+        model_init=model_init, args=config(tmp_path, max_steps=1), train_dataset=data, tokenizer=bpe_tokenizer
+    )
     assert trainer.processing_class is bpe_tokenizer
     trainer.train()
     assert trainer.model.config.pad_token_id == bpe_tokenizer.pad_token_id  # set on the model_init model too
@@ -373,8 +430,13 @@ def test_argument_errors(tmp_path, tiny_llama, bpe_tokenizer):
     with pytest.raises(ConfigError, match="pass `model`"):
         RewardTrainer(args=config(tmp_path), train_dataset=data)
     with pytest.raises(ConfigError, match="pass the tokenizer once"):
-        RewardTrainer(model=tiny_llama, args=config(tmp_path), train_dataset=data,
-                      processing_class=bpe_tokenizer, tokenizer=copy.deepcopy(bpe_tokenizer))
+        RewardTrainer(
+            model=tiny_llama,
+            args=config(tmp_path),
+            train_dataset=data,
+            processing_class=bpe_tokenizer,
+            tokenizer=copy.deepcopy(bpe_tokenizer),
+        )
     with pytest.raises(ConfigError, match="must be a reward_plugin.RewardConfig"):
         from transformers import TrainingArguments
 
@@ -383,8 +445,12 @@ def test_argument_errors(tmp_path, tiny_llama, bpe_tokenizer):
 
 def test_trl_style_batches_and_unknown_batches(tmp_path, tiny_llama, bpe_tokenizer):
     data = tokenized_pairs(bpe_tokenizer, n=4, max_length=16)
-    trainer = RewardTrainer(model=tiny_llama, args=config(tmp_path, bf16=False, pair_batching="standard"), train_dataset=data,
-                            processing_class=bpe_tokenizer)
+    trainer = RewardTrainer(
+        model=tiny_llama,
+        args=config(tmp_path, bf16=False, pair_batching="standard"),
+        train_dataset=data,
+        processing_class=bpe_tokenizer,
+    )
     ours = trainer.data_collator(list(data))
     trl_layout = {
         "input_ids": torch.cat([ours["input_ids_chosen"], ours["input_ids_rejected"]]),
@@ -394,23 +460,41 @@ def test_trl_style_batches_and_unknown_batches(tmp_path, tiny_llama, bpe_tokeniz
         a = trainer.compute_rewards(trainer.model, ours)
         b = trainer.compute_rewards(trainer.model, trl_layout)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-    with pytest.raises(DataError, match=r"the batch has no input_ids_chosen, .*; it holds labels, pixel_values"):
+    with pytest.raises(
+        DataError, match=r"the batch has no input_ids_chosen, .*; it holds labels, pixel_values"
+    ):
         trainer.compute_rewards(trainer.model, {"pixel_values": torch.zeros(1), "labels": torch.zeros(1)})
 
 
 def test_bad_text_rows_are_skipped_with_a_warning_or_raised(tmp_path, tiny_llama, bpe_tokenizer, caplog):
     def row(question, good, bad):
-        return {"chosen": f"\n\nHuman: {question}\n\nAssistant:{good}", "rejected": f"\n\nHuman: {question}\n\nAssistant:{bad}"}
+        return {
+            "chosen": f"\n\nHuman: {question}\n\nAssistant:{good}",
+            "rejected": f"\n\nHuman: {question}\n\nAssistant:{bad}",
+        }
 
-    rows = [row("What is 2+2?", " 4.", " 5."), row("Capital of France?", " Paris.", " Rome."),
-            row("Say hi", "", " Hi!"),  # an empty chosen response: the hh-rlhf adapter rejects the row
-            row("Spell cat", " c-a-t.", " k-a-t.")]
+    rows = [
+        row("What is 2+2?", " 4.", " 5."),
+        row("Capital of France?", " Paris.", " Rome."),
+        row("Say hi", "", " Hi!"),  # an empty chosen response: the hh-rlhf adapter rejects the row
+        row("Spell cat", " c-a-t.", " k-a-t."),
+    ]
     text = datasets.Dataset.from_list(rows)
     with caplog.at_level("WARNING", logger="reward_plugin.data"):
-        trainer = RewardTrainer(model=tiny_llama, args=config(tmp_path, dataset_format="hh-rlhf"),
-                                train_dataset=text, processing_class=bpe_tokenizer)
+        trainer = RewardTrainer(
+            model=tiny_llama,
+            args=config(tmp_path, dataset_format="hh-rlhf"),
+            train_dataset=text,
+            processing_class=bpe_tokenizer,
+        )
     assert len(trainer.train_dataset) == 3
     assert "train dataset: skipped 1 of 4 'hh-rlhf' rows" in caplog.text
-    with pytest.raises(DataError, match=r"train dataset, row 2, field 'chosen'.*reading the train dataset as 'hh-rlhf'"):
-        RewardTrainer(model=tiny_llama, args=config(tmp_path, dataset_format="hh-rlhf", dataset_on_error="raise"),
-                      train_dataset=text, processing_class=bpe_tokenizer)
+    with pytest.raises(
+        DataError, match=r"train dataset, row 2, field 'chosen'.*reading the train dataset as 'hh-rlhf'"
+    ):
+        RewardTrainer(
+            model=tiny_llama,
+            args=config(tmp_path, dataset_format="hh-rlhf", dataset_on_error="raise"),
+            train_dataset=text,
+            processing_class=bpe_tokenizer,
+        )

@@ -50,7 +50,9 @@ def run_both(tmp_path, model, tokenizer, dataset, **extra):
         train_dataset=dataset,
         processing_class=tokenizer,
     )
-    trl_data = dataset.rename_columns({"input_ids_chosen": "chosen_ids", "input_ids_rejected": "rejected_ids"})
+    trl_data = dataset.rename_columns(
+        {"input_ids_chosen": "chosen_ids", "input_ids_rejected": "rejected_ids"}
+    )
     trl_data = trl_data.remove_columns(["attention_mask_chosen", "attention_mask_rejected"])
     reference = trl.RewardTrainer(
         model=copy.deepcopy(model),
@@ -71,7 +73,9 @@ def assert_parity(ours: list[float], reference: list[float]) -> None:
 
 def test_tiny_llama_matches_trl(tmp_path, tiny_llama, bpe_tokenizer):
     dataset = tokenized_pairs(bpe_tokenizer, n=24, max_length=40)
-    assert all(all(m) for m in list(dataset["attention_mask_chosen"]) + list(dataset["attention_mask_rejected"]))
+    assert all(
+        all(m) for m in list(dataset["attention_mask_chosen"]) + list(dataset["attention_mask_rejected"])
+    )
     assert_parity(*run_both(tmp_path, tiny_llama, bpe_tokenizer, dataset))
 
 

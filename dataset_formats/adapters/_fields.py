@@ -80,7 +80,9 @@ def as_number(value: Any, field: str) -> float:
     """``value`` as a finite float, or a ``wrong_type`` RecordError naming ``field``."""
     fix = "; give a finite number or remove the field"
     if isinstance(value, bool):
-        raise RecordError(f"expected a number, got {value!r}{fix}", field=field, reason="wrong_type", value=value)
+        raise RecordError(
+            f"expected a number, got {value!r}{fix}", field=field, reason="wrong_type", value=value
+        )
     if isinstance(value, str):
         try:
             value = float(value)

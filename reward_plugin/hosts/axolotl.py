@@ -230,7 +230,7 @@ def stage_section(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 def apply_margin_policy(dataset: Any, margin: bool | float | None) -> Any:
     """Apply ``reward_margin``: None/true keep the data's margins, false drops them, a number replaces them."""
-    from ..collator import MARGIN_COLUMN
+    from dataset_formats.schema import MARGIN_COLUMN
 
     if dataset is None or margin is None or margin is True:
         return dataset

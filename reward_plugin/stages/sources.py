@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..collator import MARGIN_COLUMN, PAIR_COLUMNS
+from dataset_formats.schema import MARGIN_COLUMN, PAIR_COLUMNS
+
 from ..data import is_tokenized, prepare_dataset
 from ..errors import ConfigError, DataError
 

@@ -17,15 +17,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 if TYPE_CHECKING:
-    from .stages import StageResult
+    from ..stages import StageResult
 
 #: The stage a config without ``stage:`` runs.
 DEFAULT_STAGE = "reward"
 #: The bundled hh-rlhf sample (200 rows) the embedded default trains on.
-BUNDLED_SAMPLE = Path(__file__).resolve().parent / "data" / "hh_rlhf_sample.jsonl.gz"
+BUNDLED_SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "hh_rlhf_sample.jsonl.gz"
 
 
 def default_config() -> dict[str, Any]:
@@ -174,8 +174,8 @@ def resolve_stage(section: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
     Raises:
         UnknownStageError: no plugin registers the stage; the message lists the registered ones.
     """
-    from .hosts.llamafactory import from_llamafactory, is_llamafactory_config
-    from .stages import get_stage
+    from ..stages import get_stage
+    from .llamafactory import from_llamafactory, is_llamafactory_config
 
     if is_llamafactory_config(section):
         return get_stage(DEFAULT_STAGE), from_llamafactory(section)

@@ -23,7 +23,6 @@ with the config.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,7 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .scoring import unwrap_model
+from ..hf_internals import (
+    attention_function,
+    attn_implementation,
+    register_attention,
+    set_attn_implementation,
+)
+from ..scoring import unwrap_model
 
 #: The forward keyword argument that carries the pair spans to the attention function.
 SPANS_KWARG = "reward_pair_spans"
@@ -196,7 +201,7 @@ def _make_attention_function(base: str):
     ):
         spans = kwargs.pop(SPANS_KWARG, None)
         if spans is None:
-            return _base_function(base, module)(
+            return attention_function(base, module)(
                 module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
             )
         window = kwargs.get("sliding_window", getattr(module, "sliding_window", None))
@@ -209,36 +214,20 @@ def _make_attention_function(base: str):
     return attention
 
 
-def _base_function(base: str, module: nn.Module):
-    """The base implementation's attention function (eager: the model's own module-level one)."""
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-    if base == "sdpa":
-        return ALL_ATTENTION_FUNCTIONS["sdpa"]
-    eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
-    if eager is None:  # pragma: no cover - every supported decoder defines one
-        raise RuntimeError(f"{type(module).__name__} has no eager_attention_forward to fall back to")
-    return eager
-
-
 _REGISTERED: set[str] = set()
 
 
 def _register(base: str) -> str:
     name = IMPLEMENTATION_PREFIX + base
     if name not in _REGISTERED:
-        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
-        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-        ALL_ATTENTION_FUNCTIONS.register(name, _make_attention_function(base))
-        ALL_MASK_ATTENTION_FUNCTIONS.register(name, ALL_MASK_ATTENTION_FUNCTIONS[base])
+        register_attention(name, _make_attention_function(base), mask_like=base)
         _REGISTERED.add(name)
     return name
 
 
 def base_implementation(model: nn.Module) -> str:
     """The model's attention implementation without the segment-attention wrapper."""
-    impl = getattr(unwrap_model(model).config, "_attn_implementation", None) or "eager"
+    impl = attn_implementation(unwrap_model(model).config) or "eager"
     return impl.removeprefix(IMPLEMENTATION_PREFIX)
 
 
@@ -252,10 +241,7 @@ def use_segment_attention(model: nn.Module) -> None:
 
     Idempotent. Forwards without :data:`SPANS_KWARG` run the model's own implementation.
     """
-    config = unwrap_model(model).config
     base = base_implementation(model)
     if base not in BASE_IMPLEMENTATIONS:
         raise ValueError(f"segment attention stands in for {BASE_IMPLEMENTATIONS}, not {base!r}")
-    name = _register(base)
-    if config._attn_implementation != name:
-        config._attn_implementation = name
+    set_attn_implementation(unwrap_model(model), _register(base))

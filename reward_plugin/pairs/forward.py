@@ -1,0 +1,53 @@
+"""One model forward over a prefix-shared/packed batch: the chosen and rejected reward of every pair."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import UnsupportedModelError
+from ..scoring import ScoreReader, unwrap_model
+from .attention import SPANS_KWARG, spans_from_batch, supports_segment_attention, use_segment_attention
+from .masks import attention_masks
+
+
+def packed_rewards(
+    reader: ScoreReader, model: nn.Module, batch: dict[str, torch.Tensor], *, segments: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rewards_chosen, rewards_rejected)``, each ``(pairs,)``, from one forward over a packed batch.
+
+    Args:
+        reader: the trainer's :class:`ScoreReader` (its hook captures the head's per-token scores).
+        model: the reward model (wrappers included).
+        batch: a batch with the :data:`PACKED_KEYS` (from a prefix-shared or packed collator).
+        segments: run attention block by block (:mod:`.attention`) where the
+            model's implementation allows it (``sdpa``, ``eager``); otherwise, or when False, build
+            the dense 4D mask (a flex-attention ``BlockMask`` under ``flex_attention``).
+
+    Returns:
+        The chosen and rejected rewards, in the batch's pair order.
+    """
+    inputs: dict[str, Any] = {
+        "input_ids": batch["packed_input_ids"],
+        "position_ids": batch["packed_position_ids"],
+    }
+    if segments and supports_segment_attention(model):
+        use_segment_attention(model)
+        inputs[SPANS_KWARG] = spans_from_batch(batch)
+        # A 4D mask is taken as given, so the model builds none of its own; segment attention ignores it.
+        rows = batch["packed_input_ids"].shape[0]
+        inputs["attention_mask"] = torch.ones(
+            rows, 1, 1, 1, dtype=torch.bool, device=batch["packed_input_ids"].device
+        )
+    else:
+        inputs["attention_mask"] = attention_masks(model, batch)
+    scores, _ = reader.token_scores(model, **inputs)
+    if scores is None:
+        raise UnsupportedModelError(
+            f"{type(unwrap_model(model)).__name__} returned no per-token scores from its head, so the packed layout "
+            "cannot read rewards; set pair_batching='standard'"
+        )
+    flat = scores.reshape(-1)
+    return flat[batch["chosen_index"]], flat[batch["rejected_index"]]
