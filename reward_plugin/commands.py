@@ -50,7 +50,7 @@ def _is_option(token: str) -> bool:
 
 
 def split_train_argv(argv: list[str]) -> tuple[list[str], list[str]]:
-    """Split ``train`` arguments into ``([CONFIG, --resume[=X], -h], overrides)``.
+    """Split ``train`` arguments into ``([CONFIG, --resume[=X], --check, -h], overrides)``.
 
     CONFIG is the first bare argument before any override; ``--resume`` takes the next bare
     argument as its checkpoint unless it is a ``.yaml``/``.yml`` file; every ``--KEY`` with the
@@ -63,7 +63,7 @@ def split_train_argv(argv: list[str]) -> tuple[list[str], list[str]]:
     while i < len(argv):
         token = argv[i]
         i += 1
-        if token in ("-h", "--help") or token.startswith("--resume="):
+        if token in ("-h", "--help", "--check") or token.startswith("--resume="):
             known.append(token)
         elif token == "--resume":
             known.append(token)
@@ -88,7 +88,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "train",
         help="train a reward model from a YAML config (no config: the embedded MiniLM default)",
         description="Train through the stage registry: load CONFIG.yaml, apply --KEY VALUE overrides, run the stage.",
-        usage="%(prog)s [-h] [CONFIG.yaml] [--resume[=CHECKPOINT]] [--KEY VALUE ...]",
+        usage="%(prog)s [-h] [CONFIG.yaml] [--check] [--resume[=CHECKPOINT]] [--KEY VALUE ...]",
         epilog=TRAIN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -103,6 +103,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         metavar="CHECKPOINT",
         help="continue from the last checkpoint-N in output_dir, or from CHECKPOINT",
+    )
+    train.add_argument(
+        "--check",
+        action="store_true",
+        help="print the configuration the run would use (host keys mapped, fitted to this machine) and stop",
     )
     train.set_defaults(func=run_train, overrides=[])
 
@@ -179,10 +184,29 @@ def _configure_logging() -> None:
 # train -----------------------------------------------------------------------------------------
 
 
+def run_check(args: argparse.Namespace) -> int:
+    """``train --check``: the notices, then the stage's config as YAML; nothing is trained."""
+    import yaml
+
+    from .hosts.runner import plan_run
+
+    plan = plan_run(args.config, args.overrides)
+    for line in plan.notices:
+        logging.getLogger("reward_plugin").warning("%s", line)
+    print(f"# {plan.source or 'the embedded default'}: stage {plan.stage.name!r}; nothing was trained")
+    print(
+        yaml.safe_dump({"stage": plan.stage.name, **plan.section}, sort_keys=False, allow_unicode=True),
+        end="",
+    )
+    return 0
+
+
 def run_train(args: argparse.Namespace) -> int:
     from .hosts.runner import run_training
 
     _configure_logging()
+    if args.check:
+        return run_check(args)
     result = run_training(args.config, args.overrides, resume=args.resume)
     if result.eval_metrics:
         m = result.eval_metrics

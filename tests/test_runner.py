@@ -253,5 +253,47 @@ def test_llamafactory_unsupported_keys_are_all_named(tmp_path):
         prepare_run(section)
     with pytest.raises(ConfigError, match="`finetuning_type: freeze` is not supported"):
         prepare_run({"stage": "rm", "model_name_or_path": "m", "dataset": "d", "finetuning_type": "freeze"})
-    with pytest.raises(ConfigError, match="`template: qwen` has no shipped equivalent"):
-        prepare_run({"stage": "rm", "model_name_or_path": "m", "dataset": "d", "template": "qwen"})
+
+
+def test_llamafactory_notices_are_grouped_and_every_template_resolves():
+    from reward_plugin.hosts.llamafactory import map_llamafactory
+
+    section = {"stage": "rm", "model_name_or_path": "m", "dataset": "d", "plot_loss": True}
+    section.update(overwrite_cache=True, overwrite_output_dir=True, template="qwen")
+    mapping = map_llamafactory(section)
+    assert mapping.section["chat_template"] == "qwen2.5"
+    assert len(mapping.notices) == 2
+    ignored, template = mapping.notices
+    assert ignored.startswith("LLaMA-Factory keys without effect here: overwrite_cache (")
+    assert "; overwrite_output_dir (" in ignored and "; plot_loss (" in ignored
+    assert template == "LLaMA-Factory template 'qwen': using the shipped 'qwen2.5' template (same format)"
+    mapping = map_llamafactory({**section, "template": "cohere"})
+    assert mapping.section["chat_template"] == "tokenizer"
+    assert (
+        "'cohere': it has no shipped equivalent; using the model tokenizer's own chat template"
+        in (mapping.notices[-1])
+    )
+    assert "chat_template" not in map_llamafactory({**section, "chat_template": "x.jinja"}).notices[-1]
+
+
+def test_train_check_prints_the_mapped_config_without_training(tmp_path, capsys):
+    import yaml
+
+    data = llamafactory_dir(tmp_path)
+    cfg_file = tmp_path / "llamafactory_rm.yaml"
+    text = LLAMAFACTORY_YAML.format(model="some/model", dataset_dir=data, output_dir=tmp_path / "out")
+    cfg_file.write_text(text.replace("bf16: false", "bf16: true\ntf32: true"), encoding="utf-8")
+    assert main(["train", str(cfg_file), "--check", "--dataloader_num_workers", "64"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith(f"# {cfg_file}: stage 'reward'; nothing was trained\n")
+    shown = yaml.safe_load(out)
+    assert shown["model"] == "some/model" and shown["chat_template"] == "chatml"
+    assert shown["peft"]["target_modules"] == "all-linear" and shown["max_length"] == 96
+    assert shown["use_cpu"] is True and shown["tf32"] is None  # this test machine has no GPU
+    assert shown["dataloader_num_workers"] <= 64
+    lines = err.strip().splitlines()
+    assert lines[0].startswith("LLaMA-Factory keys without effect here: overwrite_cache (")
+    assert lines[1] == "LLaMA-Factory template 'chatml': using the shipped 'chatml' template (same format)"
+    assert lines[2].startswith("no GPU here: the config asks for bf16, tf32; training in ")
+    assert len([line for line in lines if "without effect" in line]) == 1
+    assert not (tmp_path / "out").exists()

@@ -12,8 +12,10 @@ as in LLaMA-Factory and Axolotl.
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +23,8 @@ from ..errors import ConfigError
 
 if TYPE_CHECKING:
     from ..stages import StageResult
+
+logger = logging.getLogger(__name__)
 
 #: The stage a config without ``stage:`` runs.
 DEFAULT_STAGE = "reward"
@@ -165,36 +169,77 @@ def apply_overrides(
     return merged
 
 
+@dataclass
+class RunPlan:
+    """A run after loading, overrides, host mapping and fitting to the machine, before training.
+
+    Attributes:
+        stage: the stage that runs.
+        section: the stage config as it is validated (what ``reward-plugin train --check`` prints).
+        config: the stage's validated config object.
+        notices: warning lines for the user, each once: keys without effect, the chat template a
+            LLaMA-Factory ``template`` resolved to, precision/device and worker-count changes.
+        source: the config file, or None.
+    """
+
+    stage: Any
+    section: dict[str, Any]
+    config: Any
+    notices: list[str] = field(default_factory=list)
+    source: str | None = None
+
+
+def _resolve(section: Mapping[str, Any]) -> tuple[Any, dict[str, Any], list[str]]:
+    """The stage, its section (a LLaMA-Factory config mapped, fitted to this machine) and notices."""
+    from ..stages import get_stage
+    from ..stages.reward import RewardStage
+    from .hardware import fit_to_machine
+    from .llamafactory import is_llamafactory_config, map_llamafactory
+
+    names: dict[str, str] = {}
+    notices: list[str] = []
+    if is_llamafactory_config(section):
+        mapping = map_llamafactory(section)
+        stage, stage_section = get_stage(DEFAULT_STAGE), mapping.section
+        notices, names = list(mapping.notices), mapping.names
+    else:
+        name = section.get("stage", DEFAULT_STAGE)
+        if not isinstance(name, str):
+            raise ConfigError(f"`stage` must be a stage name (see `reward-plugin stages`), got {name!r}")
+        stage = get_stage(name)
+        stage_section = {k: v for k, v in section.items() if k != "stage"}
+    if isinstance(stage, RewardStage):
+        stage_section, fitted = fit_to_machine(stage_section, names=names)
+        notices += fitted
+    return stage, stage_section, notices
+
+
 def resolve_stage(section: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
     """The stage a config asks for and the section to give it.
 
     ``stage: rm`` (a LLaMA-Factory reward-model config) is mapped onto the ``reward`` stage;
-    any other name is looked up in the stage registry (``reward`` when absent).
+    any other name is looked up in the stage registry (``reward`` when absent). A ``reward``
+    stage section is fitted to this machine (:func:`~reward_plugin.hosts.hardware.fit_to_machine`).
 
     Raises:
         UnknownStageError: no plugin registers the stage; the message lists the registered ones.
     """
-    from ..stages import get_stage
-    from .llamafactory import from_llamafactory, is_llamafactory_config
-
-    if is_llamafactory_config(section):
-        return get_stage(DEFAULT_STAGE), from_llamafactory(section)
-    name = section.get("stage", DEFAULT_STAGE)
-    if not isinstance(name, str):
-        raise ConfigError(f"`stage` must be a stage name (see `reward-plugin stages`), got {name!r}")
-    stage = get_stage(name)
-    return stage, {k: v for k, v in section.items() if k != "stage"}
+    stage, stage_section, _ = _resolve(section)
+    return stage, stage_section
 
 
-def prepare_run(
+def plan_run(
     config: str | os.PathLike | Mapping[str, Any] | None = None,
     overrides: Sequence[str] | Mapping[str, Any] = (),
-) -> tuple[Any, Any]:
-    """Load, override, resolve and validate a run; return ``(stage, validated config)``.
+) -> RunPlan:
+    """Load, override, resolve and validate a run without starting it.
 
     Args:
         config: a YAML file, a mapping, or None for the embedded default.
         overrides: ``--key value`` tokens or a mapping merged over the config.
+
+    Returns:
+        The :class:`RunPlan`; nothing is logged.
 
     Raises:
         ConfigError: a config problem; messages about a file start with its path.
@@ -211,12 +256,32 @@ def prepare_run(
     extra = parse_overrides(list(overrides)) if not isinstance(overrides, Mapping) else dict(overrides)
     section = apply_overrides(section, extra)
     try:
-        stage, stage_section = resolve_stage(section)
-        return stage, stage.validate_config(stage_section)
+        stage, stage_section, notices = _resolve(section)
+        return RunPlan(stage, stage_section, stage.validate_config(stage_section), notices, source)
     except ConfigError as exc:
         if source is None:
             raise
         raise ConfigError(f"{source}: {exc}") from exc
+
+
+def prepare_run(
+    config: str | os.PathLike | Mapping[str, Any] | None = None,
+    overrides: Sequence[str] | Mapping[str, Any] = (),
+) -> tuple[Any, Any]:
+    """Load, override, resolve and validate a run; log its notices once; return ``(stage, validated config)``.
+
+    Args:
+        config: a YAML file, a mapping, or None for the embedded default.
+        overrides: ``--key value`` tokens or a mapping merged over the config.
+
+    Raises:
+        ConfigError: a config problem; messages about a file start with its path.
+        UnknownStageError: the config's stage is not registered.
+    """
+    plan = plan_run(config, overrides)
+    for line in plan.notices:
+        logger.warning("%s", line)
+    return plan.stage, plan.config
 
 
 def run_training(
