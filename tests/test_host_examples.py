@@ -1,7 +1,9 @@
 """The hosts' own public reward-model examples run with only the model path, data path and step
 count changed: LLaMA-Factory's ``llama3_lora_reward.yaml`` and ``qwen3_lora_reward.yaml`` through
-``reward-plugin train`` (a subprocess, as a user runs it), with tiny local models of each family
-and the shortest rows of LLaMA-Factory's own ``dpo_en_demo`` data; the saved adapter loads and was trained.
+``reward-plugin train`` (a subprocess, as a user runs it), and Axolotl's
+``examples/qwen2/reward-model.yaml`` with our two plugin lines through ``axolotl train`` (skipped,
+saying why, where Axolotl is not installed); tiny local models of each family and the shortest
+rows of LLaMA-Factory's own ``dpo_en_demo`` data. The saved adapter or model loads and was trained.
 
 The example files are fixtures, byte for byte as published (``tests/fixtures/hosts/README.md``).
 """
@@ -16,6 +18,9 @@ from pathlib import Path
 
 import pytest
 from conftest import FIXTURES, LLAMAFACTORY_DEMO, ROOT
+from test_axolotl_e2e import AXOLOTL, requires_axolotl
+
+from reward_plugin.hosts.hardware import detect_machine
 
 pytestmark = pytest.mark.slow
 
@@ -48,17 +53,17 @@ def tiny_model(folder: Path, family: str, tokenizer_dir: str) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     template = {"llama": "llama3.jinja", "qwen3": "qwen3_instruct_2507.jinja"}[family]
     tokenizer.chat_template = (CHAT_TEMPLATES / template).read_text(encoding="utf-8")
-    common = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        num_labels=1,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    common = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 4096,
+        "num_labels": 1,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
     config = LlamaConfig(**common) if family == "llama" else Qwen3Config(head_dim=8, **common)
     torch.manual_seed(0)
     AutoModelForSequenceClassification.from_config(config).save_pretrained(folder)
@@ -81,6 +86,25 @@ def llamafactory_data(folder: Path, rows: int = PAIRS) -> Path:
     }
     (folder / "dataset_info.json").write_text(json.dumps({"dpo_en_demo": entry}), encoding="utf-8")
     return folder
+
+
+def run_axolotl_file(config: Path, cwd: Path) -> subprocess.CompletedProcess:
+    """``axolotl train CONFIG --launcher python`` in Axolotl's venv, this checkout first on the path."""
+    env = {
+        **os.environ,
+        "AXOLOTL_DO_NOT_TRACK": "1",
+        "WANDB_DISABLED": "true",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    }
+    return subprocess.run(
+        [str(AXOLOTL), "train", str(config), "--launcher", "python"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
 
 
 def reward_plugin_train(config: Path, cwd: Path) -> subprocess.CompletedProcess:
@@ -153,3 +177,74 @@ def edited_example_value(config: Path, key: str) -> str:
         if line.startswith(f"{key}:"):
             return line.split(":", 1)[1].strip()
     raise KeyError(key)
+
+
+def bradley_terry_rows(n: int = PAIRS) -> list[dict]:
+    """Rows in the layout of Axolotl's ``bradley_terry.chat_template`` (``system?``, ``input``,
+    ``chosen``, ``rejected``): the shortest single-turn rows of LLaMA-Factory's dpo_en_demo."""
+    demo = json.loads(Path(LLAMAFACTORY_DEMO).read_text(encoding="utf-8"))
+    rows = [
+        {
+            "input": row["conversations"][0]["value"],
+            "chosen": row["chosen"]["value"],
+            "rejected": row["rejected"]["value"],
+        }
+        for row in demo
+        if len(row["conversations"]) == 1 and row["conversations"][0]["from"] == "human"
+    ]
+    return sorted(rows, key=lambda row: len(json.dumps(row)))[:n]
+
+
+@requires_axolotl
+def test_axolotl_reward_model_example_trains_with_our_two_lines(tmp_path, bpe_tokenizer_path):
+    """Axolotl's ``examples/qwen2/reward-model.yaml`` plus our two plugin lines, written for a GPU
+    (bf16, tf32, adamw_bnb_8bit, flash_attention_2), runs on this machine through ``axolotl train``."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, Qwen2Config
+
+    model_dir = tmp_path / "model"
+    tokenizer = AutoTokenizer.from_pretrained(bpe_tokenizer_path)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    initial = AutoModelForSequenceClassification.from_config(config)
+    initial.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in bradley_terry_rows()), encoding="utf-8")
+    cfg = tmp_path / "reward-model.yaml"
+    cfg.write_text(
+        edited_example(
+            EXAMPLES / "axolotl" / "reward-model.yaml",
+            replace={"base_model": str(model_dir), "  - path": str(data)},
+            add={"max_steps": str(STEPS)},
+        ),
+        encoding="utf-8",
+    )
+    result = run_axolotl_file(cfg, tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    logs = result.stdout + result.stderr
+    assert "Axolotl chat_template 'qwen_25': conversations are rendered with the template Axolotl" in logs
+    if detect_machine().accelerator is None:
+        assert logs.count("no GPU here: the config asks for bf16, tf32; training in fp32 on the CPU") == 1
+        assert (
+            "optimizer adamw_bnb_8bit -> adamw_torch, attn_implementation flash_attention_2 -> sdpa" in logs
+        )
+
+    out = tmp_path / "outputs" / "out"  # the example's output_dir, relative to the working directory
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    assert model.config.num_labels == 1
+    trained = dict(model.named_parameters())
+    assert any(not torch.equal(p, trained[name]) for name, p in initial.named_parameters())
+    stats = json.loads((out / "reward_stats.json").read_text())
+    assert stats["split"] == "train" and stats["num_pairs"] == PAIRS
+    assert model.config.reward_mean == pytest.approx(stats["mean"], abs=1e-9)

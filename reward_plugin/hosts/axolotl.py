@@ -37,6 +37,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from ..errors import ConfigError, PluginError
+from .axolotl_fit import dataset_format, fit_axolotl_config
 
 try:  # the mapping helpers above the plugin stay importable without Axolotl
     from axolotl.integrations.base import BasePlugin
@@ -133,6 +134,8 @@ def stage_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
         value = _get(cfg, key)
         if value is not None:
             settings[name] = value
+    if "chat_template" not in settings and _get(cfg, "chat_template"):
+        settings["chat_template"] = "tokenizer"  # Axolotl attaches its chat_template to the tokenizer
     if "center_rewards_coefficient" not in settings and _get(cfg, "center_rewards_coefficient") is not None:
         settings["center_rewards_coefficient"] = _get(cfg, "center_rewards_coefficient")
     max_length = _get(cfg, "reward_max_length")
@@ -187,7 +190,7 @@ def data_sources(cfg: Mapping[str, Any], key: str = "datasets") -> list[dict[str
             raise ConfigError(f"`{key}[{i}]` has no `path`; give a local data file or folder")
         paths = [str(p) for p in files] if isinstance(files, (list, tuple)) else [str(files)]
         source: dict[str, Any] = {"path": paths, "on_error": on_error}
-        kind = entry.get("type")
+        kind = dataset_format(entry.get("type"))  # Axolotl's bradley_terry.chat_template -> axolotl-bt
         if kind:
             if not isinstance(kind, str) or kind not in formats:
                 raise ConfigError(
@@ -337,6 +340,8 @@ class RewardPlugin(BasePlugin):
         if _get(cfg, "reward_model") is False:
             raise ConfigError("`reward_stage` trains a reward model; remove `reward_model: false`")
         stage_settings(cfg)
+        for line in fit_axolotl_config(cfg):
+            logger.warning("%s", line)
         cfg["reward_model"] = True
         if _get(cfg, "adapter") in ("lora", "qlora"):
             # Axolotl's fused LoRA kernels patch causal-LM PEFT models only (they raise on a sequence
