@@ -297,3 +297,21 @@ def test_train_check_prints_the_mapped_config_without_training(tmp_path, capsys)
     assert lines[2].startswith("no GPU here: the config asks for bf16, tf32; training in ")
     assert len([line for line in lines if "without effect" in line]) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_llamafactory_template_without_equivalent_needs_the_tokenizers_template(
+    tmp_path, tiny_llama_dir, capsys
+):
+    """``template: cohere`` falls back to the tokenizer's template; a tokenizer without one is one error line."""
+    data = llamafactory_dir(tmp_path)
+    cfg_file = tmp_path / "llamafactory_rm.yaml"
+    text = LLAMAFACTORY_YAML.format(model=tiny_llama_dir, dataset_dir=data, output_dir=tmp_path / "out")
+    cfg_file.write_text(text.replace("template: chatml", "template: cohere"), encoding="utf-8")
+    assert main(["train", str(cfg_file)]) == 1
+    err = capsys.readouterr().err
+    assert (
+        "LLaMA-Factory template 'cohere': it has no shipped equivalent; using the model tokenizer's own"
+        in err
+    )
+    assert err.strip().splitlines()[-1].startswith("error: ") and "has no chat_template" in err
+    assert "Traceback" not in err
