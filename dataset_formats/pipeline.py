@@ -41,7 +41,9 @@ class ConvertStats:
     pair; ``pairs_prompt_truncated`` / ``pairs_response_truncated`` say which part was cut.
     ``ties_dropped`` counts tied candidate pairs a ranking adapter skipped and
     ``candidates_dropped`` the other candidates adapters left out, by kind (the
-    ``pairs[0].meta["<kind>_dropped"]`` counts of each row).
+    ``pairs[0].meta["<kind>_dropped"]`` counts of each row). ``pairs_flagged`` counts written
+    pairs that an adapter kept although they look unusual, by flag (the pair's ``meta["flags"]``,
+    e.g. hh-rlhf's ``empty_response`` and ``turn_marker_in_response``).
     """
 
     rows_read: int = 0
@@ -55,6 +57,7 @@ class ConvertStats:
     pairs_response_truncated: int = 0
     ties_dropped: int = 0
     candidates_dropped: dict[str, int] = field(default_factory=dict)
+    pairs_flagged: dict[str, int] = field(default_factory=dict)
     format: str = ""
     tokenizer: str = ""
     max_length: int | None = None
@@ -84,12 +87,15 @@ class ConvertStats:
             self.rejected_by_reason[reason] = self.rejected_by_reason.get(reason, 0) + count
         for kind, count in other.candidates_dropped.items():
             self.candidates_dropped[kind] = self.candidates_dropped.get(kind, 0) + count
+        for flag, count in other.pairs_flagged.items():
+            self.pairs_flagged[flag] = self.pairs_flagged.get(flag, 0) + count
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (what ``--stats-json`` writes)."""
         data = asdict(self)
         data["rejected_by_reason"] = dict(sorted(self.rejected_by_reason.items()))
         data["candidates_dropped"] = dict(sorted(self.candidates_dropped.items()))
+        data["pairs_flagged"] = dict(sorted(self.pairs_flagged.items()))
         return data
 
     def summary(self) -> str:
@@ -111,6 +117,9 @@ class ConvertStats:
         if self.candidates_dropped:
             dropped = ", ".join(f"{k}: {v}" for k, v in sorted(self.candidates_dropped.items()))
             lines.append(f"candidates left out: {dropped}")
+        if self.pairs_flagged:
+            flagged = ", ".join(f"{k}: {v}" for k, v in sorted(self.pairs_flagged.items()))
+            lines.append(f"written pairs kept with a flag: {flagged}")
         lines.append(f"format: {self.format}, tokenizer: {self.tokenizer}, max_length: {self.max_length}")
         return "\n".join(lines)
 
@@ -316,6 +325,9 @@ class BatchProcessor:
         stats.rows_written = len(rows_with_output)
         stats.rows_truncated = len(truncated_rows)
         stats.pairs_written = len(written)
+        for i in written:
+            for flag in pairs[i].meta.get("flags", ()):
+                stats.pairs_flagged[flag] = stats.pairs_flagged.get(flag, 0) + 1
         batch = None
         if written:
             margins = [pairs[i].margin for i in written]

@@ -51,7 +51,7 @@ def test_formats_lists_builtins_with_origin(capsys):
     code, out, _ = run(["formats", "--json"], capsys)
     data = {item["name"]: item for item in json.loads(out)}
     assert data["hh-rlhf"]["origin"] == "built-in" and data["hh-rlhf"]["description"]
-    assert {"name": "allow_empty_response", "type": "bool", "default": False} in data["hh-rlhf"]["options"]
+    assert {"name": "allow_empty_response", "type": "bool", "default": True} in data["hh-rlhf"]["options"]
 
 
 def test_formats_shows_an_in_process_plugin(capsys):
@@ -151,7 +151,7 @@ def test_bad_row_is_one_error_line_exit_1_and_no_output(tmp_path, minilm_path, c
         (["{src}", "-o", "{out}", "--option", "oops"], "error: --option expects KEY=VALUE, got 'oops'\n"),
         (
             ["{src}", "-o", "{out}", "--format", "hh-rlhf", "--option", "nope=1"],
-            "error: format 'hh-rlhf' has no option 'nope'; its options: on_prompt_mismatch, allow_empty_response\n",
+            "error: format 'hh-rlhf' has no option 'nope'; its options: split, on_prompt_mismatch, allow_empty_response\n",
         ),
         (
             ["{src}", "-o", "{out}", "--format", "zzz"],
