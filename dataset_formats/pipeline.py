@@ -144,6 +144,8 @@ def _short(value: Any, limit: int = 200) -> Any:
 def reject_entry(error: RecordError, pair: int | None = None) -> dict[str, Any]:
     """The rejects-file line of one rejected row (or pair)."""
     entry: dict[str, Any] = {"file": error.path, "row": error.row}
+    if error.line is not None:
+        entry["line"] = error.line
     if pair is not None:
         entry["pair"] = pair
     entry.update(field=error.field, reason=error.reason, message=str(error), value=_short(error.value))
@@ -153,7 +155,12 @@ def reject_entry(error: RecordError, pair: int | None = None) -> dict[str, Any]:
 def error_from_entry(entry: dict[str, Any]) -> RecordError:
     """Rebuild the RecordError of a reject entry (errors cross process boundaries as dicts)."""
     return RecordError(
-        entry["detail"], field=entry["field"], reason=entry["reason"], path=entry["file"], row=entry["row"]
+        entry["detail"],
+        field=entry["field"],
+        reason=entry["reason"],
+        path=entry["file"],
+        row=entry["row"],
+        line=entry.get("line"),
     )
 
 
@@ -182,6 +189,7 @@ class _Prepared:
     counts: dict[int, int]
     rendered: list[Any]
     good: list[int]
+    lines: dict[int, int]
 
 
 class BatchProcessor:
@@ -242,14 +250,15 @@ class BatchProcessor:
         pairs: list[PreferencePair] = []
         pair_index: list[int] = []
         counts: dict[int, int] = {}
+        lines = rows.line_of()
         for row, record in rows:
             if isinstance(record, RecordError):
-                failures.append((row, None, record.locate(path, row)))
+                failures.append((row, None, record.locate(path, row, lines.get(row))))
                 continue
             try:
                 made = self._adapt(record)
             except RecordError as exc:
-                failures.append((row, None, exc.locate(path, row)))
+                failures.append((row, None, exc.locate(path, row, lines.get(row))))
                 continue
             self._count_dropped(made[0].meta, stats)
             counts[row] = len(made)
@@ -260,16 +269,17 @@ class BatchProcessor:
         rendered = render_pairs(pairs, self.template, self.encoder.tokenizer)
         good: list[int] = []
         for i, (pair, item) in enumerate(zip(pairs, rendered)):
+            where = (path, pair.row, lines.get(pair.row))
             if isinstance(item, RecordError):
-                failures.append((pair.row, pair_index[i], item.locate(path, pair.row)))
+                failures.append((pair.row, pair_index[i], item.locate(*where)))
                 continue
             try:
                 _check_margin(pair)
             except RecordError as exc:
-                failures.append((pair.row, pair_index[i], exc.locate(path, pair.row)))
+                failures.append((pair.row, pair_index[i], exc.locate(*where)))
                 continue
             good.append(i)
-        return _Prepared(path, stats, failures, pairs, pair_index, counts, rendered, good)
+        return _Prepared(path, stats, failures, pairs, pair_index, counts, rendered, good, lines)
 
     def finish(self, prep: _Prepared) -> BatchResult:
         """Tokenize, apply the length policy and build the Arrow batch of a prepared batch."""
@@ -293,7 +303,7 @@ class BatchProcessor:
             if not enc.ok:
                 error = RecordError(
                     enc.message, field=enc.field, reason=enc.reason or "invalid", path=path, row=pair.row
-                )
+                ).locate(line=prep.lines.get(pair.row))
                 failures.append((pair.row, pair_index[i], error))
                 continue
             written.append(i)

@@ -790,9 +790,19 @@ def _run(case: Case, mode: str, tmp: Path, minilm_path: str, capsys, monkeypatch
     return Run(code, out, err, work, output, rejects, stats), path
 
 
+def _location(case: Case, path: Path) -> str:
+    """Where an editor finds the bad row: ``line N`` in JSON Lines and CSV, else ``row N (0-based)``."""
+    name = path.name.removesuffix(".gz")
+    if name.endswith((".jsonl", ".ndjson")):
+        return f"line {case.row + 1}"
+    if name.endswith(".csv"):
+        return f"line {case.row + 2}"  # after the header; these fixtures have no quoted line breaks
+    return f"row {case.row} (0-based)"
+
+
 def _expected_prefix(case: Case, path: Path, tmp: Path) -> str:
     if case.outcome == "row":
-        where = f"{path}, row {case.row}" + (f", field {case.field!r}" if case.field else "")
+        where = f"{path}, {_location(case, path)}" + (f", field {case.field!r}" if case.field else "")
         return f"error: {where}: "
     return "error: " + case.prefix.format(path=path, tmp=tmp, bad=BAD)
 
@@ -803,6 +813,8 @@ def _ids(path: Path) -> dict:
 
 
 _MESSAGES: dict[str, str] = {}
+#: Row cases: where the bad row is, as the message says it (``line 2``, ``row 0 (0-based)``).
+_WHERE: dict[str, str] = {}
 
 
 def _doc_message(line: str, tmp: Path, minilm_path: str) -> str:
@@ -843,6 +855,8 @@ def test_on_error_raise(case, tmp_path, minilm_path, capsys, monkeypatch):
     if case.outcome in ("row", "file"):
         line = _assert_clean_failure(run, case, path, tmp_path)
         _MESSAGES[case.id] = _doc_message(line, tmp_path, minilm_path)
+        if case.outcome == "row":
+            _WHERE[case.id] = _location(case, path)
         return
     assert run.code == 0, run.err
     stats = _read_stats(run)
@@ -968,7 +982,7 @@ def _doc_table(messages: dict[str, str]) -> str:
         args = " ".join(a.format(bad="tests/fixtures/bad") for a in case.args)
         where = f"`{where}`" + (f" `{args}`" if args else "")
         if case.outcome == "row":
-            skip = f"row {case.row} rejected: `{case.reason}`"
+            skip = f"{_WHERE[case.id]} rejected: `{case.reason}`"
             raise_cell = _cell(messages[case.id])
         elif case.outcome == "file":
             skip = "same error (the file/setting is unusable)"
@@ -989,6 +1003,8 @@ def test_reliability_doc_table_matches_the_messages(tmp_path_factory, minilm_pat
         tmp = tmp_path_factory.mktemp(case.id)
         with monkeypatch.context() as patch:
             run, path = _run(case, "raise", tmp, minilm_path, capsys, patch)
+        if case.outcome == "row":
+            _WHERE[case.id] = _location(case, path)
         lines = [l for l in run.err.splitlines() if l.startswith(("error:", "warning:"))]
         _MESSAGES[case.id] = (
             _doc_message(lines[0], tmp, minilm_path) if lines and case.outcome != "accepted" else ""

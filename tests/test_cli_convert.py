@@ -109,7 +109,7 @@ def test_bad_row_is_one_error_line_exit_1_and_no_output(tmp_path, minilm_path, c
         [src, "--format", "hh-rlhf", "--tokenizer", minilm_path, "-o", out_file], capsys
     )
     assert code == 1 and out == ""
-    assert err.startswith(f"error: {src}, row 1, field 'chosen': ") and err.count("\n") == 1
+    assert err.startswith(f"error: {src}, line 2, field 'chosen': ") and err.count("\n") == 1
     assert "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl.gz"]
 

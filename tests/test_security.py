@@ -83,7 +83,7 @@ def test_template_calling_open_fails_every_row_with_a_clear_error(tmp_path, mini
     assert reward_main([*argv, "-o", str(tmp_path / "o.parquet")]) == 1
     err = capsys.readouterr().err
     assert err == (
-        f"error: {src}, row 0, field 'chat_template': chat template {str(template)!r} failed: UndefinedError: "
+        f"error: {src}, line 1, field 'chat_template': chat template {str(template)!r} failed: UndefinedError: "
         "'open' is undefined; fix the template or pick a shipped one (see templates/README.md)\n"
     )
     assert not marker.exists()
