@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from .errors import OptionError
+from .on_error import DEFAULT_ON_ERROR, ON_ERROR_CHOICES
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -57,8 +58,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     convert.add_argument(
         "--on-error",
-        choices=("raise", "skip"),
-        default="raise",
+        choices=ON_ERROR_CHOICES,
+        default=DEFAULT_ON_ERROR,
         help="raise: stop at the first bad row, write nothing (default); skip: reject bad rows and go on",
     )
     convert.add_argument(

@@ -19,13 +19,12 @@ import pyarrow as pa
 
 from .encoding import LengthPolicy, PairEncoder, load_tokenizer
 from .errors import InputFileError, OptionError, OutputExistsError
+from .on_error import DEFAULT_ON_ERROR, ON_ERROR_CHOICES
 from .pipeline import BatchProcessor, ConvertStats, run_batches
 from .reading import DEFAULT_BATCH_SIZE, count_rows, iter_object_batches, iter_row_batches, peek_rows
 from .registry import detect_format, get_format, list_formats
 from .schema import MARGIN_COLUMN, pair_schema
 from .writing import PairWriter, output_kind, remove_stale_temporaries, temporary_path
-
-ON_ERROR_CHOICES = ("raise", "skip")
 
 
 def _tokenizer_name(spec: Any, tokenizer: Any) -> str:
@@ -127,7 +126,7 @@ def convert(
     chat_template: str | None = None,
     max_length: int | None = None,
     truncation: str = "left",
-    on_error: str = "raise",
+    on_error: str = DEFAULT_ON_ERROR,
     rejects: str | os.PathLike | None = None,
     num_proc: int = 1,
     format_options: dict[str, Any] | None = None,
@@ -229,7 +228,7 @@ def encode_rows(
     chat_template: str | None = None,
     max_length: int | None = None,
     truncation: str = "left",
-    on_error: str = "raise",
+    on_error: str = DEFAULT_ON_ERROR,
     format_options: dict[str, Any] | None = None,
     source: str = "<rows>",
     batch_size: int = DEFAULT_BATCH_SIZE,

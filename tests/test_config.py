@@ -113,10 +113,35 @@ def test_parser_turns_fields_into_flags(tmp_path):
             "`center_rewards_coefficient` must be a number >= 0 or None, got -0.1",
         ),
         ("dataset_format", "", "`dataset_format` must be a format name or 'auto', got ''"),
-        ("dataset_on_error", "ignore", "`dataset_on_error` must be one of skip, raise, got 'ignore'"),
+        ("dataset_on_error", "ignore", "`dataset_on_error` must be one of raise, skip, got 'ignore'"),
     ],
 )
 def test_validation(tmp_path, field, value, message):
     with pytest.raises(ConfigError) as info:
         RewardConfig(output_dir=str(tmp_path), **{field: value})
     assert str(info.value).startswith(message)
+
+
+def test_on_error_has_one_default_everywhere(tmp_path):
+    """convert (library and CLI), RewardConfig, a runner data source and Axolotl's datasets all
+    stop at the first bad raw row unless told to skip (docs/convert.md says why)."""
+    import argparse
+    import inspect
+
+    from dataset_formats.commands import add_commands
+    from dataset_formats.conversion import convert, encode_rows
+    from reward_plugin.hosts.axolotl import data_sources
+    from reward_plugin.stages.sources import parse_sources
+
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers())
+    cli = parser.parse_args(["convert", "in.jsonl", "--tokenizer", "t", "-o", "out.parquet"])
+    defaults = {
+        "convert()": inspect.signature(convert).parameters["on_error"].default,
+        "encode_rows()": inspect.signature(encode_rows).parameters["on_error"].default,
+        "convert --on-error": cli.on_error,
+        "RewardConfig.dataset_on_error": RewardConfig(output_dir=str(tmp_path)).dataset_on_error,
+        "train_data.on_error": parse_sources({"path": "a.jsonl"}, "train_data")[0].on_error,
+        "reward_on_error (Axolotl)": data_sources({"datasets": [{"path": "a.jsonl"}]})[0]["on_error"],
+    }
+    assert defaults == dict.fromkeys(defaults, "raise")

@@ -484,7 +484,7 @@ def test_bad_text_rows_are_skipped_with_a_warning_or_raised(tmp_path, tiny_llama
     with caplog.at_level("WARNING", logger="reward_plugin.data"):
         trainer = RewardTrainer(
             model=tiny_llama,
-            args=config(tmp_path, dataset_format="hh-rlhf"),
+            args=config(tmp_path, dataset_format="hh-rlhf", dataset_on_error="skip"),
             train_dataset=text,
             processing_class=bpe_tokenizer,
         )
@@ -496,7 +496,7 @@ def test_bad_text_rows_are_skipped_with_a_warning_or_raised(tmp_path, tiny_llama
     ):
         RewardTrainer(
             model=tiny_llama,
-            args=config(tmp_path, dataset_format="hh-rlhf", dataset_on_error="raise"),
+            args=config(tmp_path, dataset_format="hh-rlhf"),  # raise is the default
             train_dataset=text,
             processing_class=bpe_tokenizer,
         )
