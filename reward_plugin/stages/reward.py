@@ -30,7 +30,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..hookspecs import hookimpl
-from . import Stage
+from .base import Stage
 from .sources import DataSource, load_sources, parse_sources
 
 logger = logging.getLogger(__name__)
