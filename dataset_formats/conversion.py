@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -26,6 +26,9 @@ from .reading import DEFAULT_BATCH_SIZE, count_rows, iter_object_batches, iter_r
 from .registry import detect_format, get_format, list_formats
 from .schema import MARGIN_COLUMN, pair_schema
 from .writing import PairWriter, output_kind, remove_stale_temporaries, temporary_path
+
+if TYPE_CHECKING:  # Python 3.11+ has typing.Self; annotations are not evaluated at run time
+    from typing_extensions import Self
 
 
 def _tokenizer_name(spec: Any, tokenizer: Any) -> str:
@@ -359,7 +362,7 @@ class _RejectsFile:
             self._fh = None
             os.replace(self._tmp, self.path)  # type: ignore[arg-type]
 
-    def __enter__(self) -> _RejectsFile:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -398,7 +401,7 @@ class _progress_bar:
         if self._bar is not None:
             self._bar.update(n)
 
-    def __enter__(self) -> _progress_bar:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

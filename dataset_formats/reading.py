@@ -30,9 +30,12 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import InputFileError, RecordError
+
+if TYPE_CHECKING:  # Python 3.11+ has typing.Self; annotations are not evaluated at run time
+    from typing_extensions import Self
 
 #: One row: ``(row_number, row)`` where ``row`` is a dict or the RecordError that replaced it.
 Row = tuple[int, dict[str, Any] | RecordError]
@@ -174,7 +177,7 @@ def count_rows(path: str | os.PathLike) -> int | None:
 
 def _open_binary(path: Path) -> io.BufferedIOBase:
     try:
-        fh = open(path, "rb")
+        fh = open(path, "rb")  # noqa: SIM115 - returned open: the caller closes it (``with fh``)
         magic = fh.peek(2)[:2] if hasattr(fh, "peek") else b""
     except PermissionError as exc:
         raise InputFileError(str(path), "permission denied; make the file readable") from exc
@@ -348,7 +351,7 @@ class CsvInt(int):
 
     source_text: str
 
-    def __new__(cls, text: str) -> CsvInt:
+    def __new__(cls, text: str) -> Self:
         self = super().__new__(cls, text)
         self.source_text = text
         return self
@@ -362,7 +365,7 @@ class CsvFloat(float):
 
     source_text: str
 
-    def __new__(cls, text: str) -> CsvFloat:
+    def __new__(cls, text: str) -> Self:
         self = super().__new__(cls, text)
         self.source_text = text
         return self

@@ -186,7 +186,9 @@ def test_the_model_tokenizer_loads_through_the_one_loader(tmp_path, bpe_tokenize
     with pytest.raises(OptionError, match=rf"^tokenizer {str(broken)!r} could not be loaded \("):
         model_tokenizer(str(broken))
     loaded = model_tokenizer(bpe_tokenizer_path)
-    assert loaded("Hello there")["input_ids"] == load_tokenizer(bpe_tokenizer_path)("Hello there")["input_ids"]
+    assert (
+        loaded("Hello there")["input_ids"] == load_tokenizer(bpe_tokenizer_path)("Hello there")["input_ids"]
+    )
 
 
 def test_record_batch_schema_masks_and_margin(minilm):
