@@ -26,13 +26,16 @@ _HAS_ACTIVATION_CHECKPOINTING = "activation_checkpointing" in {
 
 
 @functools.lru_cache(maxsize=1)
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX), read from ``/proc/cpuinfo``.
+def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX), read from ``cpuinfo``.
 
     Emulated bf16 (plain AVX512 or AVX2) is slower than fp32, so only native support counts.
+
+    Args:
+        cpuinfo: the file to read the CPU flags from (Linux's ``/proc/cpuinfo``; missing: False).
     """
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+        with open(cpuinfo, encoding="utf-8") as fh:
             for line in fh:
                 if line.startswith("flags"):
                     flags = set(line.split(":", 1)[1].split())
