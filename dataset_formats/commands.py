@@ -12,10 +12,17 @@ from contextlib import contextmanager
 from typing import Any
 
 from .errors import OptionError
+from .on_error import DEFAULT_ON_ERROR, ON_ERROR_CHOICES
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Add ``formats``, ``convert`` and ``inspect`` to a sub-command parser."""
+    _add_formats(subparsers)
+    _add_convert(subparsers)
+    _add_inspect(subparsers)
+
+
+def _add_formats(subparsers: argparse._SubParsersAction) -> None:
     formats = subparsers.add_parser(
         "formats",
         help="list the dataset formats (adapters)",
@@ -24,6 +31,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     formats.add_argument("--json", action="store_true", help="print JSON instead of a table")
     formats.set_defaults(func=run_formats)
 
+
+def _add_convert(subparsers: argparse._SubParsersAction) -> None:
     convert = subparsers.add_parser(
         "convert",
         help="convert preference data into a tokenized paired table",
@@ -33,6 +42,14 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
             "(+ margin, source_row). Remote code is never run unless --trust-remote-code is given."
         ),
     )
+    _add_convert_io(convert)
+    _add_convert_policy(convert)
+    convert.add_argument("--no-progress", action="store_true", help="no progress bar")
+    convert.set_defaults(func=run_convert)
+
+
+def _add_convert_io(convert: argparse.ArgumentParser) -> None:
+    """What is read and written: inputs, output, format, tokenizer, side files."""
     convert.add_argument("inputs", nargs="*", metavar="INPUT", help="input files or datasets folders")
     convert.add_argument(
         "-o", "--output", required=True, help="OUTPUT: .parquet, .arrow, or a folder (save_to_disk)"
@@ -47,6 +64,21 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "--chat-template", metavar="NAME|PATH", help="shipped template name, .jinja file, or 'tokenizer'"
     )
     convert.add_argument(
+        "--rejects", metavar="FILE.jsonl", help="write rejected rows (file, row, field, reason)"
+    )
+    convert.add_argument("--stats-json", metavar="FILE", help="write the conversion stats as JSON")
+    convert.add_argument(
+        "--overwrite", action="store_true", help="replace existing output/rejects/stats files"
+    )
+    convert.add_argument(
+        "--dataset-info", metavar="PATH", help="a LLaMA-Factory dataset_info.json (with --dataset)"
+    )
+    convert.add_argument("--dataset", metavar="NAME", help="the dataset entry of --dataset-info to convert")
+
+
+def _add_convert_policy(convert: argparse.ArgumentParser) -> None:
+    """How rows become pairs: length policy, bad rows, processes, adapter options, remote code."""
+    convert.add_argument(
         "--max-length", type=int, metavar="N", help="longest sequence to keep (default: no limit)"
     )
     convert.add_argument(
@@ -57,17 +89,13 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     convert.add_argument(
         "--on-error",
-        choices=("raise", "skip"),
-        default="raise",
+        choices=ON_ERROR_CHOICES,
+        default=DEFAULT_ON_ERROR,
         help="raise: stop at the first bad row, write nothing (default); skip: reject bad rows and go on",
-    )
-    convert.add_argument(
-        "--rejects", metavar="FILE.jsonl", help="write rejected rows (file, row, field, reason)"
     )
     convert.add_argument(
         "--num-proc", type=int, default=1, metavar="N", help="worker processes (same output)"
     )
-    convert.add_argument("--stats-json", metavar="FILE", help="write the conversion stats as JSON")
     convert.add_argument(
         "--option",
         action="append",
@@ -76,20 +104,13 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         help="an option of the format's adapter (repeatable; see `formats --json`)",
     )
     convert.add_argument(
-        "--overwrite", action="store_true", help="replace existing output/rejects/stats files"
-    )
-    convert.add_argument(
         "--trust-remote-code",
         action="store_true",
         help="allow a tokenizer with custom Python code (off by default: remote code is never run otherwise)",
     )
-    convert.add_argument(
-        "--dataset-info", metavar="PATH", help="a LLaMA-Factory dataset_info.json (with --dataset)"
-    )
-    convert.add_argument("--dataset", metavar="NAME", help="the dataset entry of --dataset-info to convert")
-    convert.add_argument("--no-progress", action="store_true", help="no progress bar")
-    convert.set_defaults(func=run_convert)
 
+
+def _add_inspect(subparsers: argparse._SubParsersAction) -> None:
     inspect = subparsers.add_parser(
         "inspect",
         help="summarize a converted table",

@@ -12,20 +12,23 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from .encoding import LengthPolicy, PairEncoder, load_tokenizer
 from .errors import InputFileError, OptionError, OutputExistsError
+from .on_error import DEFAULT_ON_ERROR, ON_ERROR_CHOICES
 from .pipeline import BatchProcessor, ConvertStats, run_batches
 from .reading import DEFAULT_BATCH_SIZE, count_rows, iter_object_batches, iter_row_batches, peek_rows
 from .registry import detect_format, get_format, list_formats
 from .schema import MARGIN_COLUMN, pair_schema
 from .writing import PairWriter, output_kind, remove_stale_temporaries, temporary_path
 
-ON_ERROR_CHOICES = ("raise", "skip")
+if TYPE_CHECKING:  # Python 3.11+ has typing.Self; annotations are not evaluated at run time
+    from typing_extensions import Self
 
 
 def _tokenizer_name(spec: Any, tokenizer: Any) -> str:
@@ -127,7 +130,7 @@ def convert(
     chat_template: str | None = None,
     max_length: int | None = None,
     truncation: str = "left",
-    on_error: str = "raise",
+    on_error: str = DEFAULT_ON_ERROR,
     rejects: str | os.PathLike | None = None,
     num_proc: int = 1,
     format_options: dict[str, Any] | None = None,
@@ -167,18 +170,8 @@ def convert(
         InputFileError, OutputExistsError, OptionError, UnknownFormatError, TemplateError.
     """
     started = time.perf_counter()
-    paths = [Path(inputs)] if isinstance(inputs, (str, os.PathLike)) else [Path(p) for p in inputs]
-    if not paths:
-        raise OptionError("no input files given")
-    _check_choice("on_error", on_error, ON_ERROR_CHOICES)
-    if not isinstance(num_proc, int) or num_proc < 1:
-        raise OptionError(f"`num_proc` must be a positive integer, got {num_proc!r}")
+    paths = _check_arguments(inputs, output, on_error, num_proc, [rejects, stats_json], overwrite)
     policy = LengthPolicy(max_length, truncation)
-    output_kind(output)
-    side_files = [Path(p) for p in (rejects, stats_json) if p is not None]
-    for path in [Path(output), *side_files]:
-        if path.exists() and not overwrite:
-            raise OutputExistsError(str(path))
     samples = [(str(p), peek_rows(p)) for p in paths] if format == "auto" else []
     format_name = _resolve_format(format, samples)
     tok = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code)
@@ -199,13 +192,64 @@ def convert(
         "max_length": max_length,
         "truncation": truncation,
     }
-    empty = pair_schema(with_margin=processor.adapter.produces_margin)
+    batches = run_batches(processor, _source_batches(paths, batch_size), num_proc)
+    files = _OutputFiles(output, rejects, stats_json, overwrite, metadata)
+    _write_outputs(batches, files, processor.adapter.produces_margin, stats, paths, progress, started)
+    return stats
+
+
+def _check_arguments(
+    inputs: str | os.PathLike | Sequence[str | os.PathLike],
+    output: str | os.PathLike,
+    on_error: str,
+    num_proc: int,
+    side_files: list[str | os.PathLike | None],
+    overwrite: bool,
+) -> list[Path]:
+    """The input paths, once the arguments are valid and no output would be overwritten unasked."""
+    paths = [Path(inputs)] if isinstance(inputs, (str, os.PathLike)) else [Path(p) for p in inputs]
+    if not paths:
+        raise OptionError("no input files given")
+    _check_choice("on_error", on_error, ON_ERROR_CHOICES)
+    if not isinstance(num_proc, int) or num_proc < 1:
+        raise OptionError(f"`num_proc` must be a positive integer, got {num_proc!r}")
+    output_kind(output)
+    for path in [Path(output), *(Path(p) for p in side_files if p is not None)]:
+        if path.exists() and not overwrite:
+            raise OutputExistsError(str(path))
+    return paths
+
+
+@dataclass
+class _OutputFiles:
+    """Where a conversion writes: the table (with its settings as metadata), rejects and stats."""
+
+    output: str | os.PathLike
+    rejects: str | os.PathLike | None
+    stats_json: str | os.PathLike | None
+    overwrite: bool
+    metadata: dict[str, Any]
+
+
+def _write_outputs(
+    results: Iterable[Any],
+    files: _OutputFiles,
+    produces_margin: bool,
+    stats: ConvertStats,
+    paths: list[Path],
+    progress: bool,
+    started: float,
+) -> None:
+    """Write every batch result, then commit the table, rejects and stats together (all or nothing)."""
+    empty = pair_schema(with_margin=produces_margin)
     with (
-        PairWriter(output, overwrite=overwrite, metadata=metadata, empty_schema=empty) as writer,
-        _RejectsFile(rejects, overwrite) as rejects_out,
+        PairWriter(
+            files.output, overwrite=files.overwrite, metadata=files.metadata, empty_schema=empty
+        ) as writer,
+        _RejectsFile(files.rejects, files.overwrite) as rejects_out,
         _progress_bar(paths, progress) as bar,
     ):
-        for result in run_batches(processor, _source_batches(paths, batch_size), num_proc):
+        for result in results:
             stats.add(result.stats)
             rejects_out.write(result.rejects)
             if result.batch is not None:
@@ -214,11 +258,10 @@ def convert(
         final_schema = writer.schema if writer.schema is not None else empty
         stats.margin = MARGIN_COLUMN in final_schema.names
         stats.seconds = round(time.perf_counter() - started, 3)
-        if stats_json is not None:
-            _write_json_atomically(Path(stats_json), stats.to_dict(), overwrite)
+        if files.stats_json is not None:
+            _write_json_atomically(Path(files.stats_json), stats.to_dict(), files.overwrite)
         rejects_out.commit()
         writer.commit()
-    return stats
 
 
 def encode_rows(
@@ -229,7 +272,7 @@ def encode_rows(
     chat_template: str | None = None,
     max_length: int | None = None,
     truncation: str = "left",
-    on_error: str = "raise",
+    on_error: str = DEFAULT_ON_ERROR,
     format_options: dict[str, Any] | None = None,
     source: str = "<rows>",
     batch_size: int = DEFAULT_BATCH_SIZE,
@@ -319,7 +362,7 @@ class _RejectsFile:
             self._fh = None
             os.replace(self._tmp, self.path)  # type: ignore[arg-type]
 
-    def __enter__(self) -> _RejectsFile:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -358,7 +401,7 @@ class _progress_bar:
         if self._bar is not None:
             self._bar.update(n)
 
-    def __enter__(self) -> _progress_bar:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

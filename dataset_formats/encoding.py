@@ -75,11 +75,24 @@ class EncodedPair:
         return self.prompt_cut or self.response_cut
 
 
-def load_tokenizer(spec: Any, *, trust_remote_code: bool = False) -> Any:
-    """A fast tokenizer from a folder or (cached) hub name, or ``spec`` itself if it is a tokenizer.
+def load_tokenizer(spec: Any, *, trust_remote_code: bool = False, require_fast: bool = True) -> Any:
+    """A tokenizer from a folder or (cached) hub name, or ``spec`` itself if it is a tokenizer.
+
+    The project's one tokenizer loader: conversion, ``inspect``, the reward stage and the
+    trainer (through :func:`reward_plugin.modeling.model_tokenizer`) all load through it.
+
+    Args:
+        spec: a tokenizer folder, a cached hub name, or a tokenizer object.
+        trust_remote_code: allow a tokenizer that ships custom Python code.
+        require_fast: refuse a slow (Python) tokenizer; conversion needs the character offsets
+            only fast (Rust) tokenizers give.
+
+    Returns:
+        The tokenizer.
 
     Raises:
-        OptionError: the tokenizer cannot be loaded or is not a fast (Rust) tokenizer.
+        OptionError: the tokenizer cannot be loaded (the message says why and how to fix it), or
+            ``require_fast`` and it is not a fast tokenizer.
     """
     from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
@@ -107,7 +120,7 @@ def load_tokenizer(spec: Any, *, trust_remote_code: bool = False) -> Any:
                     "pass a local tokenizer folder (with tokenizer.json) or a hub name that is already cached"
                 )
             raise OptionError(f"tokenizer {spec!r} could not be loaded ({first}); {fix}") from exc
-    if not getattr(tokenizer, "is_fast", False):
+    if require_fast and not getattr(tokenizer, "is_fast", False):
         raise OptionError(
             f"tokenizer {getattr(tokenizer, 'name_or_path', spec)!r} is not a fast tokenizer; conversion needs "
             "character offsets: use a tokenizer with a tokenizer.json"

@@ -42,7 +42,12 @@ class DuplicateFormatError(PluginError):
 
 
 class RecordError(DatasetFormatError, ValueError):
-    """One input row is invalid. ``field`` names the offending field; ``reason`` is a short slug."""
+    """One input row is invalid. ``field`` names the offending field; ``reason`` is a short slug.
+
+    Where it is: ``path``, ``row`` (the 0-based row number, as in the ``source_row`` column) and,
+    for line-oriented files (JSON Lines, CSV), ``line``: the 1-based line an editor shows. The
+    message says ``line N`` when the line is known and ``row N (0-based)`` otherwise.
+    """
 
     def __init__(
         self,
@@ -53,6 +58,7 @@ class RecordError(DatasetFormatError, ValueError):
         value: Any = None,
         path: str | None = None,
         row: int | None = None,
+        line: int | None = None,
     ):
         self.detail = message
         self.field = field
@@ -60,25 +66,30 @@ class RecordError(DatasetFormatError, ValueError):
         self.value = value
         self.path = path
         self.row = row
+        self.line = line
         super().__init__(self._build())
 
     def _build(self) -> str:
         where = []
         if self.path is not None:
             where.append(str(self.path))
-        if self.row is not None:
-            where.append(f"row {self.row}")
+        if self.line is not None:
+            where.append(f"line {self.line}")
+        elif self.row is not None:
+            where.append(f"row {self.row} (0-based)")
         if self.field is not None:
             where.append(f"field {self.field!r}")
         prefix = ", ".join(where)
         return f"{prefix}: {self.detail}" if prefix else self.detail
 
-    def locate(self, path: str | None = None, row: int | None = None) -> RecordError:
-        """Fill in the file and row (once known by the pipeline) and rebuild the message."""
+    def locate(self, path: str | None = None, row: int | None = None, line: int | None = None) -> RecordError:
+        """Fill in the file, row and line (once known by the pipeline) and rebuild the message."""
         if path is not None and self.path is None:
             self.path = path
         if row is not None and self.row is None:
             self.row = row
+        if line is not None and self.line is None:
+            self.line = line
         self.args = (self._build(),)
         return self
 

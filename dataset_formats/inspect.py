@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import InputFileError
+from .prefix import shared_prefix_lengths
 from .schema import MARGIN_COLUMN, PAIR_COLUMNS, SOURCE_ROW_COLUMN
 from .writing import METADATA_KEY
 
@@ -68,19 +69,6 @@ def _percentiles(values: np.ndarray) -> dict[str, float]:
     return out
 
 
-def _common_prefix_lengths(ids_c: pa.ListArray, ids_r: pa.ListArray) -> np.ndarray:
-    off_c, off_r = ids_c.offsets.to_numpy(), ids_r.offsets.to_numpy()
-    val_c, val_r = ids_c.values.to_numpy(), ids_r.values.to_numpy()
-    out = np.empty(len(ids_c), dtype=np.int64)
-    for i in range(len(ids_c)):
-        a = val_c[off_c[i] : off_c[i + 1]]
-        b = val_r[off_r[i] : off_r[i + 1]]
-        n = min(len(a), len(b))
-        diff = np.flatnonzero(a[:n] != b[:n])
-        out[i] = diff[0] if diff.size else n
-    return out
-
-
 def inspect_output(path: str | os.PathLike, tokenizer: Any = None, sample_row: int = 0) -> dict[str, Any]:
     """Statistics of a converted table.
 
@@ -121,7 +109,7 @@ def inspect_output(path: str | os.PathLike, tokenizer: Any = None, sample_row: i
                 bad = int(np.flatnonzero(n_ids != np.diff(mask.offsets.to_numpy()))[0]) + seen
                 problems.append(f"row {bad}: input_ids_{side} and attention_mask_{side} differ in length")
             lengths[side].append(n_ids)
-        shared.append(_common_prefix_lengths(columns["input_ids_chosen"], columns["input_ids_rejected"]))
+        shared.append(shared_prefix_lengths(columns["input_ids_chosen"], columns["input_ids_rejected"]))
         if MARGIN_COLUMN in columns:
             margins.append(columns[MARGIN_COLUMN].to_numpy(zero_copy_only=False).astype(np.float64))
         if tokenizer is not None and sample is None and seen <= sample_row < seen + batch.num_rows:

@@ -41,7 +41,9 @@ class ConvertStats:
     pair; ``pairs_prompt_truncated`` / ``pairs_response_truncated`` say which part was cut.
     ``ties_dropped`` counts tied candidate pairs a ranking adapter skipped and
     ``candidates_dropped`` the other candidates adapters left out, by kind (the
-    ``pairs[0].meta["<kind>_dropped"]`` counts of each row).
+    ``pairs[0].meta["<kind>_dropped"]`` counts of each row). ``pairs_flagged`` counts written
+    pairs that an adapter kept although they look unusual, by flag (the pair's ``meta["flags"]``,
+    e.g. hh-rlhf's ``empty_response`` and ``turn_marker_in_response``).
     """
 
     rows_read: int = 0
@@ -55,6 +57,7 @@ class ConvertStats:
     pairs_response_truncated: int = 0
     ties_dropped: int = 0
     candidates_dropped: dict[str, int] = field(default_factory=dict)
+    pairs_flagged: dict[str, int] = field(default_factory=dict)
     format: str = ""
     tokenizer: str = ""
     max_length: int | None = None
@@ -84,12 +87,15 @@ class ConvertStats:
             self.rejected_by_reason[reason] = self.rejected_by_reason.get(reason, 0) + count
         for kind, count in other.candidates_dropped.items():
             self.candidates_dropped[kind] = self.candidates_dropped.get(kind, 0) + count
+        for flag, count in other.pairs_flagged.items():
+            self.pairs_flagged[flag] = self.pairs_flagged.get(flag, 0) + count
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (what ``--stats-json`` writes)."""
         data = asdict(self)
         data["rejected_by_reason"] = dict(sorted(self.rejected_by_reason.items()))
         data["candidates_dropped"] = dict(sorted(self.candidates_dropped.items()))
+        data["pairs_flagged"] = dict(sorted(self.pairs_flagged.items()))
         return data
 
     def summary(self) -> str:
@@ -111,6 +117,9 @@ class ConvertStats:
         if self.candidates_dropped:
             dropped = ", ".join(f"{k}: {v}" for k, v in sorted(self.candidates_dropped.items()))
             lines.append(f"candidates left out: {dropped}")
+        if self.pairs_flagged:
+            flagged = ", ".join(f"{k}: {v}" for k, v in sorted(self.pairs_flagged.items()))
+            lines.append(f"written pairs kept with a flag: {flagged}")
         lines.append(f"format: {self.format}, tokenizer: {self.tokenizer}, max_length: {self.max_length}")
         return "\n".join(lines)
 
@@ -135,6 +144,8 @@ def _short(value: Any, limit: int = 200) -> Any:
 def reject_entry(error: RecordError, pair: int | None = None) -> dict[str, Any]:
     """The rejects-file line of one rejected row (or pair)."""
     entry: dict[str, Any] = {"file": error.path, "row": error.row}
+    if error.line is not None:
+        entry["line"] = error.line
     if pair is not None:
         entry["pair"] = pair
     entry.update(field=error.field, reason=error.reason, message=str(error), value=_short(error.value))
@@ -144,7 +155,12 @@ def reject_entry(error: RecordError, pair: int | None = None) -> dict[str, Any]:
 def error_from_entry(entry: dict[str, Any]) -> RecordError:
     """Rebuild the RecordError of a reject entry (errors cross process boundaries as dicts)."""
     return RecordError(
-        entry["detail"], field=entry["field"], reason=entry["reason"], path=entry["file"], row=entry["row"]
+        entry["detail"],
+        field=entry["field"],
+        reason=entry["reason"],
+        path=entry["file"],
+        row=entry["row"],
+        line=entry.get("line"),
     )
 
 
@@ -173,6 +189,7 @@ class _Prepared:
     counts: dict[int, int]
     rendered: list[Any]
     good: list[int]
+    lines: dict[int, int]
 
 
 class BatchProcessor:
@@ -233,14 +250,15 @@ class BatchProcessor:
         pairs: list[PreferencePair] = []
         pair_index: list[int] = []
         counts: dict[int, int] = {}
+        lines = rows.line_of()
         for row, record in rows:
             if isinstance(record, RecordError):
-                failures.append((row, None, record.locate(path, row)))
+                failures.append((row, None, record.locate(path, row, lines.get(row))))
                 continue
             try:
                 made = self._adapt(record)
             except RecordError as exc:
-                failures.append((row, None, exc.locate(path, row)))
+                failures.append((row, None, exc.locate(path, row, lines.get(row))))
                 continue
             self._count_dropped(made[0].meta, stats)
             counts[row] = len(made)
@@ -251,16 +269,17 @@ class BatchProcessor:
         rendered = render_pairs(pairs, self.template, self.encoder.tokenizer)
         good: list[int] = []
         for i, (pair, item) in enumerate(zip(pairs, rendered)):
+            where = (path, pair.row, lines.get(pair.row))
             if isinstance(item, RecordError):
-                failures.append((pair.row, pair_index[i], item.locate(path, pair.row)))
+                failures.append((pair.row, pair_index[i], item.locate(*where)))
                 continue
             try:
                 _check_margin(pair)
             except RecordError as exc:
-                failures.append((pair.row, pair_index[i], exc.locate(path, pair.row)))
+                failures.append((pair.row, pair_index[i], exc.locate(*where)))
                 continue
             good.append(i)
-        return _Prepared(path, stats, failures, pairs, pair_index, counts, rendered, good)
+        return _Prepared(path, stats, failures, pairs, pair_index, counts, rendered, good, lines)
 
     def finish(self, prep: _Prepared) -> BatchResult:
         """Tokenize, apply the length policy and build the Arrow batch of a prepared batch."""
@@ -284,7 +303,7 @@ class BatchProcessor:
             if not enc.ok:
                 error = RecordError(
                     enc.message, field=enc.field, reason=enc.reason or "invalid", path=path, row=pair.row
-                )
+                ).locate(line=prep.lines.get(pair.row))
                 failures.append((pair.row, pair_index[i], error))
                 continue
             written.append(i)
@@ -316,6 +335,9 @@ class BatchProcessor:
         stats.rows_written = len(rows_with_output)
         stats.rows_truncated = len(truncated_rows)
         stats.pairs_written = len(written)
+        for i in written:
+            for flag in pairs[i].meta.get("flags", ()):
+                stats.pairs_flagged[flag] = stats.pairs_flagged.get(flag, 0) + 1
         batch = None
         if written:
             margins = [pairs[i].margin for i in written]

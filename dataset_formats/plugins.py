@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.metadata
-import os
-import sys
-
 import pluggy
 
 from . import hookspecs
-from .errors import PluginError
+from .plugin_registry import ALLOWLIST_ENV, PluginLoader, allowlist, load_entry_points
+
+__all__ = [
+    "ALLOWLIST_ENV",
+    "DEFAULT_PLUGINS",
+    "GROUP",
+    "allowlist",
+    "load_entry_points",
+    "load_plugins",
+    "plugin_distribution",
+    "pm",
+]
 
 GROUP = "dataset_formats"
-ALLOWLIST_ENV = "REWARD_PLUGIN_LOAD_PLUGINS"
 
 DEFAULT_PLUGINS = (
     "dataset_formats.adapters.hh_rlhf",
@@ -26,66 +31,15 @@ DEFAULT_PLUGINS = (
     "dataset_formats.adapters.detect",
 )
 
-pm = pluggy.PluginManager(GROUP)
-pm.add_hookspecs(hookspecs)
-
-_loaded = False
-
-
-def allowlist() -> set[str] | None:
-    """Names from ``REWARD_PLUGIN_LOAD_PLUGINS`` (comma-separated), or None when unset."""
-    value = os.environ.get(ALLOWLIST_ENV)
-    if value is None:
-        return None
-    return {name.strip() for name in value.split(",") if name.strip()}
-
-
-def load_entry_points(manager: pluggy.PluginManager, group: str) -> None:
-    """Register every entry point of ``group``, honouring the allowlist; import failures name the plugin.
-
-    Entry points are skipped while the test suite runs (``sys._called_from_test``) unless the
-    allowlist names them, so tests are hermetic.
-    """
-    allowed = allowlist()
-    if allowed is None and getattr(sys, "_called_from_test", False):
-        return
-    for ep in importlib.metadata.entry_points(group=group):
-        dist = ep.dist.name if ep.dist is not None else "?"
-        if allowed is not None and ep.name not in allowed and dist not in allowed:
-            continue
-        if manager.get_plugin(ep.name) is not None:
-            continue
-        try:
-            module = ep.load()
-        except Exception as exc:  # any import-time failure of a third-party plugin
-            raise PluginError(
-                f"{ep.name} ({dist})",
-                f"failed to import entry point {ep.value!r}: {type(exc).__name__}: {exc}; "
-                f"set {ALLOWLIST_ENV} to the plugins you want to run without it",
-            ) from exc
-        manager.register(module, name=ep.name)
-        _DISTS[ep.name] = dist
-
-
-_DISTS: dict[str, str] = {}
-
-
-def plugin_distribution(plugin_name: str) -> str:
-    """The distribution that provided a plugin ("built-in" for ours)."""
-    if plugin_name in DEFAULT_PLUGINS or plugin_name.startswith("dataset_formats."):
-        return "built-in"
-    return _DISTS.get(plugin_name, "in-process")
+LOADER = PluginLoader(GROUP, hookspecs, DEFAULT_PLUGINS)
+pm = LOADER.pm
 
 
 def load_plugins() -> pluggy.PluginManager:
     """Register the built-ins and the entry-point plugins once; return the manager."""
-    global _loaded
-    if _loaded:
-        return pm
-    _loaded = True
-    for name in DEFAULT_PLUGINS:
-        if pm.get_plugin(name) is None:
-            pm.register(importlib.import_module(name), name=name)
-    load_entry_points(pm, GROUP)
-    pm.check_pending()
-    return pm
+    return LOADER.load()
+
+
+def plugin_distribution(plugin_name: str) -> str:
+    """The distribution that provided a plugin ("built-in" for ours)."""
+    return LOADER.distribution(plugin_name)

@@ -11,8 +11,10 @@ not an object) is yielded as a located :class:`~dataset_formats.errors.RecordErr
 the row, so the pipeline can reject that row alone. A file that cannot be read at all raises
 :class:`~dataset_formats.errors.InputFileError`.
 
-Row numbers: for JSON Lines, row ``N`` is line ``N + 1`` of the file (blank lines are skipped but
-keep their number); for the other formats it is the 0-based index of the record.
+Row numbers (``source_row``): for JSON Lines, row ``N`` is line ``N + 1`` of the file (blank lines
+are skipped but keep their number); for the other formats it is the 0-based index of the record.
+Line-oriented files (JSON Lines, CSV) also give each row its 1-based line (``RowBatch.lines``), so
+messages can say ``line N`` as an editor does; a CSV row's line is where its record starts.
 """
 
 from __future__ import annotations
@@ -22,16 +24,46 @@ import gzip
 import io
 import json
 import os
+import re
 import sys
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import InputFileError, RecordError
 
-#: A batch of ``(row_number, row)`` where ``row`` is a dict or the RecordError that replaced it.
-RowBatch = list[tuple[int, dict[str, Any] | RecordError]]
+if TYPE_CHECKING:  # Python 3.11+ has typing.Self; annotations are not evaluated at run time
+    from typing_extensions import Self
+
+#: One row: ``(row_number, row)`` where ``row`` is a dict or the RecordError that replaced it.
+Row = tuple[int, dict[str, Any] | RecordError]
+
+
+@dataclass
+class RowBatch:
+    """A batch of rows; iterating it gives the ``(row_number, row)`` pairs.
+
+    Attributes:
+        rows: the ``(row_number, dict | RecordError)`` pairs.
+        lines: the 1-based line of each row in a line-oriented file (JSON Lines, CSV), aligned
+            with ``rows``; None for other inputs.
+    """
+
+    rows: list[Row] = field(default_factory=list)
+    lines: list[int] | None = None
+
+    def __iter__(self) -> Iterator[Row]:
+        return iter(self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def line_of(self) -> dict[int, int]:
+        """``{row_number: line}`` (empty when the input has no lines)."""
+        return dict(zip((r for r, _ in self.rows), self.lines)) if self.lines is not None else {}
+
 
 DEFAULT_BATCH_SIZE = 1000
 KINDS = ("jsonl", "json", "parquet", "csv", "datasets")
@@ -45,6 +77,8 @@ _SUFFIX_KIND = {
 }
 _GZIP_MAGIC = b"\x1f\x8b"
 _CORRUPT = (EOFError, zlib.error, gzip.BadGzipFile)
+#: What a text file read with ``newline=""`` counts as a line end.
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
 def input_kind(path: str | os.PathLike) -> str:
@@ -101,14 +135,22 @@ def iter_row_batches(path: str | os.PathLike, batch_size: int = DEFAULT_BATCH_SI
     if kind in ("parquet", "datasets"):
         yield from reader(Path(path), batch_size)
         return
-    batch: RowBatch = []
-    for item in reader(Path(path)):
-        batch.append(item)
+    batch = RowBatch(lines=[])
+    for row, record, line in reader(Path(path)):
+        batch.rows.append((row, record))
+        if line is not None:
+            batch.lines.append(line)  # type: ignore[union-attr]
         if len(batch) >= batch_size:
-            yield batch
-            batch = []
+            yield _lines_or_none(batch)
+            batch = RowBatch(lines=[])
     if batch:
-        yield batch
+        yield _lines_or_none(batch)
+
+
+def _lines_or_none(batch: RowBatch) -> RowBatch:
+    if batch.lines is not None and len(batch.lines) != len(batch.rows):
+        batch.lines = None  # a JSON array: no lines
+    return batch
 
 
 def peek_rows(path: str | os.PathLike, n: int = 20) -> list[dict[str, Any]]:
@@ -135,7 +177,7 @@ def count_rows(path: str | os.PathLike) -> int | None:
 
 def _open_binary(path: Path) -> io.BufferedIOBase:
     try:
-        fh = open(path, "rb")
+        fh = open(path, "rb")  # noqa: SIM115 - returned open: the caller closes it (``with fh``)
         magic = fh.peek(2)[:2] if hasattr(fh, "peek") else b""
     except PermissionError as exc:
         raise InputFileError(str(path), "permission denied; make the file readable") from exc
@@ -149,8 +191,8 @@ def _open_binary(path: Path) -> io.BufferedIOBase:
     return fh
 
 
-def _corrupt(path: Path, after_row: int, exc: BaseException) -> InputFileError:
-    where = f" after row {after_row}" if after_row >= 0 else ""
+def _corrupt(path: Path, after: str | None, exc: BaseException) -> InputFileError:
+    where = f" after {after}" if after else ""
     return InputFileError(
         str(path),
         f"corrupt or truncated gzip data{where} ({type(exc).__name__}: {exc}); "
@@ -168,11 +210,12 @@ def _decode_line(raw: bytes, path: Path, row: int) -> str | RecordError:
             reason="invalid_utf8",
             path=str(path),
             row=row,
+            line=row + 1,
         )
     return text
 
 
-def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | RecordError]]:
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | RecordError, int]]:
     fh = _open_binary(path)
     row = -1
     try:
@@ -184,13 +227,13 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | RecordError]
                     continue
                 text = _decode_line(raw, path, row)
                 if isinstance(text, RecordError):
-                    yield row, text
+                    yield row, text, row + 1
                     continue
-                yield row, _parse_json_object(text, path, row)
+                yield row, _parse_json_object(text, path, row), row + 1
     except _CORRUPT as exc:
-        raise _corrupt(path, row, exc) from exc
+        raise _corrupt(path, f"line {row + 1}" if row >= 0 else None, exc) from exc
     except OSError as exc:
-        raise InputFileError(str(path), f"read failed after row {row}: {exc}") from exc
+        raise InputFileError(str(path), f"read failed after line {row + 1}: {exc}") from exc
 
 
 def _parse_json_object(text: str, path: Path, row: int) -> dict[str, Any] | RecordError:
@@ -205,8 +248,9 @@ def _parse_json_object(text: str, path: Path, row: int) -> dict[str, Any] | Reco
             value=snippet,
             path=str(path),
             row=row,
+            line=row + 1,
         )
-    return _as_object(value, path, row)
+    return _as_object(value, path, row, line=row + 1)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -218,7 +262,7 @@ def _json_msg(exc: json.JSONDecodeError) -> str:
     return exc.msg.removesuffix(" at")
 
 
-def _as_object(value: Any, path: Path, row: int) -> dict[str, Any] | RecordError:
+def _as_object(value: Any, path: Path, row: int, line: int | None = None) -> dict[str, Any] | RecordError:
     if isinstance(value, dict):
         return value
     shown = repr(value)
@@ -230,16 +274,17 @@ def _as_object(value: Any, path: Path, row: int) -> dict[str, Any] | RecordError
         value=value,
         path=str(path),
         row=row,
+        line=line,
     )
 
 
-def _json_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | RecordError]]:
+def _json_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | RecordError, int | None]]:
     fh = _open_binary(path)
     with fh:
         try:
             head = fh.peek(64)[:64] if hasattr(fh, "peek") else b""
         except _CORRUPT as exc:
-            raise _corrupt(path, -1, exc) from exc
+            raise _corrupt(path, None, exc) from exc
         if head.startswith(b"\xef\xbb\xbf"):
             head = head[3:]
         if not head.lstrip().startswith(b"["):
@@ -249,7 +294,7 @@ def _json_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | RecordError]]
             try:
                 data = json.loads(fh.read().decode("utf-8-sig"))
             except _CORRUPT as exc:
-                raise _corrupt(path, -1, exc) from exc
+                raise _corrupt(path, None, exc) from exc
             except UnicodeDecodeError as exc:
                 raise InputFileError(
                     str(path), f"is not valid UTF-8 ({exc.reason} at byte {exc.start})"
@@ -261,19 +306,23 @@ def _json_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | RecordError]]
                     "fix the JSON, or save one object per line as JSON Lines (.jsonl) so bad rows can be skipped",
                 ) from exc
             for row, value in enumerate(data):
-                yield row, _as_object(value, path, row)
+                yield row, _as_object(value, path, row), None
             return
     yield from _jsonl_rows(path)
 
 
-def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | RecordError]]:
+def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | RecordError, int]]:
     csv.field_size_limit(sys.maxsize)
     fh = _open_binary(path)
-    row = -1
+    row, read = -1, 0
     try:
         with fh, io.TextIOWrapper(fh, encoding="utf-8-sig", newline="") as text:
             reader = csv.DictReader(text)
             for row, record in enumerate(reader):
+                read = reader.line_num
+                # The record ends on line `line_num`; quoted cells may hold line breaks.
+                cells = [*record.values(), *record.get(None, [])]
+                line = read - sum(len(_LINE_BREAK.findall(v)) for v in cells if isinstance(v, str))
                 if None in record:
                     yield (
                         row,
@@ -283,16 +332,18 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | RecordError]]:
                             reason="malformed_csv",
                             path=str(path),
                             row=row,
+                            line=line,
                         ),
+                        line,
                     )
                     continue
-                yield row, {k: _csv_value(v) for k, v in record.items()}
+                yield row, {k: _csv_value(v) for k, v in record.items()}, line
     except _CORRUPT as exc:
-        raise _corrupt(path, row, exc) from exc
+        raise _corrupt(path, f"line {read}" if read else None, exc) from exc
     except UnicodeDecodeError as exc:
-        raise InputFileError(str(path), f"is not valid UTF-8 after row {row} ({exc.reason})") from exc
+        raise InputFileError(str(path), f"is not valid UTF-8 after line {read} ({exc.reason})") from exc
     except csv.Error as exc:
-        raise InputFileError(str(path), f"malformed CSV after row {row}: {exc}") from exc
+        raise InputFileError(str(path), f"malformed CSV after line {read}: {exc}") from exc
 
 
 class CsvInt(int):
@@ -300,7 +351,7 @@ class CsvInt(int):
 
     source_text: str
 
-    def __new__(cls, text: str) -> CsvInt:
+    def __new__(cls, text: str) -> Self:
         self = super().__new__(cls, text)
         self.source_text = text
         return self
@@ -314,7 +365,7 @@ class CsvFloat(float):
 
     source_text: str
 
-    def __new__(cls, text: str) -> CsvFloat:
+    def __new__(cls, text: str) -> Self:
         self = super().__new__(cls, text)
         self.source_text = text
         return self
@@ -362,11 +413,11 @@ def _parquet_batches(path: Path, batch_size: int) -> Iterator[RowBatch]:
     try:
         for record_batch in pf.iter_batches(batch_size=batch_size):
             rows = record_batch.to_pylist()
-            yield [(row + i, r) for i, r in enumerate(rows)]
+            yield RowBatch([(row + i, r) for i, r in enumerate(rows)])
             row += len(rows)
     except (pa.ArrowException, OSError) as exc:
         raise InputFileError(
-            str(path), f"Parquet read failed after row {row}: {_one_line(exc)}; re-create the file"
+            str(path), f"Parquet read failed after {row} rows: {_one_line(exc)}; re-create the file"
         ) from exc
 
 
@@ -394,7 +445,7 @@ def _datasets_batches(path: Path, batch_size: int) -> Iterator[RowBatch]:
     row = 0
     for record_batch in dataset.with_format("arrow").iter(batch_size=batch_size):
         rows = record_batch.to_pylist()
-        yield [(row + i, r) for i, r in enumerate(rows)]
+        yield RowBatch([(row + i, r) for i, r in enumerate(rows)])
         row += len(rows)
 
 
@@ -409,16 +460,16 @@ def iter_object_batches(
             row = 0
             for record_batch in rows.with_format("arrow").iter(batch_size=batch_size):
                 items = record_batch.to_pylist()
-                yield [(row + i, r) for i, r in enumerate(items)]
+                yield RowBatch([(row + i, r) for i, r in enumerate(items)])
                 row += len(items)
             return
     except ImportError:  # pragma: no cover - datasets is a dependency
         pass
-    batch: RowBatch = []
+    batch = RowBatch()
     for row, value in enumerate(rows):
-        batch.append((row, _as_object(value, Path(source), row)))
+        batch.rows.append((row, _as_object(value, Path(source), row)))
         if len(batch) >= batch_size:
             yield batch
-            batch = []
+            batch = RowBatch()
     if batch:
         yield batch

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 #: A chat message: ``{"role": "system" | "user" | "assistant", "content": str}``.
 Message = dict[str, Any]
 #: Text, or a list of messages.
-Content = Union[str, list[Message]]
+Content = str | list[Message]
 
 ROLES = ("system", "user", "assistant")
 

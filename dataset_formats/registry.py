@@ -8,6 +8,7 @@ from typing import Any
 from . import plugins
 from .adapter import FormatAdapter
 from .errors import DuplicateFormatError, PluginError, UnknownFormatError
+from .plugin_registry import Collector
 
 
 @dataclass(frozen=True)
@@ -21,49 +22,29 @@ class FormatInfo:
     adapter: FormatAdapter
 
 
-_cache: dict[str, FormatInfo] | None = None
+def _format_info(adapter: Any, plugin: str, distribution: str) -> FormatInfo:
+    """Check one adapter a plugin registered (a class is instantiated) and describe it."""
+    if isinstance(adapter, type) and issubclass(adapter, FormatAdapter):
+        adapter = adapter()
+    if not isinstance(adapter, FormatAdapter):
+        raise PluginError(plugin, f"registered {adapter!r}, which is not a FormatAdapter instance")
+    if not adapter.name or not isinstance(adapter.name, str):
+        raise PluginError(plugin, f"adapter {type(adapter).__name__} has no name")
+    return FormatInfo(adapter.name, adapter.description, plugin, distribution, adapter)
+
+
+_formats: Collector[FormatInfo] = Collector(
+    plugins.LOADER, "register_formats", _format_info, DuplicateFormatError
+)
 
 
 def _collect() -> dict[str, FormatInfo]:
-    global _cache
-    if _cache is not None:
-        return _cache
-    pm = plugins.load_plugins()
-    found: dict[str, FormatInfo] = {}
-    for impl in pm.hook.register_formats.get_hookimpls():
-        plugin_name = impl.plugin_name
-
-        def register(adapter: Any, _plugin: str = plugin_name) -> None:
-            if isinstance(adapter, type) and issubclass(adapter, FormatAdapter):
-                adapter = adapter()
-            if not isinstance(adapter, FormatAdapter):
-                raise PluginError(_plugin, f"registered {adapter!r}, which is not a FormatAdapter instance")
-            if not adapter.name or not isinstance(adapter.name, str):
-                raise PluginError(_plugin, f"adapter {type(adapter).__name__} has no name")
-            if adapter.name in found:
-                raise DuplicateFormatError(adapter.name, _plugin, found[adapter.name].plugin)
-            found[adapter.name] = FormatInfo(
-                adapter.name,
-                adapter.description,
-                _plugin,
-                plugins.plugin_distribution(_plugin),
-                adapter,
-            )
-
-        try:
-            impl.function(register=register)
-        except PluginError:
-            raise
-        except Exception as exc:
-            raise PluginError(plugin_name, f"register_formats failed: {type(exc).__name__}: {exc}") from exc
-    _cache = found
-    return found
+    return _formats.collect()
 
 
 def reset() -> None:
     """Forget the collected adapters (after registering or unregistering a plugin)."""
-    global _cache
-    _cache = None
+    _formats.reset()
 
 
 def list_formats() -> list[FormatInfo]:
@@ -92,22 +73,12 @@ def register_format(adapter: FormatAdapter | type[FormatAdapter], *, plugin_name
         def register_formats(register):
             register(instance)
 
-    plugins.load_plugins()
-    plugins.pm.register(_Plugin, name=name)
-    reset()
-    try:
-        _collect()
-    except Exception:
-        plugins.pm.unregister(name=name)
-        reset()
-        raise
-    return name
+    return _formats.add_plugin(_Plugin, name)
 
 
 def unregister_format_plugin(plugin_name: str) -> None:
     """Remove a plugin registered with :func:`register_format` (or any plugin) by name."""
-    plugins.pm.unregister(name=plugin_name)
-    reset()
+    _formats.remove_plugin(plugin_name)
 
 
 def detect_format(columns: list[str], sample: list[dict[str, Any]]) -> str | None:

@@ -10,8 +10,12 @@ MARGIN_COLUMN = "margin"
 SOURCE_ROW_COLUMN = "source_row"
 
 
-def pair_schema(with_margin: bool, id_type: pa.DataType = pa.int32()) -> pa.Schema:
-    """The output schema: four ``list<int32>`` columns (ids and masks), optional ``margin`` float32, ``source_row`` int64."""
+def pair_schema(with_margin: bool, id_type: pa.DataType | None = None) -> pa.Schema:
+    """The output schema: four ``list<int32>`` columns (ids and masks), optional ``margin`` float32, ``source_row`` int64.
+
+    ``id_type`` replaces ``int32`` for the ids and masks when given.
+    """
+    id_type = pa.int32() if id_type is None else id_type
     fields = [pa.field(name, pa.list_(id_type), nullable=False) for name in PAIR_COLUMNS]
     if with_margin:
         fields.append(pa.field(MARGIN_COLUMN, pa.float32(), nullable=False))

@@ -15,17 +15,23 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 import secrets
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import OptionError, OutputExistsError
 from .schema import MARGIN_COLUMN, SOURCE_ROW_COLUMN
+
+if TYPE_CHECKING:  # Python 3.11+ has typing.Self; annotations are not evaluated at run time
+    from typing_extensions import Self
+
+logger = logging.getLogger(__name__)
 
 OUTPUT_KINDS = ("parquet", "arrow", "datasets")
 #: Pairs per Parquet row group (independent of how the input was batched, so output is reproducible).
@@ -277,14 +283,14 @@ class PairWriter:
         if self._sink is not None:
             try:
                 self._sink.close()
-            except Exception:  # the sink may already be broken; the files go anyway
-                pass
+            except (OSError, pa.ArrowException) as exc:  # the sink may already be broken
+                logger.debug("closing the aborted output %s failed (%s); removing it anyway", self._tmp, exc)
             self._sink = None
         _remove(self._tmp)
         _remove(self._tmp.with_name(self._tmp.name + ".arrow"))
         self._buffer = []
 
-    def __enter__(self) -> PairWriter:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

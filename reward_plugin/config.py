@@ -9,14 +9,14 @@ from typing import Any, ClassVar
 
 from transformers import TrainingArguments
 
+from dataset_formats.on_error import DEFAULT_ON_ERROR, ON_ERROR_CHOICES
+
 from .errors import ConfigError
 
 #: Values of ``RewardConfig.pair_batching``.
 PAIR_BATCHING_MODES = ("standard", "prefix_shared", "packed", "auto")
 #: Values of ``RewardConfig.pair_attention``.
 PAIR_ATTENTION_MODES = ("segments", "mask")
-#: Values of ``RewardConfig.dataset_on_error``.
-ON_ERROR_CHOICES = ("skip", "raise")
 #: Values of ``RewardConfig.truncation``.
 TRUNCATION_SIDES = ("left", "right")
 
@@ -26,13 +26,16 @@ _HAS_ACTIVATION_CHECKPOINTING = "activation_checkpointing" in {
 
 
 @functools.lru_cache(maxsize=1)
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX), read from ``/proc/cpuinfo``.
+def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX), read from ``cpuinfo``.
 
     Emulated bf16 (plain AVX512 or AVX2) is slower than fp32, so only native support counts.
+
+    Args:
+        cpuinfo: the file to read the CPU flags from (Linux's ``/proc/cpuinfo``; missing: False).
     """
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+        with open(cpuinfo, encoding="utf-8") as fh:
             for line in fh:
                 if line.startswith("flags"):
                     flags = set(line.split(":", 1)[1].split())
@@ -77,8 +80,8 @@ class RewardConfig(TrainingArguments):
             conversation, where chosen and rejected differ, ``"right"`` keeps the beginning.
         dataset_format: the dataset-toolkit format of text-level data, or ``"auto"`` to detect it.
         dataset_format_options: options of that format (``reward-plugin formats`` lists them).
-        dataset_on_error: ``"skip"`` drops text rows the toolkit rejects (counted in a warning),
-            ``"raise"`` stops at the first.
+        dataset_on_error: ``"raise"`` (default, as everywhere in the project) stops at the first
+            text row the toolkit rejects; ``"skip"`` drops such rows (counted in a warning).
         chat_template: chat template for conversational text data: a bundled template name
             (``chatml``, ``llama3``, ...), a path to a ``.jinja`` file, or ``None`` for the tokenizer's own.
         dataset_num_proc: worker processes for dataset preparation.
@@ -192,10 +195,10 @@ class RewardConfig(TrainingArguments):
         },
     )
     dataset_on_error: str = field(
-        default="skip",
+        default=DEFAULT_ON_ERROR,
         metadata={
-            "help": "What a text row the toolkit cannot read does: 'skip' drops it (a warning counts the rows "
-            "dropped, by reason), 'raise' stops with the row's error.",
+            "help": "What a text row the toolkit cannot read does: 'raise' (default) stops with the row's "
+            "error, 'skip' drops it (a warning counts the rows dropped, by reason).",
             "choices": list(ON_ERROR_CHOICES),
         },
     )

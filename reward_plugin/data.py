@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from dataset_formats.on_error import DEFAULT_ON_ERROR
 from dataset_formats.schema import MARGIN_COLUMN, PAIR_COLUMNS
 
 from .errors import ConfigError, DataError
@@ -51,7 +52,7 @@ def prepare_dataset(
     truncation: str = "left",
     chat_template: str | None = None,
     format_options: dict[str, Any] | None = None,
-    on_error: str = "skip",
+    on_error: str = DEFAULT_ON_ERROR,
     num_proc: int | None = None,
     name: str = "train",
 ) -> Any:
@@ -66,8 +67,8 @@ def prepare_dataset(
         truncation: ``"left"`` or ``"right"``, the side that is cut.
         chat_template: template for conversational text data (toolkit template name or path).
         format_options: options of the toolkit format.
-        on_error: ``"skip"`` drops text rows the toolkit rejects (a warning counts them by
-            reason); ``"raise"`` raises :class:`DataError` at the first.
+        on_error: ``"raise"`` raises :class:`DataError` at the first text row the toolkit
+            rejects; ``"skip"`` drops such rows (a warning counts them by reason).
         num_proc: worker processes for ``Dataset.map``.
         name: ``"train"``, ``"eval"`` or an eval-set key, used in messages.
 

@@ -262,8 +262,10 @@ def format_report(report: dict[str, Any]) -> str:
         f"model: {report['model']}",
         f"data: {report['data']} ({report['num_pairs']} pairs)",
         f"accuracy: {report['accuracy']:.4f} (ties: {report['ties']})",
-        f"margin r_chosen - r_rejected: mean {margin['mean']:.4f}, std {margin['std']:.4f}, "
-        f"median {margin['p50']:.4f}",
+        (
+            f"margin r_chosen - r_rejected: mean {margin['mean']:.4f}, std {margin['std']:.4f}, "
+            f"median {margin['p50']:.4f}"
+        ),
     ]
     for name in ("chosen", "rejected", "all"):
         d = rewards[name]

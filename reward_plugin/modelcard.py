@@ -62,75 +62,102 @@ def render_model_card(
     Returns:
         Markdown text.
     """
+    sections = [
+        _front_matter(base_model, peft),
+        _introduction(model_name, base_model, args, uses_margin),
+        _usage(peft),
+        _reward_statistics(reward_stats) if reward_stats else [],
+        _table("Results", "metric", sorted(metrics.items())) if metrics else [],
+        _table("Training setup", "parameter", _card_args(args)) if args is not None else [],
+        _framework_versions(versions) if versions else [],
+    ]
+    return "\n".join(line for section in sections for line in section)
+
+
+def _front_matter(base_model: str | None, peft: bool) -> list[str]:
+    """The YAML block the Hub reads: library, base model, tags."""
     front = ["---", "library_name: " + ("peft" if peft else "transformers")]
     if base_model:
         front.append(f"base_model: {json.dumps(base_model)}")
-    front += ["tags:", "- reward-model", "- reward-plugin", "- text-classification", "---", ""]
-    lines = front + [
-        f"# {model_name}",
-        "",
+    return front + ["tags:", "- reward-model", "- reward-plugin", "- text-classification", "---", ""]
+
+
+def _introduction(model_name: str, base_model: str | None, args: Any, uses_margin: bool) -> list[str]:
+    """The title and what the model is: base model and the exact loss it was trained with."""
+    centred = args is not None and getattr(args, "center_rewards_coefficient", None)
+    text = (
         "A pairwise (Bradley-Terry) reward model: it gives one scalar score per text, higher for the "
         "response people preferred."
         + (f" Trained from `{base_model}`" if base_model else "")
         + " with reward-plugin's `RewardTrainer`, loss `-logsigmoid(r_chosen - r_rejected"
         + (" - margin" if uses_margin else "")
         + ")`"
-        + (
-            " plus the reward-centring term"
-            if args is not None and getattr(args, "center_rewards_coefficient", None)
-            else ""
-        )
-        + ".",
-        "",
-        "## Usage",
-        "",
-        "```python",
-    ]
+        + (" plus the reward-centring term" if centred else "")
+        + "."
+    )
+    return [f"# {model_name}", "", text, ""]
+
+
+def _usage(peft: bool) -> list[str]:
+    """A code block that loads the folder and scores one text."""
     if peft:
-        lines += [
+        load = [
             "from peft import AutoPeftModelForSequenceClassification",
             "from transformers import AutoTokenizer",
             "",
             'model = AutoPeftModelForSequenceClassification.from_pretrained("PATH/TO/THIS/FOLDER", num_labels=1)',
         ]
     else:
-        lines += [
+        load = [
             "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
             "",
             'model = AutoModelForSequenceClassification.from_pretrained("PATH/TO/THIS/FOLDER")',
         ]
-    lines += [
+    return [
+        "## Usage",
+        "",
+        "```python",
+        *load,
         'tokenizer = AutoTokenizer.from_pretrained("PATH/TO/THIS/FOLDER")',
         'inputs = tokenizer("\\n\\nHuman: Hi!\\n\\nAssistant: Hello, how can I help?", return_tensors="pt")',
         "reward = model(**inputs).logits[0, 0].item()",
         "```",
         "",
     ]
-    if reward_stats:
-        lines += [
-            "## Reward statistics",
-            "",
-            (
-                f"Over the {reward_stats.get('split', '?')} set ({reward_stats.get('num_pairs', '?')} pairs), the rewards "
-                f"have mean {_fmt(reward_stats.get('mean'))} and standard deviation {_fmt(reward_stats.get('std'))}. "
-                "They are saved in `reward_stats.json` and as `reward_mean`/`reward_std` in `config.json`; "
-                "normalise rewards for RLHF with `(reward - reward_mean) / reward_std`."
-            ),
-            "",
-        ]
-    if metrics:
-        lines += ["## Results", "", "| metric | value |", "| --- | --- |"]
-        lines += [f"| {key} | {_fmt(value)} |" for key, value in sorted(metrics.items())]
-        lines.append("")
-    if args is not None:
-        lines += ["## Training setup", "", "| parameter | value |", "| --- | --- |"]
-        lines += [f"| {name} | {_fmt(getattr(args, name))} |" for name in _CARD_ARGS if hasattr(args, name)]
-        lines.append("")
-    if versions:
-        lines += ["## Framework versions", ""]
-        lines += [f"- {name} {version}" for name, version in sorted(versions.items())]
-        lines.append("")
-    return "\n".join(lines)
+
+
+def _reward_statistics(reward_stats: dict[str, Any]) -> list[str]:
+    """The saved reward mean and spread, with their pair count, and how to normalise with them."""
+    return [
+        "## Reward statistics",
+        "",
+        (
+            f"Over the {reward_stats.get('split', '?')} set ({reward_stats.get('num_pairs', '?')} pairs), the rewards "
+            f"have mean {_fmt(reward_stats.get('mean'))} and standard deviation {_fmt(reward_stats.get('std'))}. "
+            "They are saved in `reward_stats.json` and as `reward_mean`/`reward_std` in `config.json`; "
+            "normalise rewards for RLHF with `(reward - reward_mean) / reward_std`."
+        ),
+        "",
+    ]
+
+
+def _card_args(args: Any) -> list[tuple[str, Any]]:
+    return [(name, getattr(args, name)) for name in _CARD_ARGS if hasattr(args, name)]
+
+
+def _table(title: str, key: str, items: list[tuple[str, Any]]) -> list[str]:
+    """A two-column section: ``| key | value |`` per item."""
+    rows = [f"| {name} | {_fmt(value)} |" for name, value in items]
+    return [f"## {title}", "", f"| {key} | value |", "| --- | --- |", *rows, ""]
+
+
+def _framework_versions(versions: dict[str, str]) -> list[str]:
+    return [
+        "## Framework versions",
+        "",
+        *(f"- {name} {version}" for name, version in sorted(versions.items())),
+        "",
+    ]
 
 
 def write_model_card(output_dir: str | Path, **kwargs: Any) -> Path:

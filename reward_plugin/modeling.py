@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -65,17 +66,44 @@ def load_reward_model(name_or_path: str, *, trust_remote_code: bool = False, ini
         ) from exc
 
 
-def load_tokenizer(name_or_path: str | None, *, trust_remote_code: bool = False):
-    """The tokenizer saved with a model, or None when there is none to find."""
+#: Files of which any one means a folder holds a tokenizer (fast, or one of the slow kinds).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "vocab.json",
+    "spiece.model",
+    "tokenizer.model",
+    "sentencepiece.bpe.model",
+)
+
+
+def model_tokenizer(name_or_path: str | None, *, trust_remote_code: bool = False):
+    """The tokenizer saved with a model, or None when the model has none.
+
+    A model folder without tokenizer files (or a model built from a config, with no name) has no
+    tokenizer: tokenized data trains without one. Any other tokenizer that fails to load is an
+    error, from the project's one loader, :func:`dataset_formats.encoding.load_tokenizer`.
+
+    Args:
+        name_or_path: the model's folder or hub name (``config._name_or_path``), or None.
+        trust_remote_code: allow a tokenizer with custom code.
+
+    Returns:
+        The tokenizer, or None.
+
+    Raises:
+        dataset_formats.OptionError: the tokenizer is there but cannot be loaded.
+    """
     if not name_or_path:
         return None
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
-        logger.info("no tokenizer found at %r (%s); tokenized data will still work", name_or_path, exc)
+    folder = Path(name_or_path).expanduser()
+    if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        logger.info("%s holds no tokenizer; tokenized data will still work", name_or_path)
         return None
+    from dataset_formats.encoding import load_tokenizer
+
+    return load_tokenizer(str(name_or_path), trust_remote_code=trust_remote_code, require_fast=False)
 
 
 def check_reward_head(model: nn.Module) -> None:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import importlib
-
 import pluggy
 
-from dataset_formats.errors import PluginError as _FormatPluginError
-from dataset_formats.plugins import load_entry_points
+from dataset_formats.plugin_registry import PluginLoader
+from dataset_formats.plugin_registry import load_entry_points as _load_entry_points
 
 from . import hookspecs
 from .errors import PluginError
@@ -16,28 +14,20 @@ GROUP = "reward_plugin"
 
 DEFAULT_PLUGINS = ("reward_plugin.stages.reward",)
 
-pm = pluggy.PluginManager(GROUP)
-pm.add_hookspecs(hookspecs)
-
-_loaded = False
+LOADER = PluginLoader(GROUP, hookspecs, DEFAULT_PLUGINS, plugin_error=PluginError)
+pm = LOADER.pm
 
 
 def load_plugins() -> pluggy.PluginManager:
     """Register the built-in stages and the ``reward_plugin`` entry points once; return the manager."""
-    global _loaded
-    if _loaded:
-        return pm
-    _loaded = True
-    for name in DEFAULT_PLUGINS:
-        if pm.get_plugin(name) is None:
-            try:
-                pm.register(importlib.import_module(name), name=name)
-            except ModuleNotFoundError as exc:
-                if exc.name != name:
-                    raise
-    try:
-        load_entry_points(pm, GROUP)
-    except _FormatPluginError as exc:
-        raise PluginError(exc.plugin, exc.problem) from exc
-    pm.check_pending()
-    return pm
+    return LOADER.load()
+
+
+def load_entry_points(manager: pluggy.PluginManager, group: str = GROUP) -> None:
+    """Register the entry points of ``group`` (see :func:`dataset_formats.plugin_registry.load_entry_points`)."""
+    _load_entry_points(manager, group, PluginError)
+
+
+def plugin_distribution(plugin_name: str) -> str:
+    """The distribution that provided a stage plugin (``"built-in"`` for ours)."""
+    return LOADER.distribution(plugin_name)

@@ -27,7 +27,7 @@ from .modeling import (
     disable_dropout,
     ensure_pad_token,
     load_reward_model,
-    load_tokenizer,
+    model_tokenizer,
 )
 from .pairs import (
     FAST_MODES,
@@ -142,12 +142,12 @@ class RewardTrainer(Trainer):
                 model_path, trust_remote_code=args.trust_remote_code, init_kwargs=args.model_init_kwargs
             )
             if processing_class is None:
-                processing_class = load_tokenizer(model_path, trust_remote_code=args.trust_remote_code)
+                processing_class = model_tokenizer(model_path, trust_remote_code=args.trust_remote_code)
         elif model is not None and args.model_init_kwargs:
             logger.warning("`model_init_kwargs` is ignored: the model is already loaded")
         if processing_class is None and model is not None:
             name = getattr(getattr(unwrap_model(model), "config", None), "_name_or_path", None)
-            processing_class = load_tokenizer(name, trust_remote_code=args.trust_remote_code)
+            processing_class = model_tokenizer(name, trust_remote_code=args.trust_remote_code)
         self.processing_class = processing_class
         if model is not None:
             model = self._prepare_model(model)

@@ -87,17 +87,17 @@ def bpe_tokenizer(bpe_tokenizer_path):
 def tiny_llama_config(vocab_size: int = 2000, pad_token_id: int = 0, **overrides):
     from transformers import LlamaConfig
 
-    kwargs = dict(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        num_labels=1,
-        pad_token_id=pad_token_id,
-    )
+    kwargs = {
+        "vocab_size": vocab_size,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 1024,
+        "num_labels": 1,
+        "pad_token_id": pad_token_id,
+    }
     kwargs.update(overrides)
     return LlamaConfig(**kwargs)
 

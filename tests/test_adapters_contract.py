@@ -94,7 +94,10 @@ def test_fixture_row(name, case):
         assert (err.reason, err.field) == (case["error"]["reason"], case["error"]["field"]), str(err)
         message = str(err)
         assert "\n" not in message and message.startswith(f"field {err.field!r}: ")
-        assert str(err.locate("data.jsonl", 7)).startswith(f"data.jsonl, row 7, field {err.field!r}: ")
+        assert str(err.locate("data.parquet", 7)).startswith(
+            f"data.parquet, row 7 (0-based), field {err.field!r}: "
+        )
+        assert str(err.locate(line=8)).startswith(f"data.parquet, line 8, field {err.field!r}: ")
         return
     pairs = adapter.to_pairs(row, options)
     assert row == case["row"], "adapters must not modify the row"

@@ -125,6 +125,46 @@ def test_stage_section_validates_through_the_reward_stage(tmp_path):
     assert host.stage_section({**cfg, "val_set_size": 0.25})["eval_size"] == 0.25
 
 
+def test_a_hand_written_axolotl_config_gives_these_reward_config_values(tmp_path):
+    """Every reward key of an Axolotl config, and the RewardConfig the reward stage builds from it."""
+    from reward_plugin import RewardConfig
+    from reward_plugin.stages import get_stage
+
+    cfg = {
+        "base_model": "org/base",
+        "reward_stage": "reward",
+        "reward_dataset_format": "hh-rlhf",
+        "reward_dataset_options": {"allow_empty_response": False},
+        "reward_on_error": "skip",
+        "reward_truncation": "right",
+        "reward_max_length": 96,
+        "sequence_len": 512,  # reward_max_length wins
+        "reward_center_rewards_coefficient": 0.02,
+        "reward_chat_template": "chatml",
+        "reward_pair_batching": "standard",
+        "reward_pair_attention": "mask",
+        "reward_disable_dropout": False,
+        "reward_save_stats": False,
+        "datasets": [{"path": "train.jsonl"}],
+        "val_set_size": 0.1,
+        "seed": 5,
+        "dataset_processes": 2,
+        "output_dir": str(tmp_path / "rm"),
+    }
+    stage_cfg = get_stage("reward").validate_config(host.stage_section(cfg))
+    args = stage_cfg.args
+    assert isinstance(args, RewardConfig)
+    assert stage_cfg.model == "org/base" and stage_cfg.eval_size == 0.1
+    assert [(s.paths, s.format, s.options, s.on_error) for s in stage_cfg.train_data] == [
+        (["train.jsonl"], None, {"allow_empty_response": False}, "skip")
+    ]
+    assert (args.dataset_format, args.truncation, args.max_length) == ("hh-rlhf", "right", 96)
+    assert (args.center_rewards_coefficient, args.chat_template) == (0.02, "chatml")
+    assert (args.pair_batching, args.pair_attention) == ("standard", "mask")
+    assert (args.disable_dropout, args.save_reward_stats) == (False, False)
+    assert (args.seed, args.dataset_num_proc, args.output_dir) == (5, 2, str(tmp_path / "rm"))
+
+
 def test_host_training_arguments_become_a_reward_config(tmp_path):
     from dataclasses import dataclass, field
 
@@ -155,7 +195,7 @@ def test_host_training_arguments_become_a_reward_config(tmp_path):
         3e-4,
     )
     assert (converted.max_steps, converted.logging_steps, converted.seed) == (7, 1, 11)
-    assert converted.lr_scheduler_type == args.lr_scheduler_type
+    assert converted.lr_scheduler_type == "constant"
     assert (converted.center_rewards_coefficient, converted.max_length) == (0.01, 64)
     assert converted.save_final_model is False  # the host saves the model itself
     assert not hasattr(converted, "sample_packing")
@@ -218,15 +258,28 @@ def test_documented_axolotl_yaml_and_runner_yaml_are_the_same_run():
         ]
         runner_sources = [(s.paths, s.format) for s in getattr(via_runner, key)]
         assert plugin_sources == runner_sources
-    for name in ("max_length", "truncation", "center_rewards_coefficient", "seed", "output_dir"):
-        assert getattr(via_plugin.args, name) == getattr(via_runner.args, name), name
-    # The Axolotl-side training keys and their runner names.
-    pairs = {
-        "micro_batch_size": "per_device_train_batch_size",
-        "gradient_accumulation_steps": "gradient_accumulation_steps",
-        "num_epochs": "num_train_epochs",
-        "learning_rate": "learning_rate",
-        "logging_steps": "logging_steps",
-    }
-    for axolotl_key, runner_key in pairs.items():
-        assert axolotl_cfg[axolotl_key] == pytest.approx(getattr(via_runner.args, runner_key)), axolotl_key
+    # The reward settings, written out as the documented run has them, through both paths.
+    for args in (via_plugin.args, via_runner.args):
+        assert (args.max_length, args.truncation, args.center_rewards_coefficient, args.seed) == (
+            1024,
+            "left",
+            0.01,
+            42,
+        )
+        assert args.output_dir == "outputs/qwen-rm"
+    # The training keys Axolotl itself turns into TrainingArguments, and the runner's values.
+    assert (
+        axolotl_cfg["micro_batch_size"],
+        axolotl_cfg["gradient_accumulation_steps"],
+        axolotl_cfg["num_epochs"],
+        axolotl_cfg["learning_rate"],
+        axolotl_cfg["logging_steps"],
+    ) == (8, 2, 1, 1e-5, 10)
+    runner = via_runner.args
+    assert (
+        runner.per_device_train_batch_size,
+        runner.gradient_accumulation_steps,
+        runner.num_train_epochs,
+        runner.learning_rate,
+        runner.logging_steps,
+    ) == (8, 2, 1, 1e-5, 10)

@@ -326,10 +326,19 @@ CASES = [
     # --- responses and pairs ---------------------------------------------------------------------
     Case(
         "empty-chosen",
-        "empty chosen response",
+        "empty chosen response (hh-rlhf, default options)",
+        "empty_chosen.jsonl",
+        "accepted",
+        HH,
+        written=3,
+        note="an empty answer is a real preference: kept and counted in `pairs_flagged` (`empty_response`)",
+    ),
+    Case(
+        "empty-chosen-strict",
+        "empty chosen response (hh-rlhf, `allow_empty_response=false`)",
         "empty_chosen.jsonl",
         "row",
-        HH,
+        (*HH, "--option", "allow_empty_response=false"),
         reason="empty_response",
         row=1,
         field="chosen",
@@ -339,12 +348,20 @@ CASES = [
         "empty-chosen-real",
         "empty chosen response (real hh-rlhf row 86)",
         "gen:hh_real_100",
-        "row",
+        "accepted",
         HH,
-        reason="empty_response",
-        row=86,
-        field="chosen",
-        fix="pass --option allow_empty_response=true",
+        written=100,
+        note="kept by default and counted in `pairs_flagged`",
+    ),
+    Case(
+        "turn-marker-in-answer",
+        "hh-rlhf final answer that goes on with further turns",
+        "turn_marker_in_answer.jsonl",
+        "accepted",
+        HH,
+        written=3,
+        note="the answer stays one response (`turn_marker_in_response` in `pairs_flagged`); "
+        "`--option split=last_turn` rejects it",
     ),
     Case(
         "empty-rejected",
@@ -773,9 +790,19 @@ def _run(case: Case, mode: str, tmp: Path, minilm_path: str, capsys, monkeypatch
     return Run(code, out, err, work, output, rejects, stats), path
 
 
+def _location(case: Case, path: Path) -> str:
+    """Where an editor finds the bad row: ``line N`` in JSON Lines and CSV, else ``row N (0-based)``."""
+    name = path.name.removesuffix(".gz")
+    if name.endswith((".jsonl", ".ndjson")):
+        return f"line {case.row + 1}"
+    if name.endswith(".csv"):
+        return f"line {case.row + 2}"  # after the header; these fixtures have no quoted line breaks
+    return f"row {case.row} (0-based)"
+
+
 def _expected_prefix(case: Case, path: Path, tmp: Path) -> str:
     if case.outcome == "row":
-        where = f"{path}, row {case.row}" + (f", field {case.field!r}" if case.field else "")
+        where = f"{path}, {_location(case, path)}" + (f", field {case.field!r}" if case.field else "")
         return f"error: {where}: "
     return "error: " + case.prefix.format(path=path, tmp=tmp, bad=BAD)
 
@@ -786,6 +813,8 @@ def _ids(path: Path) -> dict:
 
 
 _MESSAGES: dict[str, str] = {}
+#: Row cases: where the bad row is, as the message says it (``line 2``, ``row 0 (0-based)``).
+_WHERE: dict[str, str] = {}
 
 
 def _doc_message(line: str, tmp: Path, minilm_path: str) -> str:
@@ -826,6 +855,8 @@ def test_on_error_raise(case, tmp_path, minilm_path, capsys, monkeypatch):
     if case.outcome in ("row", "file"):
         line = _assert_clean_failure(run, case, path, tmp_path)
         _MESSAGES[case.id] = _doc_message(line, tmp_path, minilm_path)
+        if case.outcome == "row":
+            _WHERE[case.id] = _location(case, path)
         return
     assert run.code == 0, run.err
     stats = _read_stats(run)
@@ -851,6 +882,10 @@ def _check_accepted(case: Case, run: Run, stats: dict, tmp: Path, minilm_path: s
         )
         capsys.readouterr()
         assert code == 0 and got == _ids(reference)
+    if case.id in ("empty-chosen", "empty-chosen-real"):
+        assert stats["pairs_flagged"] == {"empty_response": 1}
+    if case.id == "turn-marker-in-answer":
+        assert stats["pairs_flagged"] == {"turn_marker_in_response": 1}
     if case.id == "duplicate-rows":
         assert got["input_ids_chosen"][0] == got["input_ids_chosen"][1] != got["input_ids_chosen"][2]
     if case.id == "negative-scores":
@@ -907,33 +942,25 @@ def test_unreadable_file_for_real_when_not_root(tmp_path, minilm_path, capsys):
     assert code == 1 and err == f"error: {path}: permission denied; make the file readable\n"
 
 
-def test_real_hh_rlhf_rows_with_an_empty_chosen_answer_are_rejected_by_default(tmp_path, minilm_path, capsys):
+def test_real_hh_rlhf_rows_with_an_empty_chosen_answer_are_kept_unless_asked(tmp_path, minilm_path, capsys):
     """Rows 86 and 516 of the harmless-base test split have an empty final chosen answer."""
     from conftest import HH_RLHF
 
     n = 520 if HH_RLHF.exists() else 100
     src = write_jsonl(tmp_path / "hh.jsonl", read_hh_rows(n))
-    rejects = tmp_path / "rejects.jsonl"
-    argv = [
-        "convert",
-        str(src),
-        *HH,
-        "--tokenizer",
-        minilm_path,
-        "--on-error",
-        "skip",
-        "--rejects",
-        str(rejects),
-    ]
-    assert reward_main([*argv, "-o", str(tmp_path / "o.parquet")]) == 0
-    empty = [json.loads(l) for l in rejects.read_text().splitlines()]
-    empty = [r for r in empty if r["reason"] == "empty_response"]
-    assert [r["row"] for r in empty] == ([86, 516] if n == 520 else [86])
-    assert all(r["field"] == "chosen" and "allow_empty_response=true" in r["message"] for r in empty)
+    rejects, stats = tmp_path / "rejects.jsonl", tmp_path / "stats.json"
+    argv = ["convert", str(src), *HH, "--tokenizer", minilm_path, "--on-error", "skip"]
+    argv += ["--rejects", str(rejects), "--stats-json", str(stats)]
     kept = tmp_path / "kept.parquet"
-    argv[-2:] = ["--option", "allow_empty_response=true"]
     assert reward_main([*argv, "-o", str(kept)]) == 0
+    assert rejects.read_text() == ""
+    assert json.loads(stats.read_text())["pairs_flagged"] == {"empty_response": 2 if n == 520 else 1}
     assert 86 in pq.read_table(kept).column("source_row").to_pylist()
+    argv += ["--overwrite", "--option", "allow_empty_response=false"]
+    assert reward_main([*argv, "-o", str(tmp_path / "strict.parquet")]) == 0
+    empty = [json.loads(l) for l in rejects.read_text().splitlines()]
+    assert [r["row"] for r in empty] == ([86, 516] if n == 520 else [86])
+    assert all(r["reason"] == "empty_response" and r["field"] == "chosen" for r in empty)
 
 
 # docs/reliability.md -----------------------------------------------------------------------------
@@ -955,7 +982,7 @@ def _doc_table(messages: dict[str, str]) -> str:
         args = " ".join(a.format(bad="tests/fixtures/bad") for a in case.args)
         where = f"`{where}`" + (f" `{args}`" if args else "")
         if case.outcome == "row":
-            skip = f"row {case.row} rejected: `{case.reason}`"
+            skip = f"{_WHERE[case.id]} rejected: `{case.reason}`"
             raise_cell = _cell(messages[case.id])
         elif case.outcome == "file":
             skip = "same error (the file/setting is unusable)"
@@ -976,6 +1003,8 @@ def test_reliability_doc_table_matches_the_messages(tmp_path_factory, minilm_pat
         tmp = tmp_path_factory.mktemp(case.id)
         with monkeypatch.context() as patch:
             run, path = _run(case, "raise", tmp, minilm_path, capsys, patch)
+        if case.outcome == "row":
+            _WHERE[case.id] = _location(case, path)
         lines = [l for l in run.err.splitlines() if l.startswith(("error:", "warning:"))]
         _MESSAGES[case.id] = (
             _doc_message(lines[0], tmp, minilm_path) if lines and case.outcome != "accepted" else ""

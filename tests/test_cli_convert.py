@@ -51,7 +51,7 @@ def test_formats_lists_builtins_with_origin(capsys):
     code, out, _ = run(["formats", "--json"], capsys)
     data = {item["name"]: item for item in json.loads(out)}
     assert data["hh-rlhf"]["origin"] == "built-in" and data["hh-rlhf"]["description"]
-    assert {"name": "allow_empty_response", "type": "bool", "default": False} in data["hh-rlhf"]["options"]
+    assert {"name": "allow_empty_response", "type": "bool", "default": True} in data["hh-rlhf"]["options"]
 
 
 def test_formats_shows_an_in_process_plugin(capsys):
@@ -66,6 +66,7 @@ def test_formats_shows_an_in_process_plugin(capsys):
         code, out, _ = run(["formats"], capsys)
     finally:
         df.unregister_format_plugin(plugin)
+    assert code == 0
     line = next(line for line in out.splitlines() if line.startswith("mine "))
     assert "in-process:mine (in-process)" in line and line.endswith("my rows")
 
@@ -109,7 +110,7 @@ def test_bad_row_is_one_error_line_exit_1_and_no_output(tmp_path, minilm_path, c
         [src, "--format", "hh-rlhf", "--tokenizer", minilm_path, "-o", out_file], capsys
     )
     assert code == 1 and out == ""
-    assert err.startswith(f"error: {src}, row 1, field 'chosen': ") and err.count("\n") == 1
+    assert err.startswith(f"error: {src}, line 2, field 'chosen': ") and err.count("\n") == 1
     assert "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl.gz"]
 
@@ -151,7 +152,7 @@ def test_bad_row_is_one_error_line_exit_1_and_no_output(tmp_path, minilm_path, c
         (["{src}", "-o", "{out}", "--option", "oops"], "error: --option expects KEY=VALUE, got 'oops'\n"),
         (
             ["{src}", "-o", "{out}", "--format", "hh-rlhf", "--option", "nope=1"],
-            "error: format 'hh-rlhf' has no option 'nope'; its options: on_prompt_mismatch, allow_empty_response\n",
+            "error: format 'hh-rlhf' has no option 'nope'; its options: split, on_prompt_mismatch, allow_empty_response\n",
         ),
         (
             ["{src}", "-o", "{out}", "--format", "zzz"],
@@ -229,6 +230,7 @@ def test_llamafactory_dataset_info(tmp_path, bpe_tokenizer_path, capsys):
         capsys,
     )
     assert code == 0, err
+    assert out.startswith("rows read: 300, written: 300, rejected: 0\n")
     stats = json.loads((tmp_path / "s.json").read_text())
     assert (
         stats["format"] == "llamafactory"
@@ -246,8 +248,9 @@ def test_num_proc_2_gives_identical_bytes(tmp_path, hh_file, minilm_path, capsys
 
 def _cli(*args, **kwargs):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    # check=False: the callers assert the exit status (and read stderr when it is not 0)
     return subprocess.run(
-        [sys.executable, *args], capture_output=True, text=True, env=env, cwd=ROOT, **kwargs
+        [sys.executable, *args], check=False, capture_output=True, text=True, env=env, cwd=ROOT, **kwargs
     )
 
 

@@ -47,13 +47,35 @@ def test_every_field_has_help():
         assert ours[name].metadata.get("help"), name
 
 
-def test_bf16_auto_follows_the_hardware(tmp_path):
+@pytest.mark.parametrize(
+    ("flags", "native"),
+    [
+        ("fpu sse2 avx2 avx512f avx512bw avx512_bf16 avx512_vnni", True),  # AVX512-BF16
+        ("fpu avx2 avx512f amx_bf16 amx_tile amx_int8", True),  # AMX
+        ("fpu sse2 avx2 avx512f avx512bw avx512_vnni", False),  # AVX512 without BF16: emulated
+        ("fpu sse2 avx2 fma", False),
+    ],
+)
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, flags, native):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: test\nflags\t\t: {flags}\n\n", encoding="utf-8")
+    assert cpu_has_native_bf16(str(cpuinfo)) is native
+    assert cpu_has_native_bf16(str(tmp_path / "no-such-file")) is False
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_auto_on_a_cpu_only_machine(tmp_path, monkeypatch, native):
+    """No accelerator: bf16 (with use_cpu, which transformers needs for CPU bf16) only when native."""
     import torch
 
+    from reward_plugin import config as config_module
+
+    monkeypatch.setattr(config_module, "cpu_has_native_bf16", lambda: native)
+    if getattr(torch, "accelerator", None) is not None:
+        monkeypatch.setattr(torch.accelerator, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     c = RewardConfig(output_dir=str(tmp_path))
-    if not torch.cuda.is_available():
-        assert c.bf16 is cpu_has_native_bf16()
-        assert c.use_cpu is cpu_has_native_bf16()
+    assert (c.bf16, c.use_cpu) == ((True, True) if native else (False, False))
     assert RewardConfig(output_dir=str(tmp_path), bf16=False).bf16 is False
 
 
@@ -113,10 +135,35 @@ def test_parser_turns_fields_into_flags(tmp_path):
             "`center_rewards_coefficient` must be a number >= 0 or None, got -0.1",
         ),
         ("dataset_format", "", "`dataset_format` must be a format name or 'auto', got ''"),
-        ("dataset_on_error", "ignore", "`dataset_on_error` must be one of skip, raise, got 'ignore'"),
+        ("dataset_on_error", "ignore", "`dataset_on_error` must be one of raise, skip, got 'ignore'"),
     ],
 )
 def test_validation(tmp_path, field, value, message):
     with pytest.raises(ConfigError) as info:
         RewardConfig(output_dir=str(tmp_path), **{field: value})
     assert str(info.value).startswith(message)
+
+
+def test_on_error_has_one_default_everywhere(tmp_path):
+    """convert (library and CLI), RewardConfig, a runner data source and Axolotl's datasets all
+    stop at the first bad raw row unless told to skip (docs/convert.md says why)."""
+    import argparse
+    import inspect
+
+    from dataset_formats.commands import add_commands
+    from dataset_formats.conversion import convert, encode_rows
+    from reward_plugin.hosts.axolotl import data_sources
+    from reward_plugin.stages.sources import parse_sources
+
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers())
+    cli = parser.parse_args(["convert", "in.jsonl", "--tokenizer", "t", "-o", "out.parquet"])
+    defaults = {
+        "convert()": inspect.signature(convert).parameters["on_error"].default,
+        "encode_rows()": inspect.signature(encode_rows).parameters["on_error"].default,
+        "convert --on-error": cli.on_error,
+        "RewardConfig.dataset_on_error": RewardConfig(output_dir=str(tmp_path)).dataset_on_error,
+        "train_data.on_error": parse_sources({"path": "a.jsonl"}, "train_data")[0].on_error,
+        "reward_on_error (Axolotl)": data_sources({"datasets": [{"path": "a.jsonl"}]})[0]["on_error"],
+    }
+    assert defaults == dict.fromkeys(defaults, "raise")

@@ -113,7 +113,7 @@ def test_must_show_whole_hh_file_minilm_and_bpe_with_chat_template(tmp_path, min
     )
     assert a.rows_read == 800 and a.rows_read == a.rows_written + a.rows_rejected
     assert json.loads((tmp_path / "stats.json").read_text()) == a.to_dict()
-    assert sum(1 for _ in open(tmp_path / "rej.jsonl")) == a.rows_rejected
+    assert len((tmp_path / "rej.jsonl").read_text().splitlines()) == a.rows_rejected
     assert datasets.Dataset.from_parquet(str(tmp_path / "minilm.parquet")).num_rows == a.pairs_written
 
     b = convert(
@@ -149,10 +149,11 @@ def test_bad_row_under_raise_names_file_row_field_and_leaves_nothing(tmp_path, s
     out = tmp_path / "out.parquet"
     with pytest.raises(RecordError) as info:
         convert(src, out, format=scored, tokenizer=minilm, rejects=tmp_path / "r.jsonl", progress=False)
-    assert str(info.value) == f"{src}, row 1, field 'a': must be text, got 7"
-    assert (info.value.path, info.value.row, info.value.field, info.value.reason) == (
+    assert str(info.value) == f"{src}, line 2, field 'a': must be text, got 7"
+    assert (info.value.path, info.value.row, info.value.line, info.value.field, info.value.reason) == (
         str(src),
         1,
+        2,
         "a",
         "wrong_type",
     )
@@ -173,7 +174,7 @@ def test_malformed_line_under_raise_with_two_processes(tmp_path, scored, minilm)
             batch_size=4,
             progress=False,
         )
-    assert str(info.value).startswith(f"{src}, row 17: malformed JSON (")
+    assert str(info.value).startswith(f"{src}, line 18: malformed JSON (")
     assert info.value.reason == "malformed_json"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl.gz"]
 
@@ -207,12 +208,13 @@ def test_skip_counts_rejects_by_reason_and_writes_the_rejects_file(tmp_path, sco
         "not_an_object": 1,
         "wrong_type": 1,
     }
-    entries = [json.loads(line) for line in open(tmp_path / "rejects.jsonl")]
+    entries = [json.loads(line) for line in (tmp_path / "rejects.jsonl").read_text().splitlines()]
     assert [e["row"] for e in entries] == [1, 2, 3, 4, 5, 6]
-    assert all(e["file"] == str(src) and e["message"].startswith(f"{src}, row {e['row']}") for e in entries)
+    assert [e["line"] for e in entries] == [2, 3, 4, 5, 6, 7]
+    assert all(e["file"] == str(src) and e["message"].startswith(f"{src}, line {e['line']}") for e in entries)
     crash = entries[2]
     assert crash["reason"] == "adapter_error"
-    assert crash["message"] == f"{src}, row 3: format 'test-scored' failed on this row: KeyError: 'boom'"
+    assert crash["message"] == f"{src}, line 4: format 'test-scored' failed on this row: KeyError: 'boom'"
     assert entries[1]["field"] == "a" and entries[4]["field"] == "margin"
     assert pq.read_table(tmp_path / "o.parquet").column("source_row").to_pylist() == [0]
 
@@ -231,7 +233,7 @@ def test_pairs_of_one_row_are_rejected_separately_and_the_row_still_counts_once(
     )
     assert (stats.rows_read, stats.rows_written, stats.rows_rejected) == (1, 1, 0)
     assert (stats.pairs_written, stats.pairs_rejected) == (1, 2)
-    entries = [json.loads(line) for line in open(tmp_path / "r.jsonl")]
+    entries = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
     assert [(e["pair"], e["reason"], e["field"]) for e in entries] == [
         (1, "too_long", "chosen"),
         (2, "too_long", "chosen"),
@@ -374,7 +376,7 @@ def test_encode_rows_accepts_dicts_and_datasets(tmp_path, minilm):
     )
     same, _ = encode_rows(datasets.Dataset.from_list(rows), format="hh-rlhf", tokenizer=minilm, max_length=96)
     assert table.equals(same) and table.column_names == [*FOUR, "source_row"]
-    with pytest.raises(RecordError, match=r"^my rows, row 0, field 'chosen'"):
+    with pytest.raises(RecordError, match=r"^my rows, row 0 \(0-based\), field 'chosen'"):
         encode_rows([{"chosen": 3, "rejected": "x"}], format="hh-rlhf", tokenizer=minilm, source="my rows")
 
 

@@ -167,6 +167,28 @@ def test_load_tokenizer_errors(tmp_path):
 
     with pytest.raises(OptionError, match="is not a fast tokenizer; conversion needs character offsets"):
         load_tokenizer(ByT5Tokenizer())
+    slow = ByT5Tokenizer()
+    assert load_tokenizer(slow, require_fast=False) is slow
+
+
+def test_the_model_tokenizer_loads_through_the_one_loader(tmp_path, bpe_tokenizer_path):
+    """No tokenizer files: None (tokenized data trains without one); a tokenizer that is there
+    but broken: the loader's clear error, not a silent None; a good one: the same ids."""
+    from reward_plugin.modeling import model_tokenizer
+
+    assert model_tokenizer(None) is None and model_tokenizer("") is None
+    (tmp_path / "weights-only").mkdir()
+    (tmp_path / "weights-only" / "config.json").write_text("{}")
+    assert model_tokenizer(str(tmp_path / "weights-only")) is None
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "tokenizer.json").write_text("{not json")
+    with pytest.raises(OptionError, match=rf"^tokenizer {str(broken)!r} could not be loaded \("):
+        model_tokenizer(str(broken))
+    loaded = model_tokenizer(bpe_tokenizer_path)
+    assert (
+        loaded("Hello there")["input_ids"] == load_tokenizer(bpe_tokenizer_path)("Hello there")["input_ids"]
+    )
 
 
 def test_record_batch_schema_masks_and_margin(minilm):

@@ -156,7 +156,8 @@ def test_random_rows_are_written_or_rejected_with_a_reason(name, tokenizer):
             for entry in entries:
                 assert 0 <= entry["row"] < len(rows)
                 assert entry["reason"] and entry["reason"] != "adapter_error", entry
-                assert f"row {entry['row']}" in entry["message"] and "\n" not in entry["message"]
+                assert entry["line"] == entry["row"] + 1  # a JSON Lines file: the editor's line
+                assert f"line {entry['line']}" in entry["message"] and "\n" not in entry["message"]
             assert sum(stats.rejected_by_reason.values()) == stats.rows_rejected
             seen["written"] += stats.rows_written
             seen["rejected"] += stats.rows_rejected

@@ -35,8 +35,9 @@ def nearest_rank(values, p):
 
 
 def common_prefix(a, b):
+    """The shared prefix as training lays a pair out: each side keeps at least one token."""
     n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
+    while n < min(len(a), len(b)) - 1 and a[n] == b[n]:
         n += 1
     return n
 
@@ -140,3 +141,43 @@ def test_cli_inspect_errors(tmp_path, capsys):
     with pytest.raises(InputFileError, match="is not a readable Parquet/Arrow file"):
         (tmp_path / "junk.arrow").write_bytes(b"junk")
         inspect_output(tmp_path / "junk.arrow")
+
+
+def test_inspect_reports_the_prefix_training_shares(tmp_path, converted):
+    """The prefix inspect reports is the one the prefix-shared collator lays out, pair by pair."""
+    import numpy as np
+
+    from dataset_formats.prefix import shared_prefix_lengths
+    from reward_plugin.pairs.collators import PrefixSharedPairCollator
+    from reward_plugin.pairs.layout import PREFIX
+
+    four = ["input_ids_chosen", "attention_mask_chosen", "input_ids_rejected", "attention_mask_rejected"]
+    rows = pq.read_table(converted).select(four).to_pylist()
+    edge = [([5, 6, 7], [5, 6, 7, 8]), ([5, 6, 7, 8], [5, 6]), ([9], [9]), ([1, 2, 3], [1, 2, 3]), ([4], [8])]
+    for c, r in edge:  # a side that is a prefix of the other, identical sides, one-token sides
+        rows.append(dict(zip(four, (c, [1] * len(c), r, [1] * len(r)))))
+    path = tmp_path / "edge.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    batch = PrefixSharedPairCollator(pad_token_id=0, pack=False)(rows)
+    trained = (batch["packed_segments"] == PREFIX).sum(dim=1).tolist()
+    assert len(trained) == len(rows) and trained[-5:] == [2, 1, 0, 2, 0]
+    table = pq.read_table(path)
+    by_inspect = shared_prefix_lengths(
+        table.column("input_ids_chosen").combine_chunks(), table.column("input_ids_rejected").combine_chunks()
+    )
+    assert by_inspect.tolist() == trained
+    # and in slices (a record batch of a bigger file): the same lengths
+    sliced = shared_prefix_lengths(
+        table.column("input_ids_chosen").combine_chunks().slice(3, 20),
+        table.column("input_ids_rejected").combine_chunks().slice(3, 20),
+    )
+    assert sliced.tolist() == trained[3:23]
+    report = inspect_output(path)["shared_prefix"]
+    total = sum(len(r["input_ids_chosen"]) + len(r["input_ids_rejected"]) for r in rows)
+    assert (report["min"], report["max"], report["p50"]) == (
+        min(trained),
+        max(trained),
+        nearest_rank(trained, 50),
+    )
+    assert report["mean"] == pytest.approx(np.mean(trained), rel=1e-12)
+    assert report["fraction_of_tokens"] == pytest.approx(sum(trained) / total, rel=1e-12)

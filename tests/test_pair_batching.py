@@ -367,10 +367,10 @@ def test_auto_picks_packed_for_a_decoder_and_refuses_flash_attention(tmp_path, b
 def test_docstring_examples():
     import doctest
 
+    import dataset_formats.prefix
     import reward_plugin.pairs.collators
-    import reward_plugin.pairs.layout
 
-    for module in (reward_plugin.pairs.layout, reward_plugin.pairs.collators):
+    for module in (dataset_formats.prefix, reward_plugin.pairs.collators):
         result = doctest.testmod(module)
         assert result.failed == 0 and result.attempted > 0
 

@@ -85,11 +85,12 @@ def test_malformed_json_line_is_a_row_error_and_the_other_rows_survive(tmp_path)
     assert got[0][1] == {"a": 1} and got[2][1] == {"a": 3}
     error = got[1][1]
     assert isinstance(error, RecordError) and error.reason == "malformed_json"
-    assert str(error).startswith(f"{path}, row 1: malformed JSON (")
+    assert (error.row, error.line) == (1, 2)
+    assert str(error).startswith(f"{path}, line 2: malformed JSON (")
     assert "'{\"a\": 2,'" in str(error)
     assert isinstance(got[3][1], RecordError) and got[3][1].reason == "not_an_object"
     assert str(got[3][1]).startswith(
-        f"{path}, row 4: expected a JSON object with named fields, got list [1, 2]; "
+        f"{path}, line 5: expected a JSON object with named fields, got list [1, 2]; "
     )
 
 
@@ -100,7 +101,7 @@ def test_bom_crlf_and_non_utf8_lines(tmp_path):
     assert got[0] == (0, {"a": "x"}) and got[2] == (2, {"a": "z"})
     assert got[1][1].reason == "invalid_utf8"
     assert str(got[1][1]) == (
-        f"{path}, row 1: line is not valid UTF-8 (byte b'\\xff' at offset 7); re-encode the file as UTF-8"
+        f"{path}, line 2: line is not valid UTF-8 (byte b'\\xff' at offset 7); re-encode the file as UTF-8"
     )
 
 
@@ -118,7 +119,26 @@ def test_csv_row_with_too_many_values_is_a_row_error(tmp_path):
     path.write_text("chosen,rejected\na,b\na,b,c\n", encoding="utf-8")
     got = _all(path)
     assert got[0][1] == {"chosen": "a", "rejected": "b"}
-    assert got[1][1].reason == "malformed_csv" and "row 1" in str(got[1][1])
+    assert got[1][1].reason == "malformed_csv" and f"{path}, line 3: has 3 values" in str(got[1][1])
+
+
+def test_line_numbers_of_line_oriented_files(tmp_path):
+    """The 1-based line an editor shows: JSON Lines line = row + 1 (blank lines counted); a CSV
+    row's line is where its record starts (after the header and any quoted line breaks)."""
+    jsonl = tmp_path / "d.jsonl"
+    jsonl.write_text('{"a": 1}\n\n{"a": 2}\n', encoding="utf-8")
+    (batch,) = iter_row_batches(jsonl)
+    assert batch.line_of() == {0: 1, 2: 3}
+    csv_path = tmp_path / "d.csv"
+    csv_path.write_text('chosen,rejected\n"two\nlines",b\n\nc,"x\r\ny\rz"\ne,f\n', encoding="utf-8")
+    (batch,) = iter_row_batches(csv_path)
+    assert [r for r, _ in batch] == [0, 1, 2]
+    assert batch.line_of() == {0: 2, 1: 5, 2: 8}
+    array = tmp_path / "d.json"
+    array.write_text('[{"a": 1}, 7]', encoding="utf-8")
+    (batch,) = iter_row_batches(array)
+    assert batch.lines is None and batch.line_of() == {}
+    assert str(batch.rows[1][1]).startswith(f"{array}, row 1 (0-based): expected a JSON object")
 
 
 def test_file_errors_are_one_line_input_file_errors(tmp_path):
@@ -152,7 +172,7 @@ def test_truncated_gzip_raises_after_the_rows_it_could_read(tmp_path):
         for batch in iter_row_batches(path, 100):
             seen.extend(batch)
     assert seen, "rows before the corruption are read"
-    assert str(info.value).startswith(f"{path}: corrupt or truncated gzip data after row ")
+    assert str(info.value).startswith(f"{path}: corrupt or truncated gzip data after line ")
     assert str(info.value).endswith("re-create the file or check it with `gzip -t`")
 
 

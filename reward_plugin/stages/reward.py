@@ -30,7 +30,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..hookspecs import hookimpl
-from . import Stage
+from .base import Stage
 from .sources import DataSource, load_sources, parse_sources
 
 logger = logging.getLogger(__name__)
@@ -224,13 +224,13 @@ class RewardStage(Stage):
 
     def build_tokenizer(self, cfg: RewardStageConfig) -> Any:
         """The tokenizer from ``cfg.tokenizer`` or the model's folder (None when it has none)."""
-        from ..modeling import load_tokenizer
-
         if cfg.tokenizer is not None:
-            from dataset_formats.encoding import load_tokenizer as load_fast
+            from dataset_formats.encoding import load_tokenizer
 
-            return load_fast(cfg.tokenizer, trust_remote_code=cfg.args.trust_remote_code)
-        return load_tokenizer(cfg.model, trust_remote_code=cfg.args.trust_remote_code)
+            return load_tokenizer(cfg.tokenizer, trust_remote_code=cfg.args.trust_remote_code)
+        from ..modeling import model_tokenizer
+
+        return model_tokenizer(cfg.model, trust_remote_code=cfg.args.trust_remote_code)
 
     def build_datasets(self, cfg: RewardStageConfig, tokenizer: Any) -> dict[str, Any]:
         """Load (and convert when raw) the train and eval data; hold out ``eval_size`` pairs if set."""

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dataset_formats.on_error import DEFAULT_ON_ERROR, ON_ERROR_CHOICES
 from dataset_formats.schema import MARGIN_COLUMN, PAIR_COLUMNS
 
 from ..data import is_tokenized, prepare_dataset
@@ -48,7 +49,7 @@ class DataSource:
     paths: list[str]
     format: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
-    on_error: str = "raise"
+    on_error: str = DEFAULT_ON_ERROR
     max_samples: int | None = None
 
 
@@ -101,8 +102,8 @@ def _source_from_mapping(item: Mapping[str, Any], where: str) -> DataSource:
         if not path:
             raise ConfigError(f"`{where}` needs a `path` (or `dataset_info` and `dataset`)")
         paths = [str(p) for p in path] if isinstance(path, list) else [str(path)]
-    on_error = item.get("on_error", "raise")
-    if on_error not in ("raise", "skip"):
+    on_error = item.get("on_error", DEFAULT_ON_ERROR)
+    if on_error not in ON_ERROR_CHOICES:
         raise ConfigError(f"`{where}.on_error` must be 'raise' or 'skip', got {on_error!r}")
     max_samples = item.get("max_samples")
     if max_samples is not None and (
