@@ -173,7 +173,7 @@ def test_eval_report_matches_an_independent_forward(trained_llama, hh_jsonl, cap
     ]
     assert main(raw) == 0
     text = capsys.readouterr().out
-    assert f"accuracy: {report['accuracy']:.4f}" in text and f"({report['num_pairs']} pairs)" in text
+    assert f"accuracy: {report['accuracy']:.4f}" in text and f"({report['num_pairs']} pairs, " in text
     assert f"rewards chosen: mean {report['rewards']['chosen']['mean']:.4f}" in text
 
 
