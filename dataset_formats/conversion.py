@@ -22,6 +22,7 @@ from .errors import InputFileError, OptionError, OutputExistsError
 from .pipeline import BatchProcessor, ConvertStats, run_batches
 from .reading import DEFAULT_BATCH_SIZE, count_rows, iter_object_batches, iter_row_batches, peek_rows
 from .registry import detect_format, get_format, list_formats
+from .groups import group_schema
 from .schema import MARGIN_COLUMN, pair_schema
 from .writing import PairWriter, output_kind, remove_stale_temporaries, temporary_path
 
@@ -106,6 +107,7 @@ def _make_processor(
     policy: LengthPolicy,
     on_error: str,
     format_options: dict[str, Any] | None,
+    groups: bool = False,
 ) -> BatchProcessor:
     adapter = get_format(format_name)
     options = adapter.make_options(format_options)
@@ -115,7 +117,9 @@ def _make_processor(
         from .rendering import load_chat_template
 
         template = load_chat_template(chat_template, tokenizer)
-    return BatchProcessor(adapter, options, encoder, template, raise_errors=on_error == "raise")
+    return BatchProcessor(
+        adapter, options, encoder, template, raise_errors=on_error == "raise", groups=groups
+    )
 
 
 def convert(
@@ -136,6 +140,7 @@ def convert(
     stats_json: str | os.PathLike | None = None,
     trust_remote_code: bool = False,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    groups: bool = False,
 ) -> ConvertStats:
     """Convert preference data files into one paired, tokenized table.
 
@@ -158,6 +163,8 @@ def convert(
         stats_json: write :meth:`ConvertStats.to_dict` to this file.
         trust_remote_code: allow a tokenizer with custom code (off unless you set it).
         batch_size: source rows per batch.
+        groups: write the grouped table (one row per source row with its responses and pairs,
+            :mod:`dataset_formats.groups`) instead of the pair table.
 
     Returns:
         The :class:`ConvertStats` of the run.
@@ -182,7 +189,7 @@ def convert(
     samples = [(str(p), peek_rows(p)) for p in paths] if format == "auto" else []
     format_name = _resolve_format(format, samples)
     tok = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code)
-    processor = _make_processor(format_name, tok, chat_template, policy, on_error, format_options)
+    processor = _make_processor(format_name, tok, chat_template, policy, on_error, format_options, groups)
     stats = ConvertStats(
         format=format_name,
         tokenizer=_tokenizer_name(tokenizer, tok),
@@ -198,8 +205,9 @@ def convert(
         "chat_template": chat_template if isinstance(chat_template, str) else None,
         "max_length": max_length,
         "truncation": truncation,
+        "groups": groups,
     }
-    empty = pair_schema(with_margin=processor.adapter.produces_margin)
+    empty = group_schema() if groups else pair_schema(with_margin=processor.adapter.produces_margin)
     with (
         PairWriter(output, overwrite=overwrite, metadata=metadata, empty_schema=empty) as writer,
         _RejectsFile(rejects, overwrite) as rejects_out,
@@ -233,6 +241,7 @@ def encode_rows(
     format_options: dict[str, Any] | None = None,
     source: str = "<rows>",
     batch_size: int = DEFAULT_BATCH_SIZE,
+    groups: bool = False,
 ) -> tuple[pa.Table, ConvertStats]:
     """Convert in-memory rows (dicts, or a ``datasets.Dataset``) into a paired ``pyarrow.Table``.
 
@@ -242,10 +251,11 @@ def encode_rows(
             :func:`convert`.
         source: the name used for these rows in error messages.
         batch_size: rows per tokenizer call.
+        groups: return the grouped table (:mod:`dataset_formats.groups`) instead of pairs.
 
     Returns:
         ``(table, stats)``; ``table`` has the four pair columns, ``margin`` when any pair has one
-        (or the adapter always makes one), and ``source_row``.
+        (or the adapter always makes one), and ``source_row`` (with ``groups``: the grouped columns).
     """
     started = time.perf_counter()
     _check_choice("on_error", on_error, ON_ERROR_CHOICES)
@@ -258,7 +268,7 @@ def encode_rows(
     else:
         format_name = _resolve_format(format, [])
     tok = load_tokenizer(tokenizer)
-    processor = _make_processor(format_name, tok, chat_template, policy, on_error, format_options)
+    processor = _make_processor(format_name, tok, chat_template, policy, on_error, format_options, groups)
     stats = ConvertStats(
         format=format_name,
         tokenizer=_tokenizer_name(tokenizer, tok),
@@ -278,6 +288,10 @@ def encode_rows(
         stats.add(result.stats)
         if result.batch is not None:
             parts.append(result.batch)
+    if groups:
+        table = pa.Table.from_batches(parts, schema=group_schema())
+        stats.seconds = round(time.perf_counter() - started, 3)
+        return table, stats
     with_margin = processor.adapter.produces_margin or any(MARGIN_COLUMN in b.schema.names for b in parts)
     schema = pair_schema(with_margin=with_margin)
     parts = [_conform(b, schema) for b in parts]
