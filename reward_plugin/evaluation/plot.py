@@ -54,7 +54,7 @@ def plot_evaluation(
     accuracy by length-difference bucket and reward against response length.
 
     Args:
-        chosen: rewards of the chosen responses.
+        chosen: rewards of the chosen responses (each response once).
         rejected: rewards of the rejected responses.
         report: the :func:`~reward_plugin.evaluation.evaluate_model` report.
         path: where to write the PNG.
@@ -93,8 +93,9 @@ def plot_evaluation(
         axes[3].set_xlabel("response length (tokens)")
         axes[3].set_ylabel("reward")
         axes[3].set_title(
-            f"reward vs length: Pearson {corr['pearson']:.3f}, Spearman {corr['spearman']:.3f} "
-            f"(n={corr['responses']})"
+            f"reward vs length (n={corr['responses']}): Pearson {corr['pearson']:.3f}, "
+            f"Spearman {corr['spearman']:.3f}",
+            fontsize=10,
         )
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -166,11 +166,11 @@ def evaluate_model(
     if predictions is not None:
         report["predictions"] = str(write_predictions(groups, predictions))
     if plot is not None:
-        better = np.concatenate([g.rewards[g.pairs[:, 0]] for g in groups])
-        worse = np.concatenate([g.rewards[g.pairs[:, 1]] for g in groups])
+        chosen = np.concatenate([g.chosen for g in groups])  # each response once
+        rejected = np.concatenate([g.rejected for g in groups])
         rewards = np.concatenate([g.rewards for g in groups])
         lengths = np.concatenate([g.lengths for g in groups]) if has_lengths(groups) else None
-        report["plot"] = str(plot_evaluation(better, worse, report, plot, rewards, lengths))
+        report["plot"] = str(plot_evaluation(chosen, rejected, report, plot, rewards, lengths))
     return report
 
 

@@ -1,14 +1,18 @@
-"""Score evaluation data with a saved reward model: per-pair rewards, grouped by prompt.
+"""Score evaluation data with a saved reward model: the rewards of every prompt's responses.
 
 The model and tokenizer load as in training (``RewardTrainer``: PEFT adapters, safetensors,
-``trust_remote_code`` off), and pair tables are scored through the trainer's own collator and
-score reader, so the numbers equal the ``eval_*`` metrics logged by ``train``. Prompt metadata
-(``id``, ``subset``, ``domain``) comes from the raw rows when the data is raw.
+``trust_remote_code`` off). A four-column pair table is scored through ``trainer.predict`` (the
+training collator and score reader), so the numbers equal the ``eval_*`` metrics logged by
+``train``; every pair is its own prompt. Raw data is converted to the grouped table
+(:mod:`dataset_formats.groups`, one row per source row, each response once, without a length
+limit), and each response is scored once, cut to ``max_length`` and padded by the training
+collator. Prompt metadata (``id``, ``subset``, ``domain``) comes from the raw rows.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -18,7 +22,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
+from ..scoring import ScoreReader
 from .groups import PromptRewards, groups_from_pairs
+
+logger = logging.getLogger(__name__)
 
 #: Raw-row fields copied into each prompt's metadata (and the predictions file) when present.
 META_FIELDS = ("id", "subset", "domain")
@@ -34,6 +41,7 @@ def eval_trainer(
     truncation: str = "left",
     format: str = "auto",
     chat_template: str | None = None,
+    pair_batching: str = "auto",
 ) -> Iterator[Any]:
     """A ``RewardTrainer`` for prediction only (fp32, no logging), its output in a temporary folder.
 
@@ -67,6 +75,7 @@ def eval_trainer(
             report_to="none",
             disable_tqdm=True,
             save_reward_stats=False,
+            pair_batching=pair_batching,
         )
         yield RewardTrainer(model=str(model_dir), args=args, processing_class=processing_class)
 
@@ -121,6 +130,130 @@ def predict_pair_groups(
     return groups_from_pairs(rewards, lengths, metas), margins
 
 
+def read_table(path: str | os.PathLike) -> Any:
+    """A converted table (``.parquet``, ``.arrow``, ``datasets`` folder) as ``pyarrow.Table``; None for raw data."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if path.is_dir() and (path / "state.json").exists():
+        import datasets
+
+        return datasets.load_from_disk(str(path)).data.table
+    if path.is_file() and suffix in (".parquet", ".pq"):
+        return pq.read_table(path)
+    if path.is_file() and suffix == ".arrow":
+        with pa.memory_map(str(path)) as source:
+            try:
+                return pa.ipc.open_stream(source).read_all()
+            except pa.ArrowInvalid:
+                return pa.ipc.open_file(source).read_all()
+    return None
+
+
+def convert_groups(
+    data: str | os.PathLike,
+    *,
+    tokenizer: Any,
+    format: str = "auto",
+    chat_template: str | None = None,
+    format_options: dict[str, Any] | None = None,
+) -> Any:
+    """Raw preference data as a grouped ``pyarrow.Table`` (:mod:`dataset_formats.groups`).
+
+    Converted without a length limit, so each response stays one whole sequence;
+    :func:`score_sequences` cuts them to ``max_length`` as training does.
+    """
+    import pyarrow.parquet as pq
+
+    from dataset_formats.conversion import convert
+
+    with tempfile.TemporaryDirectory(prefix="reward-plugin-eval-") as tmp:
+        output = Path(tmp) / "groups.parquet"
+        stats = convert(
+            Path(data),
+            output,
+            format=format,
+            tokenizer=tokenizer,
+            chat_template=chat_template,
+            format_options=format_options,
+            groups=True,
+            progress=False,
+        )
+        logger.info("eval data converted from %s:\n%s", data, stats.summary())
+        return pq.read_table(output)
+
+
+def score_sequences(trainer: Any, sequences: list[list[int]], batch_size: int) -> np.ndarray:
+    """One reward per token sequence, each scored on its own.
+
+    The sequences go through the trainer's collator two at a time (as the chosen and rejected
+    side of a pair; ``pair_batching="standard"``), so they are cut to ``max_length`` and padded
+    exactly as in training; the longest go first, ``batch_size`` pairs of them per forward.
+    """
+    import torch
+
+    model = trainer.model
+    model.eval()
+    reader = ScoreReader(model)
+    order = sorted(range(len(sequences)), key=lambda k: -len(sequences[k]))
+    out = np.empty(len(sequences), dtype=np.float64)
+    step = 2 * batch_size
+    try:
+        with torch.no_grad():
+            for start in range(0, len(order), step):
+                chunk = order[start : start + step]
+                halves = chunk[0::2], chunk[1::2] + chunk[-1:] * (len(chunk) % 2)
+                batch = trainer.data_collator(
+                    [
+                        {
+                            "input_ids_chosen": sequences[a],
+                            "attention_mask_chosen": [1] * len(sequences[a]),
+                            "input_ids_rejected": sequences[b],
+                            "attention_mask_rejected": [1] * len(sequences[b]),
+                        }
+                        for a, b in zip(*halves)
+                    ]
+                )
+                ids = torch.cat([batch["input_ids_chosen"], batch["input_ids_rejected"]]).to(
+                    trainer.args.device
+                )
+                mask = torch.cat([batch["attention_mask_chosen"], batch["attention_mask_rejected"]])
+                rewards = reader.rewards(model, ids, mask.to(trainer.args.device)).float().cpu().numpy()
+                out[list(halves[0]) + list(halves[1])] = rewards
+    finally:
+        reader.remove()
+    return out
+
+
+def groups_from_table(table: Any, rewards: np.ndarray, data: str | os.PathLike) -> list[PromptRewards]:
+    """:class:`PromptRewards` of a grouped table, given one reward per response (table order)."""
+    columns = table.select(["response_ids", "pairs", "source_row"]).to_pydict()
+    found = raw_meta(data, set(columns["source_row"]))
+    groups, start = [], 0
+    for responses, links, row in zip(columns["response_ids"], columns["pairs"], columns["source_row"]):
+        end = start + len(responses)
+        groups.append(
+            PromptRewards(
+                rewards[start:end],
+                [(link["better"], link["worse"]) for link in links],
+                [len(r) for r in responses],
+                {"source_row": row, **found.get(row, {})},
+            )
+        )
+        start = end
+    return groups
+
+
+def group_margins(table: Any) -> np.ndarray | None:
+    """The data margin of every pair of a grouped table (0 where a pair has none), or None without any."""
+    margins = [link["margin"] for links in table.column("pairs").to_pylist() for link in links]
+    if all(m is None for m in margins):
+        return None
+    return np.array([0.0 if m is None else m for m in margins], dtype=np.float64)
+
+
 def predict_groups(
     model_dir: str | os.PathLike,
     data: str | os.PathLike,
@@ -138,26 +271,43 @@ def predict_groups(
     Args: as in :func:`~reward_plugin.evaluation.evaluate_model`.
 
     Returns:
-        ``(groups, data margins of the pairs or None)``.
+        ``(groups, the data margin of every pair or None)``.
     """
+    from dataset_formats.groups import is_group_table
+
     from ..stages.sources import DataSource, load_sources
 
-    with eval_trainer(
-        model_dir,
-        tokenizer=tokenizer,
-        batch_size=batch_size,
-        max_length=max_length,
-        truncation=truncation,
-        format=format,
-        chat_template=chat_template,
-    ) as trainer:
-        dataset = load_sources(
-            [DataSource([str(data)], format=None, options=dict(format_options or {}))],
-            tokenizer=trainer.processing_class,
-            dataset_format=format,
-            chat_template=chat_template,
-            max_length=max_length,
-            truncation=truncation,
-            name="eval",
-        )
-        return predict_pair_groups(trainer, dataset, data)
+    settings = {
+        "tokenizer": tokenizer,
+        "batch_size": batch_size,
+        "max_length": max_length,
+        "truncation": truncation,
+        "format": format,
+        "chat_template": chat_template,
+    }
+    table = read_table(data)
+    if table is not None and not is_group_table(table.column_names):
+        with eval_trainer(model_dir, **settings) as trainer:
+            dataset = load_sources(
+                [DataSource([str(data)], format=None, options=dict(format_options or {}))],
+                tokenizer=trainer.processing_class,
+                dataset_format=format,
+                max_length=max_length,
+                truncation=truncation,
+                chat_template=chat_template,
+                name="eval",
+            )
+            return predict_pair_groups(trainer, dataset, data)
+    with eval_trainer(model_dir, **settings, pair_batching="standard") as trainer:
+        if table is None:
+            table = convert_groups(
+                data,
+                tokenizer=trainer.processing_class,
+                format=format,
+                chat_template=chat_template,
+                format_options=format_options,
+            )
+        columns = table.select(["prompt_ids", "response_ids"]).to_pydict()
+        sequences = [p + r for p, rs in zip(columns["prompt_ids"], columns["response_ids"]) for r in rs]
+        rewards = score_sequences(trainer, sequences, batch_size)
+        return groups_from_table(table, rewards, data), group_margins(table)
