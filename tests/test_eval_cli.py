@@ -129,3 +129,15 @@ def test_eval_unknown_tokenizer_is_one_error_line(tmp_path, minilm_dir, capsys):
     assert err == [
         f"error: --tokenizer {str(missing)!r}: no tokenizer there; pass a tokenizer folder or name"
     ]
+
+
+def test_every_eval_flag_is_documented():
+    from reward_plugin.cli import build_parser
+
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    flags = {s for a in subparsers.choices["eval"]._actions for s in a.option_strings if s.startswith("--")}
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text(encoding="utf-8")
+    section = docs[docs.index("## `eval`") :]
+    assert {"--model", "--tokenizer", "--report-json", "--predictions", "--plot"} <= flags
+    assert sorted(f for f in flags - {"--help"} if f"`{f}" not in section) == []
