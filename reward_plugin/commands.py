@@ -145,7 +145,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "--option", action="append", default=[], metavar="KEY=VALUE", help="an adapter option of raw data"
     )
     evaluate.add_argument(
-        "--batch-size", type=int, default=16, metavar="N", help="pairs per forward pass (default 16)"
+        "--batch-size",
+        type=int,
+        default=16,
+        metavar="N",
+        help="pairs (pair tables) or groups per forward (default 16)",
     )
     evaluate.set_defaults(func=run_eval)
 

@@ -141,3 +141,28 @@ def test_every_eval_flag_is_documented():
     section = docs[docs.index("## `eval`") :]
     assert {"--model", "--tokenizer", "--report-json", "--predictions", "--plot"} <= flags
     assert sorted(f for f in flags - {"--help"} if f"`{f}" not in section) == []
+
+
+def test_eval_scores_a_decoder_group_in_one_forward(tmp_path, tiny_llama_dir, capsys):
+    """A causal model's group is one block [prompt | response 1 | ... | response 6]: each reward
+    equals the response's own unpadded forward within 1e-5 (fp32)."""
+    rows = rm_bench_slice(2)
+    data = tmp_path / "rm-bench.json"
+    data.write_text(json.dumps(rows), encoding="utf-8")
+    predictions = tmp_path / "P.jsonl"
+    args = ["eval", "--model", tiny_llama_dir, "--data", str(data), "--format", "rm-bench"]
+    assert main([*args, "--max-length", "96", "--predictions", str(predictions), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    lines = [json.loads(line) for line in predictions.read_text().splitlines()]
+    assert len(lines) == len(rows) and report["rm_bench"]["average"]["prompts"] == len(rows)
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_llama_dir).eval()
+    table, _ = encode_rows(rows, format="rm-bench", tokenizer=tokenizer, groups=True)
+    with torch.no_grad():
+        for line, group in zip(lines, table.to_pylist()):
+            expected = []
+            for response in group["response_ids"]:
+                ids = (group["prompt_ids"] + response)[-96:]  # a left cut (no BOS in this tokenizer)
+                expected.append(model(input_ids=torch.tensor([ids])).logits[0, 0].item())
+            np.testing.assert_allclose(line["chosen_rewards"] + line["rejected_rewards"], expected, atol=1e-5)

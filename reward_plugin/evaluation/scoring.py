@@ -5,8 +5,11 @@ The model and tokenizer load as in training (``RewardTrainer``: PEFT adapters, s
 training collator and score reader), so the numbers equal the ``eval_*`` metrics logged by
 ``train``; every pair is its own prompt. Raw data is converted to the grouped table
 (:mod:`dataset_formats.groups`, one row per source row, each response once, without a length
-limit), and each response is scored once, cut to ``max_length`` and padded by the training
-collator. Prompt metadata (``id``, ``subset``, ``domain``) comes from the raw rows.
+limit) and scored by the group collator and forward of :mod:`reward_plugin.pairs.groups`: each
+response once, cut to ``max_length``; for a causal model one block per group (the prompt encoded
+once, each response attending to it and to itself: one forward per group, exact), for an encoder
+one padded row per response. Prompt metadata (``id``, ``subset``, ``domain``) comes from the raw
+rows.
 """
 
 from __future__ import annotations
@@ -41,7 +44,6 @@ def eval_trainer(
     truncation: str = "left",
     format: str = "auto",
     chat_template: str | None = None,
-    pair_batching: str = "auto",
 ) -> Iterator[Any]:
     """A ``RewardTrainer`` for prediction only (fp32, no logging), its output in a temporary folder.
 
@@ -75,7 +77,6 @@ def eval_trainer(
             report_to="none",
             disable_tqdm=True,
             save_reward_stats=False,
-            pair_batching=pair_batching,
         )
         yield RewardTrainer(model=str(model_dir), args=args, processing_class=processing_class)
 
@@ -163,7 +164,7 @@ def convert_groups(
     """Raw preference data as a grouped ``pyarrow.Table`` (:mod:`dataset_formats.groups`).
 
     Converted without a length limit, so each response stays one whole sequence;
-    :func:`score_sequences` cuts them to ``max_length`` as training does.
+    :func:`score_groups` cuts them to ``max_length`` as training does.
     """
     import pyarrow.parquet as pq
 
@@ -185,64 +186,80 @@ def convert_groups(
         return pq.read_table(output)
 
 
-def score_sequences(trainer: Any, sequences: list[list[int]], batch_size: int) -> np.ndarray:
-    """One reward per token sequence, each scored on its own.
+def group_collator(trainer: Any) -> Any:
+    """A :class:`~reward_plugin.pairs.groups.GroupCollator` with the trainer's cutting and padding.
 
-    The sequences go through the trainer's collator two at a time (as the chosen and rejected
-    side of a pair; ``pair_batching="standard"``), so they are cut to ``max_length`` and padded
-    exactly as in training; the longest go first, ``batch_size`` pairs of them per forward.
+    The layout follows the trainer's pair layout: one block per group (the prompt encoded once,
+    each response attending to it and to itself) for a causal model that runs the fast layouts,
+    one padded row per response otherwise (encoders).
+    """
+    from ..pairs.groups import GroupCollator
+
+    pairs = trainer.data_collator
+    fast = trainer.pair_batching in ("prefix_shared", "packed")
+    return GroupCollator(
+        pad_token_id=pairs.pad_token_id,
+        pad_to_multiple_of=pairs.pad_to_multiple_of,
+        max_length=pairs.max_length,
+        truncation=pairs.truncation,
+        keep_token_ids=pairs.keep_token_ids,
+        padding_side="right",
+        layout=trainer.pair_batching if fast else "standard",
+        attention_cost_tokens=getattr(pairs, "attention_cost_tokens", None),
+    )
+
+
+def score_groups(trainer: Any, table: Any, batch_size: int) -> list[np.ndarray]:
+    """One reward per response of every group of a grouped table (table order), one forward per batch.
+
+    Each response is ``prompt + response`` cut to ``max_length`` as in training; ``batch_size``
+    groups per forward, the longest first.
     """
     import torch
 
+    from ..pairs.groups import group_rewards
+
+    rows = table.select(["prompt_ids", "response_ids", "pairs"]).to_pylist()
+    collator = group_collator(trainer)
+    segments = trainer.args.pair_attention == "segments"
+    device = trainer.args.device
     model = trainer.model
     model.eval()
     reader = ScoreReader(model)
-    order = sorted(range(len(sequences)), key=lambda k: -len(sequences[k]))
-    out = np.empty(len(sequences), dtype=np.float64)
-    step = 2 * batch_size
+    size = [len(r["prompt_ids"]) + max(map(len, r["response_ids"])) for r in rows]
+    order = sorted(range(len(rows)), key=lambda k: -size[k])
+    out: list[np.ndarray] = [np.empty(0)] * len(rows)
     try:
         with torch.no_grad():
-            for start in range(0, len(order), step):
-                chunk = order[start : start + step]
-                halves = chunk[0::2], chunk[1::2] + chunk[-1:] * (len(chunk) % 2)
-                batch = trainer.data_collator(
-                    [
-                        {
-                            "input_ids_chosen": sequences[a],
-                            "attention_mask_chosen": [1] * len(sequences[a]),
-                            "input_ids_rejected": sequences[b],
-                            "attention_mask_rejected": [1] * len(sequences[b]),
-                        }
-                        for a, b in zip(*halves)
-                    ]
-                )
-                ids = torch.cat([batch["input_ids_chosen"], batch["input_ids_rejected"]]).to(
-                    trainer.args.device
-                )
-                mask = torch.cat([batch["attention_mask_chosen"], batch["attention_mask_rejected"]])
-                rewards = reader.rewards(model, ids, mask.to(trainer.args.device)).float().cpu().numpy()
-                out[list(halves[0]) + list(halves[1])] = rewards
+            for start in range(0, len(order), batch_size):
+                chunk = order[start : start + batch_size]
+                batch = collator([rows[k] for k in chunk])
+                batch = {key: value.to(device) for key, value in batch.items()}
+                rewards = group_rewards(reader, model, batch, segments=segments).float().cpu().numpy()
+                owner = batch["response_group"].cpu().numpy()
+                for position, k in enumerate(chunk):
+                    out[k] = rewards[owner == position].astype(np.float64)
     finally:
         reader.remove()
     return out
 
 
-def groups_from_table(table: Any, rewards: np.ndarray, data: str | os.PathLike) -> list[PromptRewards]:
-    """:class:`PromptRewards` of a grouped table, given one reward per response (table order)."""
+def groups_from_table(table: Any, rewards: list[np.ndarray], data: str | os.PathLike) -> list[PromptRewards]:
+    """:class:`PromptRewards` of a grouped table, given the rewards of each group's responses."""
     columns = table.select(["response_ids", "pairs", "source_row"]).to_pydict()
     found = raw_meta(data, set(columns["source_row"]))
-    groups, start = [], 0
-    for responses, links, row in zip(columns["response_ids"], columns["pairs"], columns["source_row"]):
-        end = start + len(responses)
+    groups = []
+    for responses, links, row, group_rewards in zip(
+        columns["response_ids"], columns["pairs"], columns["source_row"], rewards
+    ):
         groups.append(
             PromptRewards(
-                rewards[start:end],
+                group_rewards,
                 [(link["better"], link["worse"]) for link in links],
                 [len(r) for r in responses],
                 {"source_row": row, **found.get(row, {})},
             )
         )
-        start = end
     return groups
 
 
@@ -298,7 +315,7 @@ def predict_groups(
                 name="eval",
             )
             return predict_pair_groups(trainer, dataset, data)
-    with eval_trainer(model_dir, **settings, pair_batching="standard") as trainer:
+    with eval_trainer(model_dir, **settings) as trainer:
         if table is None:
             table = convert_groups(
                 data,
@@ -307,7 +324,4 @@ def predict_groups(
                 chat_template=chat_template,
                 format_options=format_options,
             )
-        columns = table.select(["prompt_ids", "response_ids"]).to_pydict()
-        sequences = [p + r for p, rs in zip(columns["prompt_ids"], columns["response_ids"]) for r in rs]
-        rewards = score_sequences(trainer, sequences, batch_size)
-        return groups_from_table(table, rewards, data), group_margins(table)
+        return groups_from_table(table, score_groups(trainer, table, batch_size), data), group_margins(table)
