@@ -132,7 +132,7 @@ def evaluate_model(
         truncation: ``"left"`` or ``"right"``.
         chat_template: chat template for conversational raw data.
         format_options: adapter options for raw data.
-        batch_size: sequences per forward pass.
+        batch_size: pairs (pair tables) or groups (raw and grouped data) per forward pass.
         plot: also write a PNG of the reward histograms, accuracy by reward gap and the length
             bias here.
         predictions: also write one JSON line per prompt with its rewards here.

@@ -3,7 +3,8 @@
 The model and tokenizer load as in training (``RewardTrainer``: PEFT adapters, safetensors,
 ``trust_remote_code`` off). A four-column pair table is scored through ``trainer.predict`` (the
 training collator and score reader), so the numbers equal the ``eval_*`` metrics logged by
-``train``; every pair is its own prompt. Raw data is converted to the grouped table
+``train``; every pair is its own prompt. So is raw data that gives one pair per row (converted as
+training converts it, length policy included). Other raw data is converted to the grouped table
 (:mod:`dataset_formats.groups`, one row per source row, each response once, without a length
 limit) and scored by the group collator and forward of :mod:`reward_plugin.pairs.groups`: each
 response once, cut to ``max_length``; for a causal model one block per group (the prompt encoded
@@ -303,20 +304,8 @@ def predict_groups(
         "chat_template": chat_template,
     }
     table = read_table(data)
-    if table is not None and not is_group_table(table.column_names):
-        with eval_trainer(model_dir, **settings) as trainer:
-            dataset = load_sources(
-                [DataSource([str(data)], format=None, options=dict(format_options or {}))],
-                tokenizer=trainer.processing_class,
-                dataset_format=format,
-                max_length=max_length,
-                truncation=truncation,
-                chat_template=chat_template,
-                name="eval",
-            )
-            return predict_pair_groups(trainer, dataset, data)
     with eval_trainer(model_dir, **settings) as trainer:
-        if table is None:
+        if table is None:  # raw data
             table = convert_groups(
                 data,
                 tokenizer=trainer.processing_class,
@@ -324,4 +313,19 @@ def predict_groups(
                 chat_template=chat_template,
                 format_options=format_options,
             )
-        return groups_from_table(table, score_groups(trainer, table, batch_size), data), group_margins(table)
+            if all(len(links) == 1 for links in table.column("pairs").to_pylist()):
+                table = None  # one pair per row: evaluate it as training does, with its length policy
+        if table is not None and is_group_table(table.column_names):
+            return groups_from_table(table, score_groups(trainer, table, batch_size), data), group_margins(
+                table
+            )
+        dataset = load_sources(
+            [DataSource([str(data)], format=None, options=dict(format_options or {}))],
+            tokenizer=trainer.processing_class,
+            dataset_format=format,
+            max_length=max_length,
+            truncation=truncation,
+            chat_template=chat_template,
+            name="eval",
+        )
+        return predict_pair_groups(trainer, dataset, data)
