@@ -181,3 +181,15 @@ def test_predictions_file_one_line_per_prompt(tmp_path):
             "rejected_lengths": [12],
         },
     ]
+
+
+def test_reports_stay_strict_json_without_same_length_pairs_or_with_constant_lengths():
+    from reward_plugin.evaluation import group_report
+
+    groups = [PromptRewards.bipartite([1.0, 2.0], [0.0], [5, 5], [5]) for _ in range(3)]
+    report = group_report(groups)
+    bias = report["length_bias"]
+    assert bias["by_sign"]["chosen_longer"] == {"accuracy": None, "count": 0, "prompts": 0, "ci95": None}
+    assert bias["by_sign"]["same_length"]["count"] == 6
+    assert bias["correlation"]["pearson"] is None  # every length is 5
+    json.dumps(report, allow_nan=False)

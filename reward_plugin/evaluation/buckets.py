@@ -1,4 +1,5 @@
-"""Accuracy within equal-count buckets of a per-pair key (reward gap, data margin, length difference)."""
+"""Accuracy within equal-count buckets of a per-pair key (reward gap, data margin, length difference),
+and the number format the report's text uses for values that may be missing."""
 
 from __future__ import annotations
 
@@ -44,3 +45,8 @@ def accuracy_by_bucket(
             )
             rows.append(row)
     return rows
+
+
+def format_number(value: float | None) -> str:
+    """``value`` with three decimals, ``n/a`` for None (a correlation of constant values)."""
+    return "n/a" if value is None else f"{value:.3f}"

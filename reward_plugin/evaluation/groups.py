@@ -1,8 +1,9 @@
 """Rewards grouped by prompt, and the accuracies defined on them: pairwise and best-of-N.
 
-A prompt has one or more chosen and one or more rejected responses (a plain pair is the group
-with one of each; an RM-Bench prompt has three and three). Every (chosen, rejected) combination
-of a prompt is one preference pair. Ties count as wrong everywhere, as in training's accuracy.
+A prompt has K responses and the preference pairs among them, as the grouped table stores it:
+a plain pair is K = 2 with one pair; an RM-Bench prompt has three chosen and three rejected
+responses and nine pairs (every chosen above every rejected). Ties count as wrong everywhere,
+as in training's accuracy.
 """
 
 from __future__ import annotations
@@ -164,13 +165,13 @@ def best_of_n_accuracy(groups: Sequence[PromptRewards]) -> dict[str, Any]:
     """The share of prompts where :func:`best_of_n_correct` holds; ``count`` is prompts.
 
     Returns:
-        :func:`~reward_plugin.metrics.accuracy_estimate` plus ``n`` (responses per prompt: the
+        :func:`~reward_plugin.metrics.accuracy_estimate` plus ``n`` (chosen + rejected responses per prompt: the
         number when all prompts have the same, else a list of the sizes present).
     """
     _require(groups)
     correct = np.array([best_of_n_correct(g) for g in groups])
     out = accuracy_estimate(correct.mean(), len(groups), len(groups))
-    sizes = sorted({g.rewards.size for g in groups})
+    sizes = sorted({g.chosen.size + g.rejected.size for g in groups})
     out["n"] = sizes[0] if len(sizes) == 1 else sizes
     return out
 

@@ -19,8 +19,8 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..metrics import accuracy_estimate
+from .buckets import accuracy_by_bucket
 from .groups import PromptRewards, pair_outcomes
-from .report import accuracy_by_bucket
 
 
 def has_lengths(groups: Sequence[PromptRewards]) -> bool:
@@ -50,9 +50,13 @@ def pearson(x: Any, y: Any) -> float:
 
 
 def _accuracy(correct: np.ndarray, prompt: np.ndarray) -> dict[str, Any]:
-    return accuracy_estimate(
-        correct.mean() if correct.size else float("nan"), correct.size, np.unique(prompt).size
-    )
+    if correct.size == 0:  # no such pairs: null, so that the report stays strict JSON
+        return {"accuracy": None, "count": 0, "prompts": 0, "ci95": None}
+    return accuracy_estimate(correct.mean(), correct.size, np.unique(prompt).size)
+
+
+def _finite(value: float) -> float | None:
+    return value if np.isfinite(value) else None
 
 
 def length_bias_report(groups: Sequence[PromptRewards], buckets: int = 5) -> dict[str, Any]:
@@ -64,10 +68,12 @@ def length_bias_report(groups: Sequence[PromptRewards], buckets: int = 5) -> dic
 
     Returns:
         ``{"by_sign": {"chosen_longer", "same_length", "chosen_shorter"}`` (each an
-        :func:`~reward_plugin.metrics.accuracy_estimate`, interval over the prompts it holds),
+        :func:`~reward_plugin.metrics.accuracy_estimate`, interval over the prompts it holds;
+        ``accuracy`` and ``ci95`` null when no pair is of that kind),
         ``"by_length_difference"`` (buckets ``{"low", "high", "count", "prompts", "accuracy",
         "ci95"}``), ``"correlation": {"pearson", "spearman", "within_prompt_pearson",
-        "responses"}``, ``"mean_length": {"chosen", "rejected"}``}.
+        "responses"}`` (null when rewards or lengths are constant), ``"mean_length": {"chosen",
+        "rejected"}``}.
 
     Raises:
         ConfigError: no prompts, or some without lengths.
@@ -90,9 +96,9 @@ def length_bias_report(groups: Sequence[PromptRewards], buckets: int = 5) -> dic
         "by_sign": by_sign,
         "by_length_difference": accuracy_by_bucket(difference, correct, buckets, units=prompt),
         "correlation": {
-            "pearson": pearson(rewards, lengths),
-            "spearman": pearson(ranks(rewards), ranks(lengths)),
-            "within_prompt_pearson": pearson(centred_rewards, centred_lengths),
+            "pearson": _finite(pearson(rewards, lengths)),
+            "spearman": _finite(pearson(ranks(rewards), ranks(lengths))),
+            "within_prompt_pearson": _finite(pearson(centred_rewards, centred_lengths)),
             "responses": int(rewards.size),
         },
         "mean_length": {

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
+from .buckets import format_number
 
 
 def require_matplotlib() -> None:
@@ -93,8 +94,8 @@ def plot_evaluation(
         axes[3].set_xlabel("response length (tokens)")
         axes[3].set_ylabel("reward")
         axes[3].set_title(
-            f"reward vs length (n={corr['responses']}): Pearson {corr['pearson']:.3f}, "
-            f"Spearman {corr['spearman']:.3f}",
+            f"reward vs length (n={corr['responses']}): Pearson {format_number(corr['pearson'])}, "
+            f"Spearman {format_number(corr['spearman'])}",
             fontsize=10,
         )
     out = Path(path)

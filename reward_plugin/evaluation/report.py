@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
-from .buckets import accuracy_by_bucket
+from .buckets import accuracy_by_bucket, format_number
 from .groups import PromptRewards, best_of_n_accuracy, pairwise_accuracy, write_predictions
 from .length_bias import has_lengths, length_bias_report
 from .rm_bench import is_rm_bench, rm_bench_report
@@ -242,8 +242,8 @@ def _format_length_bias(bias: dict[str, Any]) -> list[str]:
             if e["count"]
         ),
         (
-            f"  reward vs length over {corr['responses']} responses: Pearson {corr['pearson']:.3f}, "
-            f"Spearman {corr['spearman']:.3f}, within prompts {corr['within_prompt_pearson']:.3f}"
+            f"  reward vs length over {corr['responses']} responses: Pearson {format_number(corr['pearson'])}, "
+            f"Spearman {format_number(corr['spearman'])}, within prompts {format_number(corr['within_prompt_pearson'])}"
         ),
         "  accuracy by len(chosen) - len(rejected):",
     ]
