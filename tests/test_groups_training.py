@@ -10,6 +10,7 @@ import math
 import datasets
 import pytest
 import torch
+from conftest import tiny_llama_config
 from test_groups_data import rm_bench_rows
 from test_groups_forward import sequence_rewards
 from test_pair_batching import tiny_bert
@@ -21,8 +22,6 @@ from reward_plugin import RewardConfig, RewardTrainer
 from reward_plugin.errors import ConfigError, DataError
 from reward_plugin.loss import group_loss, pairwise_loss
 from reward_plugin.pairs.groups import GroupCollator
-
-from conftest import tiny_llama_config
 
 FULL_BATCH = {
     "max_steps": 4,
