@@ -37,9 +37,11 @@ def column_names(dataset: Any) -> list[str]:
 
 
 def is_tokenized(columns: list[str]) -> bool:
-    """Whether ``columns`` hold tokenized pairs (legacy four columns or TRL id columns)."""
-    return all(c in columns for c in PAIR_COLUMNS) or any(
-        c in columns and r in columns for c, r in _ID_ALIASES
+    """Whether ``columns`` hold tokenized pairs (legacy four columns or TRL id columns) or a grouped table."""
+    return (
+        all(c in columns for c in PAIR_COLUMNS)
+        or is_group_table(columns)
+        or any(c in columns and r in columns for c, r in _ID_ALIASES)
     )
 
 
