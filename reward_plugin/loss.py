@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .errors import DataError
+
 
 def pairwise_loss(
     rewards_chosen: torch.Tensor,
@@ -107,7 +109,8 @@ def group_loss(
         A float32 scalar tensor.
 
     Raises:
-        ValueError: an unknown ``kind``, or a listwise loss over a group without scores.
+        ValueError: an unknown ``kind``; DataError (a ValueError): a listwise loss over a group
+            without scores.
     """
     if kind not in GROUP_LOSSES:
         raise ValueError(f"`group_loss` must be one of {', '.join(GROUP_LOSSES)}, got {kind!r}")
@@ -115,7 +118,7 @@ def group_loss(
     if kind == "bradley_terry":
         return pairwise_loss(rewards[better], rewards[worse], margin, center_rewards_coefficient)
     if scores is None or groups is None or torch.isnan(scores).any():
-        raise ValueError(
+        raise DataError(
             f"group_loss={kind!r} ranks each group's responses by their `scores`, and a group in this batch "
             "has none; give every response a score (convert --groups keeps the source's scores) or use "
             "group_loss='bradley_terry'"

@@ -117,3 +117,28 @@ def test_cli_convert_writes_pairs_or_groups_and_counts_them(minilm_path, tmp_pat
 def test_rm_bench_is_detected():
     rows = rm_bench_rows(3)
     assert df.detect_format(list(rows[0]), rows) == "rm-bench"
+
+
+def test_inspect_shows_group_sizes_and_the_tokens_against_the_expanded_pairs(minilm_path, tmp_path):
+    from dataset_formats.inspect import format_report, inspect_output
+
+    src = tmp_path / "rm.json"
+    rows = rm_bench_rows(4)
+    rows[1]["chosen"] = rows[1]["chosen"][:2]  # a group of 5 responses, 6 pairs
+    src.write_text(json.dumps(rows), encoding="utf-8")
+    out = tmp_path / "groups.parquet"
+    df.convert(src, out, format="rm-bench", tokenizer=minilm_path, groups=True, progress=False)
+    report = inspect_output(out, tokenizer=minilm_path, sample_row=1)
+    groups = pq.read_table(out).to_pylist()
+    assert (report["groups"], report["pairs"]) == (4, 33)
+    sizes = [len(g["response_ids"]) for g in groups]
+    assert report["group_sizes"]["count_by_size"] == {str(k): sizes.count(k) for k in sorted(set(sizes))}
+    assert report["group_tokens"] == sum(
+        len(g["prompt_ids"]) + sum(map(len, g["response_ids"])) for g in groups
+    )
+    expanded = expand_groups(pq.read_table(out)).to_pydict()
+    pair_tokens = sum(map(len, expanded["input_ids_chosen"])) + sum(map(len, expanded["input_ids_rejected"]))
+    assert report["expanded_pair_tokens"] == pair_tokens
+    assert len(report["sample"]["responses"]) == sizes[1] and report["sample"]["source_row"] == 1
+    text = format_report(report)
+    assert f"{report['groups']} groups, 33 pairs" in text and "groups by number of responses:" in text
