@@ -82,6 +82,11 @@ def _add_convert_policy(convert: argparse.ArgumentParser) -> None:
         "--max-length", type=int, metavar="N", help="longest sequence to keep (default: no limit)"
     )
     convert.add_argument(
+        "--groups",
+        action="store_true",
+        help="write the grouped table: one row per prompt with its responses and pairs (docs/groups.md)",
+    )
+    convert.add_argument(
         "--truncation",
         choices=("left", "right", "drop"),
         default="left",
@@ -238,6 +243,7 @@ def run_convert(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             stats_json=args.stats_json,
             trust_remote_code=args.trust_remote_code,
+            groups=args.groups,
         )
     print(stats.summary())
     print(f"wrote {args.output}" + (f"; rejected rows in {args.rejects}" if args.rejects else ""))

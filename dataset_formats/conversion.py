@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from .encoding import LengthPolicy, PairEncoder, load_tokenizer
 from .errors import InputFileError, OptionError, OutputExistsError
+from .groups import group_schema
 from .on_error import DEFAULT_ON_ERROR, ON_ERROR_CHOICES
 from .pipeline import BatchProcessor, ConvertStats, run_batches
 from .reading import DEFAULT_BATCH_SIZE, count_rows, iter_object_batches, iter_row_batches, peek_rows
@@ -109,6 +110,7 @@ def _make_processor(
     policy: LengthPolicy,
     on_error: str,
     format_options: dict[str, Any] | None,
+    groups: bool = False,
 ) -> BatchProcessor:
     adapter = get_format(format_name)
     options = adapter.make_options(format_options)
@@ -118,7 +120,9 @@ def _make_processor(
         from .rendering import load_chat_template
 
         template = load_chat_template(chat_template, tokenizer)
-    return BatchProcessor(adapter, options, encoder, template, raise_errors=on_error == "raise")
+    return BatchProcessor(
+        adapter, options, encoder, template, raise_errors=on_error == "raise", groups=groups
+    )
 
 
 def convert(
@@ -139,6 +143,7 @@ def convert(
     stats_json: str | os.PathLike | None = None,
     trust_remote_code: bool = False,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    groups: bool = False,
 ) -> ConvertStats:
     """Convert preference data files into one paired, tokenized table.
 
@@ -161,6 +166,8 @@ def convert(
         stats_json: write :meth:`ConvertStats.to_dict` to this file.
         trust_remote_code: allow a tokenizer with custom code (off unless you set it).
         batch_size: source rows per batch.
+        groups: write the grouped table (one row per source row with its responses and pairs,
+            :mod:`dataset_formats.groups`) instead of the pair table.
 
     Returns:
         The :class:`ConvertStats` of the run.
@@ -175,7 +182,7 @@ def convert(
     samples = [(str(p), peek_rows(p)) for p in paths] if format == "auto" else []
     format_name = _resolve_format(format, samples)
     tok = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code)
-    processor = _make_processor(format_name, tok, chat_template, policy, on_error, format_options)
+    processor = _make_processor(format_name, tok, chat_template, policy, on_error, format_options, groups)
     stats = ConvertStats(
         format=format_name,
         tokenizer=_tokenizer_name(tokenizer, tok),
@@ -191,10 +198,11 @@ def convert(
         "chat_template": chat_template if isinstance(chat_template, str) else None,
         "max_length": max_length,
         "truncation": truncation,
+        "groups": groups,
     }
     batches = run_batches(processor, _source_batches(paths, batch_size), num_proc)
     files = _OutputFiles(output, rejects, stats_json, overwrite, metadata)
-    _write_outputs(batches, files, processor.adapter.produces_margin, stats, paths, progress, started)
+    _write_outputs(batches, files, processor.adapter.produces_margin, groups, stats, paths, progress, started)
     return stats
 
 
@@ -235,13 +243,14 @@ def _write_outputs(
     results: Iterable[Any],
     files: _OutputFiles,
     produces_margin: bool,
+    groups: bool,
     stats: ConvertStats,
     paths: list[Path],
     progress: bool,
     started: float,
 ) -> None:
     """Write every batch result, then commit the table, rejects and stats together (all or nothing)."""
-    empty = pair_schema(with_margin=produces_margin)
+    empty = group_schema() if groups else pair_schema(with_margin=produces_margin)
     with (
         PairWriter(
             files.output, overwrite=files.overwrite, metadata=files.metadata, empty_schema=empty
@@ -276,6 +285,7 @@ def encode_rows(
     format_options: dict[str, Any] | None = None,
     source: str = "<rows>",
     batch_size: int = DEFAULT_BATCH_SIZE,
+    groups: bool = False,
 ) -> tuple[pa.Table, ConvertStats]:
     """Convert in-memory rows (dicts, or a ``datasets.Dataset``) into a paired ``pyarrow.Table``.
 
@@ -285,10 +295,11 @@ def encode_rows(
             :func:`convert`.
         source: the name used for these rows in error messages.
         batch_size: rows per tokenizer call.
+        groups: return the grouped table (:mod:`dataset_formats.groups`) instead of pairs.
 
     Returns:
         ``(table, stats)``; ``table`` has the four pair columns, ``margin`` when any pair has one
-        (or the adapter always makes one), and ``source_row``.
+        (or the adapter always makes one), and ``source_row`` (with ``groups``: the grouped columns).
     """
     started = time.perf_counter()
     _check_choice("on_error", on_error, ON_ERROR_CHOICES)
@@ -301,7 +312,7 @@ def encode_rows(
     else:
         format_name = _resolve_format(format, [])
     tok = load_tokenizer(tokenizer)
-    processor = _make_processor(format_name, tok, chat_template, policy, on_error, format_options)
+    processor = _make_processor(format_name, tok, chat_template, policy, on_error, format_options, groups)
     stats = ConvertStats(
         format=format_name,
         tokenizer=_tokenizer_name(tokenizer, tok),
@@ -321,6 +332,10 @@ def encode_rows(
         stats.add(result.stats)
         if result.batch is not None:
             parts.append(result.batch)
+    if groups:
+        table = pa.Table.from_batches(parts, schema=group_schema())
+        stats.seconds = round(time.perf_counter() - started, 3)
+        return table, stats
     with_margin = processor.adapter.produces_margin or any(MARGIN_COLUMN in b.schema.names for b in parts)
     schema = pair_schema(with_margin=with_margin)
     parts = [_conform(b, schema) for b in parts]

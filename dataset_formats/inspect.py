@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import InputFileError
+from .groups import is_group_table
 from .prefix import shared_prefix_lengths
 from .schema import MARGIN_COLUMN, PAIR_COLUMNS, SOURCE_ROW_COLUMN
 from .writing import METADATA_KEY
@@ -88,6 +89,8 @@ def inspect_output(path: str | os.PathLike, tokenizer: Any = None, sample_row: i
     """
     path = Path(path)
     kind, schema, batches = _open_batches(path)
+    if is_group_table(schema.names):
+        return _group_report(path, kind, schema, batches, tokenizer, sample_row)
     missing = [c for c in PAIR_COLUMNS if c not in schema.names]
     if missing:
         raise InputFileError(
@@ -147,6 +150,24 @@ def inspect_output(path: str | os.PathLike, tokenizer: Any = None, sample_row: i
     return report
 
 
+def _group_report(path, kind, schema, batches, tokenizer, sample_row) -> dict[str, Any]:
+    """A grouped table's report (:mod:`.group_inspect`), with a decoded sample group."""
+    from .group_inspect import decode_group, group_report
+
+    batches = list(batches)
+    raw_meta = (schema.metadata or {}).get(METADATA_KEY)
+    conversion = json.loads(raw_meta) if raw_meta else None
+    report = group_report(str(path), kind, schema, batches, conversion, _percentiles)
+    if tokenizer is not None and 0 <= sample_row < report["groups"]:
+        if isinstance(tokenizer, (str, os.PathLike)):
+            from .encoding import load_tokenizer
+
+            tokenizer = load_tokenizer(str(tokenizer))
+        row = pa.Table.from_batches(batches).slice(sample_row, 1).to_pylist()[0]
+        report["sample"] = decode_group(tokenizer, row, sample_row)
+    return report
+
+
 def _decode_sample(tokenizer: Any, row: dict[str, Any], index: int) -> dict[str, Any]:
     if isinstance(tokenizer, (str, os.PathLike)):
         from .encoding import load_tokenizer
@@ -162,6 +183,10 @@ def _decode_sample(tokenizer: Any, row: dict[str, Any], index: int) -> dict[str,
 
 def format_report(report: dict[str, Any]) -> str:
     """The human-readable form of :func:`inspect_output`'s report."""
+    if "groups" in report:
+        from .group_inspect import format_group_report
+
+        return format_group_report(report, _num)
     lines = [
         f"{report['path']} ({report['kind']}): {report['rows']} pairs",
         f"columns: {', '.join(report['columns'])}",

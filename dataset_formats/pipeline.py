@@ -23,6 +23,7 @@ import pyarrow as pa
 from .adapter import FormatAdapter
 from .encoding import PairEncoder, build_record_batch, render_pairs
 from .errors import DatasetFormatError, RecordError
+from .groups import build_group_batch
 from .reading import RowBatch
 from .records import PreferencePair
 
@@ -36,8 +37,9 @@ class ConvertStats:
 
     ``rows_*`` count source rows: a row is written when at least one of its pairs is written, else
     rejected (``rejected_by_reason`` counts rejected rows by the reason of their first failure), so
-    ``rows_read == rows_written + rows_rejected``. ``pairs_*`` count output rows (an adapter may
-    make several pairs of one source row). ``rows_truncated`` counts written rows with a truncated
+    ``rows_read == rows_written + rows_rejected``. ``pairs_*`` count pairs (an adapter may
+    make several pairs of one source row); ``groups_written`` counts the groups of a grouped output
+    (``convert --groups``: one per written source row, holding its written pairs). ``rows_truncated`` counts written rows with a truncated
     pair; ``pairs_prompt_truncated`` / ``pairs_response_truncated`` say which part was cut.
     ``ties_dropped`` counts tied candidate pairs a ranking adapter skipped and
     ``candidates_dropped`` the other candidates adapters left out, by kind (the
@@ -52,6 +54,7 @@ class ConvertStats:
     rows_truncated: int = 0
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
     pairs_written: int = 0
+    groups_written: int = 0
     pairs_rejected: int = 0
     pairs_prompt_truncated: int = 0
     pairs_response_truncated: int = 0
@@ -73,6 +76,7 @@ class ConvertStats:
         "rows_rejected",
         "rows_truncated",
         "pairs_written",
+        "groups_written",
         "pairs_rejected",
         "pairs_prompt_truncated",
         "pairs_response_truncated",
@@ -101,6 +105,8 @@ class ConvertStats:
     def summary(self) -> str:
         """A few human-readable lines for the CLI."""
         written = f"pairs written: {self.pairs_written}" + (" (with margin column)" if self.margin else "")
+        if self.groups_written:
+            written = f"groups written: {self.groups_written}, {written} (in groups)"
         if self.max_length:
             written += f", rows truncated: {self.rows_truncated}"
         lines = [
@@ -201,11 +207,20 @@ class BatchProcessor:
         encoder: the :class:`PairEncoder` (tokenizer + length policy).
         template: a chat template from ``load_chat_template`` or None.
         raise_errors: raise the first bad row's RecordError instead of rejecting it.
+        groups: write the grouped table (one row per source row, :mod:`dataset_formats.groups`)
+            instead of one row per pair.
     """
 
     def __init__(
-        self, adapter: FormatAdapter, options: Any, encoder: PairEncoder, template: Any, raise_errors: bool
+        self,
+        adapter: FormatAdapter,
+        options: Any,
+        encoder: PairEncoder,
+        template: Any,
+        raise_errors: bool,
+        groups: bool = False,
     ):
+        self.groups = groups
         self.adapter = adapter
         self.options = options
         self.encoder = encoder
@@ -339,7 +354,15 @@ class BatchProcessor:
             for flag in pairs[i].meta.get("flags", ()):
                 stats.pairs_flagged[flag] = stats.pairs_flagged.get(flag, 0) + 1
         batch = None
-        if written:
+        if written and self.groups:
+            batch = build_group_batch(
+                [(enc.ids_chosen, enc.ids_rejected) for enc in kept],
+                [pairs[i].row for i in written],
+                [pairs[i].margin for i in written],
+                [pairs[i].scores for i in written],
+            )
+            stats.groups_written = batch.num_rows
+        elif written:
             margins = [pairs[i].margin for i in written]
             with_margin = self.adapter.produces_margin or any(m is not None for m in margins)
             batch = build_record_batch(

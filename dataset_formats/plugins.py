@@ -28,6 +28,7 @@ DEFAULT_PLUGINS = (
     "dataset_formats.adapters.axolotl",
     "dataset_formats.adapters.scores",
     "dataset_formats.adapters.ranking",
+    "dataset_formats.adapters.rm_bench",
     "dataset_formats.adapters.detect",
 )
 

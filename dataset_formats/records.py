@@ -27,6 +27,9 @@ class PreferencePair:
         margin: how much better chosen is (Llama 2 margin), or None when the source gives none.
         row: the 0-based source row number, set by the pipeline (provenance column ``source_row``).
         meta: extra provenance an adapter wants to keep (not written unless asked for).
+        scores: ``(chosen score, rejected score)`` when the source scores each response (higher is
+            better; a rank is given as its negative), else None. The grouped table
+            (:mod:`dataset_formats.groups`) keeps them as per-response ``scores``.
     """
 
     prompt: Content | None
@@ -35,6 +38,7 @@ class PreferencePair:
     margin: float | None = None
     row: int = -1
     meta: dict[str, Any] = field(default_factory=dict)
+    scores: tuple[float, float] | None = None
 
     def is_conversational(self) -> bool:
         """True when the pair holds messages rather than plain text."""

@@ -113,16 +113,28 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
     evaluate = subparsers.add_parser(
         "eval",
-        help="evaluate a reward model on preference pairs",
-        description="Accuracy, reward margins and reward distributions of a trained reward model on a data file.",
+        help="evaluate a reward model on preference pairs or groups (RM-Bench, best-of-N, length bias)",
+        description="Accuracy (pairwise, best-of-N, RM-Bench easy/normal/hard, by length difference), reward "
+        "margins and reward distributions of a trained reward model on a data file.",
     )
     evaluate.add_argument("--model", required=True, metavar="DIR", help="the trained model's folder")
     evaluate.add_argument(
         "--data", required=True, metavar="FILE", help="a converted table or raw preference data (any format)"
     )
+    evaluate.add_argument(
+        "--tokenizer", metavar="DIR|NAME", help="tokenizer for raw data (default: the model's)"
+    )
     evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
     evaluate.add_argument(
-        "--plot", metavar="PATH.png", help="write reward histograms and accuracy by gap (matplotlib)"
+        "--report-json", metavar="PATH.json", help="also write the report as JSON to this file"
+    )
+    evaluate.add_argument(
+        "--predictions", metavar="PATH.jsonl", help="write one JSON line per prompt with its rewards"
+    )
+    evaluate.add_argument(
+        "--plot",
+        metavar="PATH.png",
+        help="write reward histograms, accuracy by gap and the length bias (matplotlib)",
     )
     evaluate.add_argument(
         "--format", default="auto", metavar="NAME|auto", help="format of raw data (default: auto)"
@@ -138,7 +150,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "--option", action="append", default=[], metavar="KEY=VALUE", help="an adapter option of raw data"
     )
     evaluate.add_argument(
-        "--batch-size", type=int, default=16, metavar="N", help="pairs per batch (default 16)"
+        "--batch-size",
+        type=int,
+        default=16,
+        metavar="N",
+        help="pairs (pair tables) or groups per forward (default 16)",
     )
     evaluate.set_defaults(func=run_eval)
 
@@ -230,19 +246,27 @@ def run_train(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     from dataset_formats.commands import parse_options
 
-    from .evaluate import evaluate_model, format_report
+    from .evaluation import evaluate_model, format_report
 
     report = evaluate_model(
         args.model,
         args.data,
         format=args.format,
+        tokenizer=args.tokenizer,
         max_length=args.max_length,
         truncation=args.truncation,
         chat_template=args.chat_template,
         format_options=parse_options(args.option),
         batch_size=args.batch_size,
         plot=args.plot,
+        predictions=args.predictions,
     )
+    if args.report_json:
+        from pathlib import Path
+
+        path = Path(args.report_json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 

@@ -12,6 +12,7 @@ from transformers import TrainingArguments
 from dataset_formats.on_error import DEFAULT_ON_ERROR, ON_ERROR_CHOICES
 
 from .errors import ConfigError
+from .loss import GROUP_LOSSES
 
 #: Values of ``RewardConfig.pair_batching``.
 PAIR_BATCHING_MODES = ("standard", "prefix_shared", "packed", "auto")
@@ -101,6 +102,11 @@ class RewardConfig(TrainingArguments):
     Parameters that control the training:
         center_rewards_coefficient: weight of the ``mean((r_chosen + r_rejected)^2)`` term that keeps
             rewards centred on zero (Eisenstein et al. 2023 recommend 0.01); ``None`` disables it.
+        group_loss: the loss over a grouped table's groups (K responses per prompt, see
+            ``docs/groups.md``): ``"bradley_terry"`` (default: the pairwise loss over each group's
+            pairs, equal to training on the expanded pairs), ``"plackett_luce"`` (the listwise
+            likelihood of each group's ranking by its scores) or ``"best_vs_rest"`` (the top-scored
+            responses against the rest, a softmax cross-entropy). Pair tables always use the pairwise loss.
         save_reward_stats: after ``train()``, save the mean/std of the model's rewards (over the eval
             set, else the train set) to ``reward_stats.json`` and the model config.
         save_final_model: after ``train()``, save the final model with its tokenizer, reward statistics
@@ -251,6 +257,15 @@ class RewardConfig(TrainingArguments):
             "(0.01 is recommended); None disables it."
         },
     )
+    group_loss: str = field(
+        default="bradley_terry",
+        metadata={
+            "help": "Loss over the groups of a grouped table: 'bradley_terry' (all pairs of a group, with "
+            "margins; equal to the expanded pairs), 'plackett_luce' (listwise, the ranking by the scores) or "
+            "'best_vs_rest' (the best responses against the rest, softmax cross-entropy).",
+            "choices": list(GROUP_LOSSES),
+        },
+    )
     save_final_model: bool = field(
         default=True,
         metadata={
@@ -298,6 +313,10 @@ class RewardConfig(TrainingArguments):
         if self.pair_batching not in PAIR_BATCHING_MODES:
             raise ConfigError(
                 f"`pair_batching` must be one of {', '.join(PAIR_BATCHING_MODES)}, got {self.pair_batching!r}"
+            )
+        if self.group_loss not in GROUP_LOSSES:
+            raise ConfigError(
+                f"`group_loss` must be one of {', '.join(GROUP_LOSSES)}, got {self.group_loss!r}"
             )
         if self.pair_attention not in PAIR_ATTENTION_MODES:
             raise ConfigError(

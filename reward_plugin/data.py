@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from dataset_formats.groups import PROMPT_IDS_COLUMN, RESPONSE_IDS_COLUMN, is_group_table
 from dataset_formats.on_error import DEFAULT_ON_ERROR
 from dataset_formats.schema import MARGIN_COLUMN, PAIR_COLUMNS
 
@@ -37,9 +38,11 @@ def column_names(dataset: Any) -> list[str]:
 
 
 def is_tokenized(columns: list[str]) -> bool:
-    """Whether ``columns`` hold tokenized pairs (legacy four columns or TRL id columns)."""
-    return all(c in columns for c in PAIR_COLUMNS) or any(
-        c in columns and r in columns for c, r in _ID_ALIASES
+    """Whether ``columns`` hold tokenized pairs (legacy four columns or TRL id columns) or a grouped table."""
+    return (
+        all(c in columns for c in PAIR_COLUMNS)
+        or is_group_table(columns)
+        or any(c in columns and r in columns for c, r in _ID_ALIASES)
     )
 
 
@@ -82,8 +85,8 @@ def prepare_dataset(
     if not columns and not _is_map_style(dataset):  # a streaming dataset without declared features
         first = next(iter(dataset), None)
         columns = list(first) if isinstance(first, dict) else []
-    if all(c in columns for c in PAIR_COLUMNS):
-        prepared = dataset
+    if all(c in columns for c in PAIR_COLUMNS) or is_group_table(columns):
+        prepared = dataset  # pairs, or a grouped table (reward_plugin.pairs.groups collates it)
     elif any(c in columns and r in columns for c, r in _ID_ALIASES):
         prepared = _from_id_columns(dataset, columns, num_proc)
     else:
@@ -208,11 +211,20 @@ def _check_margin(dataset: Any, name: str) -> None:
 
 
 def pair_lengths(dataset: Any) -> list[int]:
-    """``max(len(chosen), len(rejected))`` of every pair of a map-style dataset, read with pyarrow."""
+    """``max(len(chosen), len(rejected))`` of every pair of a map-style dataset, read with pyarrow.
+
+    For a grouped table: per group, its longest sequence (prompt + longest response).
+    """
     import pyarrow.compute as pc
 
     lengths: list[int] = []
     arrow = dataset.with_format("arrow")
+    if is_group_table(column_names(dataset)):
+        for batch in arrow.iter(batch_size=10_000):
+            prompts = pc.list_value_length(batch.column(PROMPT_IDS_COLUMN)).to_pylist()
+            responses = batch.column(RESPONSE_IDS_COLUMN).to_pylist()
+            lengths.extend(p + max(map(len, r), default=0) for p, r in zip(prompts, responses))
+        return lengths
     for batch in arrow.iter(batch_size=10_000):
         chosen = pc.list_value_length(batch.column("input_ids_chosen"))
         rejected = pc.list_value_length(batch.column("input_ids_rejected"))

@@ -124,3 +124,47 @@ def read_reward_stats(model_dir: str | Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+#: ``z`` of a two-sided 95% normal interval.
+Z_95 = 1.959963984540054
+
+
+def wilson_interval(accuracy: float, units: int, z: float = Z_95) -> tuple[float, float]:
+    """The Wilson score interval (95% by default) of an accuracy observed over ``units`` units.
+
+    Every interval the evaluation reports comes from here. ``units`` is the number of
+    independent units (prompts): comparisons of one prompt share its text and are not
+    independent. For a mean of per-unit fractions in ``[0, 1]`` (a prompt's share of won
+    comparisons) the variance is at most ``p(1 - p)``, so the Bernoulli interval is conservative.
+
+    Args:
+        accuracy: the observed proportion in ``[0, 1]``.
+        units: how many independent units it is the mean over.
+        z: the normal quantile (1.96 for 95%).
+
+    Returns:
+        ``(low, high)``, NaNs when ``units`` is 0.
+    """
+    if units <= 0:
+        return math.nan, math.nan
+    p = min(max(float(accuracy), 0.0), 1.0)
+    z2n = z * z / units
+    centre = (p + z2n / 2) / (1 + z2n)
+    half = z * math.sqrt(p * (1 - p) / units + z2n / (4 * units)) / (1 + z2n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def accuracy_estimate(accuracy: float, count: int, units: int) -> dict[str, Any]:
+    """An accuracy with its count and 95% interval, as every report shows one.
+
+    Args:
+        accuracy: the proportion of comparisons won.
+        count: the number of comparisons it is taken over.
+        units: the number of independent prompts behind them (the interval's ``n``).
+
+    Returns:
+        ``{"accuracy", "count", "prompts", "ci95": [low, high]}``.
+    """
+    low, high = wilson_interval(accuracy, units)
+    return {"accuracy": float(accuracy), "count": int(count), "prompts": int(units), "ci95": [low, high]}

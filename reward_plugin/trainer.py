@@ -13,12 +13,13 @@ from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainerCallback
 from transformers.trainer_utils import EvalPrediction, has_length
 
+from dataset_formats.groups import GROUP_COLUMNS, SCORES_COLUMN, is_group_table
 from dataset_formats.schema import MARGIN_COLUMN, PAIR_COLUMNS
 
 from .config import RewardConfig
 from .data import column_names, pair_lengths, prepare_dataset
 from .errors import ConfigError, DataError
-from .loss import pairwise_loss
+from .loss import group_loss, pairwise_loss
 from .metrics import compute_reward_metrics, reward_metrics, reward_statistics, write_reward_stats
 from .modelcard import library_versions, write_model_card
 from .modeling import (
@@ -39,6 +40,7 @@ from .pairs import (
     resolve_pair_batching,
 )
 from .pairs.attention import supports_segment_attention
+from .pairs.groups import GROUP_KEYS, GroupCollator, group_rewards
 from .sampler import LengthGroupedPairSampler
 from .scoring import ScoreReader, unwrap_model
 
@@ -83,6 +85,7 @@ class RewardTrainer(Trainer):
     """
 
     loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
+    _grouped = False  # a dataset is a grouped table: the default collator is a GroupCollator
 
     def __init__(
         self,
@@ -228,7 +231,7 @@ class RewardTrainer(Trainer):
         return self._prepare_model(super().call_model_init(trial))
 
     def _prepare(self, dataset: Any, name: str) -> Any:
-        return prepare_dataset(
+        prepared = prepare_dataset(
             dataset,
             tokenizer=self.processing_class,
             dataset_format=self.args.dataset_format,
@@ -240,6 +243,16 @@ class RewardTrainer(Trainer):
             num_proc=self.args.dataset_num_proc,
             name=name,
         )
+        if not self._grouped and is_group_table(column_names(prepared)):
+            self._grouped = True
+            # A grouped set given after __init__ (evaluate/predict): our default pair collators
+            # become the group collator, which takes pair rows too (as groups of two).
+            if type(getattr(self, "data_collator", None)) in (
+                RewardDataCollatorWithPadding,
+                PrefixSharedPairCollator,
+            ):
+                self.data_collator = self._default_collator()
+        return prepared
 
     def _default_collator(self) -> Callable:
         """The collator used when none is passed: the layout of ``self.pair_batching``.
@@ -261,6 +274,13 @@ class RewardTrainer(Trainer):
             "keep_token_ids": {i for i in keep if isinstance(i, int)},
             "padding_side": "right",
         }
+        if self._grouped:
+            layout = getattr(self, "pair_batching", "standard")
+            model = getattr(self, "_layout_model", None)
+            cost = None
+            if layout == "packed" and model is not None:
+                cost = math.inf if self._segment_attention(model) else attention_cost_tokens(model)
+            return GroupCollator(**options, layout=layout, attention_cost_tokens=cost)
         if getattr(self, "pair_batching", "standard") in FAST_MODES:
             pack = self.pair_batching == "packed"
             model = getattr(self, "_layout_model", None)
@@ -283,6 +303,9 @@ class RewardTrainer(Trainer):
                 "rejected_ids",
                 MARGIN_COLUMN,
                 *PACKED_KEYS,
+                *GROUP_COLUMNS,
+                SCORES_COLUMN,
+                *GROUP_KEYS,
             ]
 
     def _get_train_sampler(self, train_dataset: Any = None):
@@ -357,21 +380,50 @@ class RewardTrainer(Trainer):
         return rewards[: chosen_ids.shape[0]], rewards[chosen_ids.shape[0] :]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        rewards_chosen, rewards_rejected = self.compute_rewards(model, inputs)
-        loss = pairwise_loss(
-            rewards_chosen,
-            rewards_rejected,
-            margin=inputs.get(MARGIN_COLUMN),
-            center_rewards_coefficient=self.args.center_rewards_coefficient,
-        )
-        if model.training:
-            gathered = self.accelerator.gather(
-                torch.stack([rewards_chosen.detach(), rewards_rejected.detach()], 1)
+        if "pair_better" in inputs:  # a GroupCollator batch: one forward per group
+            rewards_chosen, rewards_rejected, loss = self._group_loss(model, inputs)
+        else:
+            rewards_chosen, rewards_rejected = self.compute_rewards(model, inputs)
+            loss = pairwise_loss(
+                rewards_chosen,
+                rewards_rejected,
+                margin=inputs.get(MARGIN_COLUMN),
+                center_rewards_coefficient=self.args.center_rewards_coefficient,
             )
+        if model.training:
+            pairs = torch.stack([rewards_chosen.detach(), rewards_rejected.detach()], 1)
+            if "pair_better" in inputs and self.args.world_size > 1:
+                # Groups give each process its own number of pairs and gather needs equal shapes:
+                # pad with rows whose third column (1 = real) is 0, and drop them after.
+                pairs = torch.cat([pairs, torch.ones_like(pairs[:, :1])], dim=1)
+                pairs = self.accelerator.gather(self.accelerator.pad_across_processes(pairs, dim=0))
+                gathered = pairs[pairs[:, 2] == 1, :2]
+            else:
+                gathered = self.accelerator.gather(pairs)
             self._train_rewards.append(gathered.float())  # moved to the CPU once per log, not per step
         if return_outputs:
             return loss, {"rewards_chosen": rewards_chosen, "rewards_rejected": rewards_rejected}
         return loss
+
+    def _group_loss(
+        self, model: nn.Module, inputs: dict[str, Any]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(rewards of the better, of the worse response of each pair, loss)`` of a group batch."""
+        rewards = group_rewards(
+            self._score_reader, model, inputs, segments=self.args.pair_attention == "segments"
+        )
+        better, worse = inputs["pair_better"], inputs["pair_worse"]
+        loss = group_loss(
+            rewards,
+            better,
+            worse,
+            kind=self.args.group_loss,
+            margin=inputs["pair_margin"],
+            scores=inputs["response_scores"],
+            groups=inputs["response_group"],
+            center_rewards_coefficient=self.args.center_rewards_coefficient,
+        )
+        return rewards[better], rewards[worse], loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
@@ -381,7 +433,7 @@ class RewardTrainer(Trainer):
         if prediction_loss_only:
             return loss, None, None
         rewards = torch.stack([outputs["rewards_chosen"], outputs["rewards_rejected"]], dim=1).float()
-        margin = inputs.get(MARGIN_COLUMN)
+        margin = inputs.get(MARGIN_COLUMN, inputs.get("pair_margin"))
         labels = (
             margin.float() if margin is not None else torch.zeros(rewards.shape[0], device=rewards.device)
         )

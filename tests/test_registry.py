@@ -24,6 +24,7 @@ BUILT_INS = {
     "shp",
     "helpsteer2",
     "ranking",
+    "rm-bench",
 }
 FORMAT_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "formats"
 

@@ -158,6 +158,10 @@ def test_eval_report_matches_an_independent_forward(trained_llama, hh_jsonl, cap
     assert report["rewards"]["chosen"]["mean"] == pytest.approx(rewards[:, 0].mean(), abs=1e-5)
     assert report["rewards"]["rejected"]["std"] == pytest.approx(rewards[:, 1].std(), abs=1e-5)
     assert sum(b["count"] for b in report["accuracy_by_reward_gap"]) == len(rewards)
+    # every pair is its own prompt: pairwise = best-of-2 = accuracy, intervals over the pairs
+    for key in ("pairwise_accuracy", "best_of_n_accuracy"):
+        assert report[key]["accuracy"] == report["accuracy"] and report[key]["prompts"] == len(rewards)
+    assert report["length_bias"]["correlation"]["responses"] == 2 * len(rewards)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the same numbers from raw data converted on the fly with the model's tokenizer, as text
     raw = [
@@ -173,7 +177,7 @@ def test_eval_report_matches_an_independent_forward(trained_llama, hh_jsonl, cap
     ]
     assert main(raw) == 0
     text = capsys.readouterr().out
-    assert f"accuracy: {report['accuracy']:.4f}" in text and f"({report['num_pairs']} pairs)" in text
+    assert f"accuracy: {report['accuracy']:.4f}" in text and f"({report['num_pairs']} pairs, " in text
     assert f"rewards chosen: mean {report['rewards']['chosen']['mean']:.4f}" in text
 
 

@@ -14,6 +14,7 @@ DETECTION_ORDER = (
     "shp",
     "helpsteer2",
     "score-pair",
+    "rm-bench",
     "llama2-labels",
     "llamafactory",
     "axolotl-bt",

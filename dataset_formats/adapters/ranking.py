@@ -112,9 +112,9 @@ class RankingAdapter(FormatAdapter):
         prompt = read_prompt(prompt_text)
         pairs, ties = self._select(scored, options, prompt_text)
         counts["ties_dropped"] = ties
-        identical = [p for p in pairs if p[0].strip() == p[1].strip()]
+        identical = [p for p in pairs if scored[p[0]][0].strip() == scored[p[1]][0].strip()]
         counts["identical_dropped"] = len(identical)
-        pairs = [p for p in pairs if p[0].strip() != p[1].strip()]
+        pairs = [p for p in pairs if scored[p[0]][0].strip() != scored[p[1]][0].strip()]
         if not pairs:
             raise RecordError(
                 "every candidate pair has two identical texts",
@@ -122,7 +122,10 @@ class RankingAdapter(FormatAdapter):
                 reason="identical_pair",
                 value=None,
             )
-        out = [PreferencePair(prompt, c, r) for c, r in pairs]
+        out = [
+            PreferencePair(prompt, scored[c][0], scored[r][0], scores=(scored[c][1], scored[r][1]))
+            for c, r in pairs
+        ]
         out[0].meta.update(counts)
         return out
 
@@ -188,7 +191,8 @@ class RankingAdapter(FormatAdapter):
 
     def _select(
         self, scored: list[tuple[str, float]], options: RankingOptions, prompt: str
-    ) -> tuple[list, int]:
+    ) -> tuple[list[tuple[int, int]], int]:
+        """``(better index, worse index)`` pairs into ``scored`` by the strategy, and the ties left out."""
         order = sorted(range(len(scored)), key=lambda i: -scored[i][1])  # stable: ties keep input order
         best = order[0]
         best_s = scored[best][1]
@@ -201,16 +205,16 @@ class RankingAdapter(FormatAdapter):
                     if scored[i][1] == scored[j][1]:
                         ties += 1
                     else:
-                        pairs.append((scored[i][0], scored[j][0]))
+                        pairs.append((i, j))
             return pairs, ties
         if options.strategy == "best-vs-rest":
-            return [(scored[best][0], scored[j][0]) for j in lower], tied_with_best
+            return [(best, j) for j in lower], tied_with_best
         if options.strategy == "best-vs-worst":
             worst_s = scored[order[-1]][1]
             worst = next(i for i in order if scored[i][1] == worst_s)  # first of the worst, in input order
-            return [(scored[best][0], scored[worst][0])], 0
+            return [(best, worst)], 0
         rng = random.Random(_row_seed(options.seed, prompt, scored))
-        return [(scored[best][0], scored[rng.choice(lower)][0])], tied_with_best
+        return [(best, rng.choice(lower))], tied_with_best
 
 
 def _row_seed(seed: int, prompt: str, scored: list[tuple[str, float]]) -> int:

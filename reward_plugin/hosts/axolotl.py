@@ -84,6 +84,10 @@ class RewardPluginArgs(BaseModel):
     reward_pair_attention: Literal["segments", "mask"] | None = Field(
         None, description="attention of the fast layouts (RewardConfig.pair_attention)"
     )
+    reward_group_loss: Literal["bradley_terry", "plackett_luce", "best_vs_rest"] | None = Field(
+        None,
+        description="loss over grouped tables (convert --groups): bradley_terry (default), plackett_luce, best_vs_rest",
+    )
     reward_disable_dropout: bool | None = Field(None, description="set every dropout to 0 (default true)")
     reward_save_stats: bool | None = Field(None, description="save reward mean/std (default true)")
 
@@ -100,6 +104,7 @@ _FIELD_KEYS = {
     "reward_center_rewards_coefficient": "center_rewards_coefficient",
     "reward_pair_batching": "pair_batching",
     "reward_pair_attention": "pair_attention",
+    "reward_group_loss": "group_loss",
     "reward_disable_dropout": "disable_dropout",
     "reward_save_stats": "save_reward_stats",
 }

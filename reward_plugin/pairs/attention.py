@@ -1,7 +1,8 @@
 """Segment attention for the prefix-shared and packed pair layouts: no dense ``T x T`` mask.
 
-A packed row holds pair blocks ``[prefix | chosen tail | rejected tail]``. Within a block the
-prefix and the chosen tail attend causally to each other, and the rejected tail attends to the
+A packed row holds pair blocks ``[prefix | chosen tail | rejected tail]``, or more generally
+group blocks ``[prefix | tail 1 | ... | tail K]`` (a pair is the group of K=2). Within a block the
+prefix and the first tail attend causally to each other, and every other tail attends to the
 prefix and causally to itself; nothing crosses blocks. A dense 4D mask makes the attention kernel
 compute every ``T x T`` score of the row and throw most away, so its cost grows with the square of
 the row length and punishes packing. Here every block runs as two small attention calls instead
@@ -45,12 +46,14 @@ IMPLEMENTATION_PREFIX = "reward_pairs_"
 #: Base implementations segment attention can stand in for (both honour custom masks exactly).
 BASE_IMPLEMENTATIONS = ("sdpa", "eager")
 
-#: One pair block: ``(row, start, prefix, chosen tail, rejected tail)`` token counts.
-Span = tuple[int, int, int, int, int]
+#: One block: ``(row, start, prefix, tail 1, ..., tail K)`` token counts; a pair block is
+#: ``(row, start, prefix, chosen tail, rejected tail)``. Tails of length 0 are padding (a batch of
+#: groups of different sizes stores its spans as one zero-padded tensor).
+Span = tuple[int, ...]
 
 
 def spans_from_batch(batch: dict[str, torch.Tensor]) -> tuple[Span, ...]:
-    """The ``packed_spans`` tensor of a prefix-shared/packed batch as a tuple of Python spans."""
+    """The ``packed_spans`` tensor of a prefix-shared/packed (pair or group) batch as a tuple of Python spans."""
     return tuple(tuple(int(v) for v in span) for span in batch["packed_spans"].tolist())
 
 
@@ -127,13 +130,14 @@ def segment_attention(
     dropout: float = 0.0,
     sliding_window: int | None = None,
 ) -> torch.Tensor:
-    """Attention over packed pair blocks, block by block.
+    """Attention over packed pair (or group) blocks, block by block.
 
     Args:
         query: ``(rows, heads, T, head_dim)``.
         key: ``(rows, kv_heads, T, head_dim)``; ``heads`` a multiple of ``kv_heads`` (grouped queries).
         value: as ``key``.
-        spans: one :data:`Span` per pair; tokens outside every span (padding) get a zero output.
+        spans: one :data:`Span` per pair or group; tokens outside every span (padding) get a zero
+            output.
         scaling: softmax scale (default ``head_dim ** -0.5``).
         dropout: attention dropout probability.
         sliding_window: keys more than ``sliding_window - 1`` positions back are not seen.
@@ -159,38 +163,42 @@ def segment_attention(
     # One split per tensor and row (not a slice per segment): autograd then writes each gradient
     # once into one row-sized buffer instead of one buffer per slice.
     for row, (q_row, k_row, v_row) in enumerate(zip(query.split(1), key.split(1), value.split(1))):
-        # Split sizes along the row: padding gaps, and per pair [prefix + chosen tail, rejected
-        # tail]; `blocks` holds each pair's prefix length, None for a gap.
+        # Split sizes along the row: padding gaps, and per block [prefix + first tail, tail 2, ...,
+        # tail K]; `blocks` holds each block's (prefix length, K), None for a gap.
         sizes: list[int] = []
-        blocks: list[int | None] = []
+        blocks: list[tuple[int, int] | None] = []
         cursor = 0
-        for _, start, prefix, chosen, rejected in sorted(by_row[row], key=lambda s: s[1]):
+        for _, start, prefix, *tails in sorted(by_row[row], key=lambda s: s[1]):
+            tails = [t for t in tails if t > 0]
             if start > cursor:
                 sizes.append(start - cursor)
                 blocks.append(None)
-            sizes += [prefix + chosen, rejected]
-            blocks.append(prefix)
-            cursor = start + prefix + chosen + rejected
+            sizes += [prefix + tails[0], *tails[1:]]
+            blocks.append((prefix, len(tails)))
+            cursor = start + prefix + sum(tails)
         if cursor < length:
             sizes.append(length - cursor)
             blocks.append(None)
         q_parts, k_parts, v_parts = (t.split(sizes, dim=2) for t in (q_row, k_row, v_row))
         pieces, part = [], 0
-        for prefix in blocks:
-            if prefix is None:  # padding: no keys to attend, a zero output
+        for block in blocks:
+            if block is None:  # padding: no keys to attend, a zero output
                 pieces.append(query.new_zeros(1, heads, sizes[part], head_dim))
                 part += 1
                 continue
+            prefix, count = block
             q_head, k_head, v_head = q_parts[part], k_parts[part], v_parts[part]
-            q_tail, k_tail, v_tail = q_parts[part + 1], k_parts[part + 1], v_parts[part + 1]
-            part += 2
             options = {"window": sliding_window, "scaling": scaling, "dropout": dropout, "gqa": gqa}
             pieces.append(_attend(q_head, k_head, v_head, **options))
-            # The rejected tail continues the prefix (positions prefix..prefix+rejected-1) and never
-            # sees the chosen tail.
-            keys = torch.cat([k_head[:, :, :prefix], k_tail], dim=2)
-            values = torch.cat([v_head[:, :, :prefix], v_tail], dim=2)
-            pieces.append(_attend(q_tail, keys, values, **options))
+            # Every further tail (the rejected one of a pair) continues the prefix (positions
+            # prefix..prefix+tail-1) and never sees the other tails.
+            for q_tail, k_tail, v_tail in zip(
+                *(parts[part + 1 : part + count] for parts in (q_parts, k_parts, v_parts))
+            ):
+                keys = torch.cat([k_head[:, :, :prefix], k_tail], dim=2)
+                values = torch.cat([v_head[:, :, :prefix], v_tail], dim=2)
+                pieces.append(_attend(q_tail, keys, values, **options))
+            part += count
         out_rows.append(torch.cat(pieces, dim=2))
     return torch.cat(out_rows, dim=0).transpose(1, 2).contiguous()
 

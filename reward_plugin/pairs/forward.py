@@ -1,4 +1,6 @@
-"""One model forward over a prefix-shared/packed batch: the chosen and rejected reward of every pair."""
+"""One model forward over a prefix-shared/packed batch: the head's score at every token, and the
+chosen and rejected reward of every pair (a group batch reads its K rewards per group from the same
+scores, see :mod:`.groups`)."""
 
 from __future__ import annotations
 
@@ -22,12 +24,31 @@ def packed_rewards(
         reader: the trainer's :class:`ScoreReader` (its hook captures the head's per-token scores).
         model: the reward model (wrappers included).
         batch: a batch with the :data:`PACKED_KEYS` (from a prefix-shared or packed collator).
+        segments: see :func:`packed_scores`.
+
+    Returns:
+        The chosen and rejected rewards, in the batch's pair order.
+    """
+    flat = packed_scores(reader, model, batch, segments=segments)
+    return flat[batch["chosen_index"]], flat[batch["rejected_index"]]
+
+
+def packed_scores(
+    reader: ScoreReader, model: nn.Module, batch: dict[str, torch.Tensor], *, segments: bool = True
+) -> torch.Tensor:
+    """The head's score at every token of a packed (pair or group) batch, flat ``(rows * T,)``.
+
+    Args:
+        reader: the trainer's :class:`ScoreReader` (its hook captures the head's per-token scores).
+        model: the reward model (wrappers included).
+        batch: ``packed_input_ids``, ``packed_position_ids``, ``packed_spans`` (and, for the dense
+            mask, ``packed_pair_ids`` and ``packed_segments``).
         segments: run attention block by block (:mod:`.attention`) where the
             model's implementation allows it (``sdpa``, ``eager``); otherwise, or when False, build
             the dense 4D mask (a flex-attention ``BlockMask`` under ``flex_attention``).
 
     Returns:
-        The chosen and rejected rewards, in the batch's pair order.
+        The scores; a reward is the score at its sequence's last token.
     """
     inputs: dict[str, Any] = {
         "input_ids": batch["packed_input_ids"],
@@ -49,5 +70,4 @@ def packed_rewards(
             f"{type(unwrap_model(model)).__name__} returned no per-token scores from its head, so the packed layout "
             "cannot read rewards; set pair_batching='standard'"
         )
-    flat = scores.reshape(-1)
-    return flat[batch["chosen_index"]], flat[batch["rejected_index"]]
+    return scores.reshape(-1)

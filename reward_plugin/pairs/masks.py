@@ -13,7 +13,7 @@ from torch import nn
 
 from ..scoring import unwrap_model
 from .attention import base_implementation
-from .layout import CHOSEN, REJECTED
+from .layout import PREFIX
 
 
 def _mask_plan(config: Any) -> list[tuple[str | None, int | None]]:
@@ -34,15 +34,17 @@ def allowed_pairs(batch: dict[str, torch.Tensor], window: int | None = None) -> 
     """Boolean ``(rows, 1, T, T)``: whether query token ``q`` may attend key token ``k``.
 
     Within one pair block attention is causal, except that rejected-tail tokens never see chosen-tail
-    tokens; tokens of different pairs never see each other; a padding token sees only itself (so no
-    softmax row is empty). ``window`` restricts keys to ``pos(q) - pos(k) < window``.
+    tokens (in a group block, a tail sees the prefix and itself, no other tail); tokens of different
+    blocks never see each other; a padding token sees only itself (so no softmax row is empty). ``window`` restricts keys to ``pos(q) - pos(k) < window``.
     """
     pair, seg, pos = batch["packed_pair_ids"], batch["packed_segments"], batch["packed_position_ids"]
     length = pair.shape[1]
     index = torch.arange(length, device=pair.device)
     causal = (index[None, :] <= index[:, None]).unsqueeze(0)
     allowed = (pair[:, :, None] == pair[:, None, :]) & (pair[:, :, None] >= 0) & causal
-    allowed &= ~((seg[:, :, None] == REJECTED) & (seg[:, None, :] == CHOSEN))
+    # A key is visible when it is in the prefix or in the query's own segment (causality already
+    # hides every later segment: for a pair, chosen tokens from the rejected tail).
+    allowed &= (seg[:, None, :] == PREFIX) | (seg[:, None, :] == seg[:, :, None])
     if window is not None:
         allowed &= (pos[:, :, None] - pos[:, None, :]) < window
     allowed |= torch.eye(length, dtype=torch.bool, device=pair.device).unsqueeze(0) & (pair < 0)[:, :, None]
@@ -57,7 +59,7 @@ def _flex_mask(batch: dict[str, torch.Tensor], window: int | None) -> Any:
 
     def mask_mod(b, h, q, k):
         same = (pair[b, q] == pair[b, k]) & (pair[b, q] >= 0) & (k <= q)
-        same = same & ~((seg[b, q] == REJECTED) & (seg[b, k] == CHOSEN))
+        same = same & ((seg[b, k] == PREFIX) | (seg[b, k] == seg[b, q]))
         if window is not None:
             same = same & (pos[b, q] - pos[b, k] < window)
         return same | ((q == k) & (pair[b, q] < 0))

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dataset_formats.groups import is_group_table
 from dataset_formats.on_error import DEFAULT_ON_ERROR, ON_ERROR_CHOICES
 from dataset_formats.schema import MARGIN_COLUMN, PAIR_COLUMNS
 
@@ -164,6 +165,14 @@ def load_sources(
         parts.append(part)
     if len(parts) == 1:
         return parts[0]
+    grouped = [is_group_table(p.column_names) for p in parts]
+    if all(grouped):
+        return datasets.concatenate_datasets(parts)
+    if any(grouped):
+        raise DataError(
+            f"the {name} data mixes grouped tables (convert --groups) with pair tables; give one kind, e.g. "
+            "convert the grouped sources without --groups"
+        )
     with_margin = any(MARGIN_COLUMN in p.column_names for p in parts)
     keep = [*PAIR_COLUMNS, MARGIN_COLUMN] if with_margin else list(PAIR_COLUMNS)
     aligned = []

@@ -1,0 +1,331 @@
+"""Score evaluation data with a saved reward model: the rewards of every prompt's responses.
+
+The model and tokenizer load as in training (``RewardTrainer``: PEFT adapters, safetensors,
+``trust_remote_code`` off). A four-column pair table is scored through ``trainer.predict`` (the
+training collator and score reader), so the numbers equal the ``eval_*`` metrics logged by
+``train``; every pair is its own prompt. So is raw data that gives one pair per row (converted as
+training converts it, length policy included). Other raw data is converted to the grouped table
+(:mod:`dataset_formats.groups`, one row per source row, each response once, without a length
+limit) and scored by the group collator and forward of :mod:`reward_plugin.pairs.groups`: each
+response once, cut to ``max_length``; for a causal model one block per group (the prompt encoded
+once, each response attending to it and to itself: one forward per group, exact), for an encoder
+one padded row per response. Prompt metadata (``id``, ``subset``, ``domain``) comes from the raw
+rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..scoring import ScoreReader
+from .groups import PromptRewards, groups_from_pairs
+
+logger = logging.getLogger(__name__)
+
+#: Raw-row fields copied into each prompt's metadata (and the predictions file) when present.
+META_FIELDS = ("id", "subset", "domain")
+
+
+@contextlib.contextmanager
+def eval_trainer(
+    model_dir: str | os.PathLike,
+    *,
+    tokenizer: str | os.PathLike | None = None,
+    batch_size: int = 16,
+    max_length: int | None = None,
+    truncation: str = "left",
+    format: str = "auto",
+    chat_template: str | None = None,
+) -> Iterator[Any]:
+    """A ``RewardTrainer`` for prediction only (fp32, no logging), its output in a temporary folder.
+
+    Raises:
+        ConfigError: ``model_dir`` is not a folder.
+    """
+    from ..config import RewardConfig
+    from ..trainer import RewardTrainer
+
+    if not Path(model_dir).is_dir():
+        raise ConfigError(f"--model {str(model_dir)!r} is not a folder; pass a trained model's output folder")
+    processing_class = None
+    if tokenizer is not None:
+        from ..modeling import model_tokenizer
+
+        processing_class = model_tokenizer(str(tokenizer), trust_remote_code=False)
+        if processing_class is None:
+            raise ConfigError(
+                f"--tokenizer {str(tokenizer)!r}: no tokenizer there; pass a tokenizer folder or name"
+            )
+    with tempfile.TemporaryDirectory(prefix="reward-plugin-eval-") as tmp:
+        args = RewardConfig(
+            output_dir=tmp,
+            per_device_eval_batch_size=batch_size,
+            max_length=max_length,
+            truncation=truncation,
+            dataset_format=format,
+            chat_template=chat_template,
+            bf16=False,  # evaluation numbers should not depend on the hardware's precision
+            gradient_checkpointing=False,
+            report_to="none",
+            disable_tqdm=True,
+            save_reward_stats=False,
+        )
+        yield RewardTrainer(model=str(model_dir), args=args, processing_class=processing_class)
+
+
+def raw_meta(data: str | os.PathLike, rows: set[int]) -> dict[int, dict[str, Any]]:
+    """``{row: {"id", "subset", "domain"}}`` (the fields a row has) of raw data rows; {} for tables."""
+    from dataset_formats.reading import iter_row_batches
+
+    path = Path(data)
+    if path.suffix.lower() in (".parquet", ".pq", ".arrow") or (
+        path.is_dir() and (path / "state.json").exists()
+    ):
+        return {}
+    found: dict[int, dict[str, Any]] = {}
+    for batch in iter_row_batches(path):
+        for number, row in batch:
+            if number in rows and isinstance(row, dict):
+                found[number] = {k: row[k] for k in META_FIELDS if k in row}
+    return found
+
+
+def response_lengths(chosen_ids: list[list[int]], rejected_ids: list[list[int]]) -> np.ndarray:
+    """``(n, 2)`` token lengths of each pair's two responses: what follows their common prefix."""
+    out = np.zeros((len(chosen_ids), 2), dtype=np.int64)
+    for k, (c, r) in enumerate(zip(chosen_ids, rejected_ids)):
+        shared = 0
+        limit = min(len(c), len(r))
+        while shared < limit and c[shared] == r[shared]:
+            shared += 1
+        out[k] = len(c) - shared, len(r) - shared
+    return out
+
+
+def predict_pair_groups(
+    trainer: Any, dataset: Any, data: str | os.PathLike
+) -> tuple[list[PromptRewards], np.ndarray | None]:
+    """Score a four-column pair dataset; every pair is its own prompt group.
+
+    Returns:
+        ``(groups, data margins or None)``, one group per pair in table order with its response
+        lengths and ``source_row`` (plus the raw row's ``id``/``subset``/``domain``) as metadata.
+    """
+    output = trainer.predict(dataset)
+    rewards = np.asarray(output.predictions, dtype=np.float64)
+    lengths = response_lengths(dataset["input_ids_chosen"], dataset["input_ids_rejected"])
+    metas = [{} for _ in range(len(dataset))]
+    if "source_row" in dataset.column_names:
+        rows = [int(r) for r in dataset["source_row"]]
+        found = raw_meta(data, set(rows))
+        metas = [{"source_row": r, **found.get(r, {})} for r in rows]
+    margins = np.asarray(dataset["margin"], dtype=np.float64) if "margin" in dataset.column_names else None
+    return groups_from_pairs(rewards, lengths, metas), margins
+
+
+def read_table(path: str | os.PathLike) -> Any:
+    """A converted table (``.parquet``, ``.arrow``, ``datasets`` folder) as ``pyarrow.Table``; None for raw data."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if path.is_dir() and (path / "state.json").exists():
+        import datasets
+
+        return datasets.load_from_disk(str(path)).data.table
+    if path.is_file() and suffix in (".parquet", ".pq"):
+        return pq.read_table(path)
+    if path.is_file() and suffix == ".arrow":
+        with pa.memory_map(str(path)) as source:
+            try:
+                return pa.ipc.open_stream(source).read_all()
+            except pa.ArrowInvalid:
+                return pa.ipc.open_file(source).read_all()
+    return None
+
+
+def convert_groups(
+    data: str | os.PathLike,
+    *,
+    tokenizer: Any,
+    format: str = "auto",
+    chat_template: str | None = None,
+    format_options: dict[str, Any] | None = None,
+) -> Any:
+    """Raw preference data as a grouped ``pyarrow.Table`` (:mod:`dataset_formats.groups`).
+
+    Converted without a length limit, so each response stays one whole sequence;
+    :func:`score_groups` cuts them to ``max_length`` as training does.
+    """
+    import pyarrow.parquet as pq
+
+    from dataset_formats.conversion import convert
+
+    with tempfile.TemporaryDirectory(prefix="reward-plugin-eval-") as tmp:
+        output = Path(tmp) / "groups.parquet"
+        stats = convert(
+            Path(data),
+            output,
+            format=format,
+            tokenizer=tokenizer,
+            chat_template=chat_template,
+            format_options=format_options,
+            groups=True,
+            progress=False,
+        )
+        logger.info("eval data converted from %s:\n%s", data, stats.summary())
+        return pq.read_table(output)
+
+
+def group_collator(trainer: Any) -> Any:
+    """A :class:`~reward_plugin.pairs.groups.GroupCollator` with the trainer's cutting and padding.
+
+    The layout follows the trainer's pair layout: one block per group (the prompt encoded once,
+    each response attending to it and to itself) for a causal model that runs the fast layouts,
+    one padded row per response otherwise (encoders).
+    """
+    from ..pairs.groups import GroupCollator
+
+    pairs = trainer.data_collator
+    fast = trainer.pair_batching in ("prefix_shared", "packed")
+    return GroupCollator(
+        pad_token_id=pairs.pad_token_id,
+        pad_to_multiple_of=pairs.pad_to_multiple_of,
+        max_length=pairs.max_length,
+        truncation=pairs.truncation,
+        keep_token_ids=pairs.keep_token_ids,
+        padding_side="right",
+        layout=trainer.pair_batching if fast else "standard",
+        attention_cost_tokens=getattr(pairs, "attention_cost_tokens", None),
+    )
+
+
+def score_groups(trainer: Any, table: Any, batch_size: int) -> list[np.ndarray]:
+    """One reward per response of every group of a grouped table (table order), one forward per batch.
+
+    Each response is ``prompt + response`` cut to ``max_length`` as in training; ``batch_size``
+    groups per forward, the longest first.
+    """
+    import torch
+
+    from ..pairs.groups import group_rewards
+
+    rows = table.select(["prompt_ids", "response_ids", "pairs"]).to_pylist()
+    collator = group_collator(trainer)
+    segments = trainer.args.pair_attention == "segments"
+    device = trainer.args.device
+    model = trainer.model
+    model.eval()
+    reader = ScoreReader(model)
+    size = [len(r["prompt_ids"]) + max(map(len, r["response_ids"])) for r in rows]
+    order = sorted(range(len(rows)), key=lambda k: -size[k])
+    out: list[np.ndarray] = [np.empty(0)] * len(rows)
+    try:
+        with torch.no_grad():
+            for start in range(0, len(order), batch_size):
+                chunk = order[start : start + batch_size]
+                batch = collator([rows[k] for k in chunk])
+                batch = {key: value.to(device) for key, value in batch.items()}
+                rewards = group_rewards(reader, model, batch, segments=segments).float().cpu().numpy()
+                owner = batch["response_group"].cpu().numpy()
+                for position, k in enumerate(chunk):
+                    out[k] = rewards[owner == position].astype(np.float64)
+    finally:
+        reader.remove()
+    return out
+
+
+def groups_from_table(table: Any, rewards: list[np.ndarray], data: str | os.PathLike) -> list[PromptRewards]:
+    """:class:`PromptRewards` of a grouped table, given the rewards of each group's responses."""
+    columns = table.select(["response_ids", "pairs", "source_row"]).to_pydict()
+    found = raw_meta(data, set(columns["source_row"]))
+    groups = []
+    for responses, links, row, group_rewards in zip(
+        columns["response_ids"], columns["pairs"], columns["source_row"], rewards
+    ):
+        groups.append(
+            PromptRewards(
+                group_rewards,
+                [(link["better"], link["worse"]) for link in links],
+                [len(r) for r in responses],
+                {"source_row": row, **found.get(row, {})},
+            )
+        )
+    return groups
+
+
+def group_margins(table: Any) -> np.ndarray | None:
+    """The data margin of every pair of a grouped table (0 where a pair has none), or None without any."""
+    margins = [link["margin"] for links in table.column("pairs").to_pylist() for link in links]
+    if all(m is None for m in margins):
+        return None
+    return np.array([0.0 if m is None else m for m in margins], dtype=np.float64)
+
+
+def predict_groups(
+    model_dir: str | os.PathLike,
+    data: str | os.PathLike,
+    *,
+    format: str = "auto",
+    tokenizer: str | os.PathLike | None = None,
+    max_length: int | None = None,
+    truncation: str = "left",
+    chat_template: str | None = None,
+    format_options: dict[str, Any] | None = None,
+    batch_size: int = 16,
+) -> tuple[list[PromptRewards], np.ndarray | None]:
+    """The rewards of every prompt of ``data`` under the model in ``model_dir``.
+
+    Args: as in :func:`~reward_plugin.evaluation.evaluate_model`.
+
+    Returns:
+        ``(groups, the data margin of every pair or None)``.
+    """
+    from dataset_formats.groups import is_group_table
+
+    from ..stages.sources import DataSource, load_sources
+
+    settings = {
+        "tokenizer": tokenizer,
+        "batch_size": batch_size,
+        "max_length": max_length,
+        "truncation": truncation,
+        "format": format,
+        "chat_template": chat_template,
+    }
+    table = read_table(data)
+    with eval_trainer(model_dir, **settings) as trainer:
+        if table is None:  # raw data
+            table = convert_groups(
+                data,
+                tokenizer=trainer.processing_class,
+                format=format,
+                chat_template=chat_template,
+                format_options=format_options,
+            )
+            if all(len(links) == 1 for links in table.column("pairs").to_pylist()):
+                table = None  # one pair per row: evaluate it as training does, with its length policy
+        if table is not None and is_group_table(table.column_names):
+            return groups_from_table(table, score_groups(trainer, table, batch_size), data), group_margins(
+                table
+            )
+        dataset = load_sources(
+            [DataSource([str(data)], format=None, options=dict(format_options or {}))],
+            tokenizer=trainer.processing_class,
+            dataset_format=format,
+            max_length=max_length,
+            truncation=truncation,
+            chat_template=chat_template,
+            name="eval",
+        )
+        return predict_pair_groups(trainer, dataset, data)

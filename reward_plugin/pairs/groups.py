@@ -1,0 +1,250 @@
+"""Groups: K responses of one prompt in one block ``[prefix | tail 1 | ... | tail K]``, one forward.
+
+A row of the grouped table (:mod:`dataset_formats.groups`) holds a prompt, K responses and the
+pairs among them. :class:`GroupCollator` turns a batch of such rows into
+
+- the ``standard`` layout: every response a padded row ``prompt + response`` (K rows per group,
+  not 2 per pair: no response is encoded twice), for models without the fast layouts;
+- the ``prefix_shared``/``packed`` layouts: one block per group whose tails each attend to the
+  shared prefix and causally to themselves (segment attention, :mod:`.attention`, or the dense
+  mask of :mod:`.masks`), the prefix encoded once; ``packed`` puts several blocks into one row.
+
+Rows of the four-column pair table are taken too, each as a group of K=2 (``prompt_ids`` empty),
+which is exactly the pair layout of :class:`~.collators.PrefixSharedPairCollator`.
+
+:func:`group_rewards` runs the forward and returns one reward per response; the losses over them
+are in :mod:`reward_plugin.loss` (:func:`~reward_plugin.loss.group_loss`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from dataset_formats.groups import PAIRS_COLUMN, PROMPT_IDS_COLUMN, RESPONSE_IDS_COLUMN, SCORES_COLUMN
+from dataset_formats.schema import MARGIN_COLUMN
+
+from ..errors import DataError
+from ..scoring import ScoreReader
+from .collators import RewardDataCollatorWithPadding, _as_list, _best_packing
+from .forward import packed_scores
+from .layout import PAD, PREFIX
+
+#: Layouts a :class:`GroupCollator` writes.
+GROUP_LAYOUTS = ("standard", "prefix_shared", "packed")
+#: Batch keys of a group batch. ``pair_better`` comes first so that ``transformers``'
+#: ``find_batch_size`` sees the number of pairs (what evaluation counts and predicts).
+GROUP_KEYS = (
+    "pair_better",
+    "pair_worse",
+    "pair_margin",
+    "response_group",
+    "response_scores",
+    "response_index",
+    "group_input_ids",
+    "group_attention_mask",
+)
+
+
+def group_sequences(example: Mapping[str, Any], index: int) -> tuple[list[list[int]], list[dict[str, Any]]]:
+    """The full token sequences (prompt + response) and the pairs of one row (a group, or a pair as K=2)."""
+    if RESPONSE_IDS_COLUMN in example:
+        prompt = _as_list(example.get(PROMPT_IDS_COLUMN) or [])
+        responses = [_as_list(r) for r in example[RESPONSE_IDS_COLUMN]]
+        pairs = [dict(p) for p in example.get(PAIRS_COLUMN) or []]
+        where = f"group {index} of the batch"
+        if not responses or any(len(r) == 0 for r in responses):
+            raise DataError(
+                f"{where}: every response needs at least one token; response lengths {[len(r) for r in responses]}"
+            )
+        if not pairs:
+            raise DataError(
+                f"{where} has no pairs: a group needs at least one (better, worse) pair to learn from"
+            )
+        for p in pairs:
+            b, w = p.get("better"), p.get("worse")
+            if (
+                not (
+                    isinstance(b, int)
+                    and isinstance(w, int)
+                    and 0 <= b < len(responses)
+                    and 0 <= w < len(responses)
+                )
+                or b == w
+            ):
+                raise DataError(
+                    f"{where}: pair {p!r} must name two different responses 0..{len(responses) - 1}"
+                )
+        return [prompt + r for r in responses], pairs
+    # A row of the four-column pair table: the group of its two sequences.
+    collator = RewardDataCollatorWithPadding()
+    sides = [collator.side_tokens(example, side, index) for side in ("chosen", "rejected")]
+    sequences = [[t for t, m in zip(ids, mask) if m] for ids, mask in sides]
+    margin = example.get(MARGIN_COLUMN)
+    return sequences, [{"better": 0, "worse": 1, "margin": margin}]
+
+
+def _block(sequences: list[list[int]]) -> tuple[list[int], list[int], list[int], list[int], list[int]]:
+    """(ids, positions, segments, last-token offset of each sequence, span lengths) of one group block."""
+    cap = min(len(s) for s in sequences) - 1
+    p = 0
+    while p < cap and all(s[p] == sequences[0][p] for s in sequences[1:]):
+        p += 1
+    ids, positions, segments, ends = sequences[0][:p], list(range(p)), [PREFIX] * p, []
+    for k, seq in enumerate(sequences):
+        ids += seq[p:]
+        positions += range(p, len(seq))
+        segments += [k + 1] * (len(seq) - p)
+        ends.append(len(ids) - 1)
+    return ids, positions, segments, ends, [p] + [len(s) - p for s in sequences]
+
+
+@dataclass
+class GroupCollator(RewardDataCollatorWithPadding):
+    """Collates rows of the grouped table (or pair rows, as groups of two) for one forward per group.
+
+    Each response is cut to ``max_length`` together with the prompt (``prompt + response``, as the
+    pair collators cut a side). The batch holds, for ``n`` pairs, ``m`` responses and ``g`` groups:
+    ``pair_better``/``pair_worse`` (``(n,)``: indices into the responses), ``pair_margin``
+    (``(n,)``, 0.0 where a pair has none), ``response_group`` (``(m,)``: the group of each
+    response), ``response_scores`` (``(m,)``, NaN where the group has no scores); then, for
+    ``standard``, ``group_input_ids``/``group_attention_mask`` (``(m, T)``); for the fast layouts,
+    ``response_index`` (``(m,)``: flat positions in ``rows * T`` of each response's last token) and
+    the ``packed_*`` tensors of :class:`~.collators.PrefixSharedPairCollator` with segment codes
+    ``0`` prefix, ``k`` tail k (1-based), ``-1`` padding, and ``packed_spans`` of shape
+    ``(g, 3 + K_max)``: row, start, prefix and each tail's length (0 past a group's K).
+
+    Args:
+        layout: ``standard``, ``prefix_shared`` or ``packed``.
+        attention_cost_tokens: as :class:`~.collators.PrefixSharedPairCollator` (``packed`` only).
+        (others): as :class:`~.collators.RewardDataCollatorWithPadding`.
+
+    Example::
+
+        >>> collator = GroupCollator(pad_token_id=0)
+        >>> batch = collator([{"prompt_ids": [5, 6], "response_ids": [[7], [8, 9], [4]],
+        ...     "pairs": [{"better": 0, "worse": 1, "margin": None}, {"better": 0, "worse": 2, "margin": None}],
+        ...     "scores": [2.0, 1.0, 0.0]}])
+        >>> batch["packed_input_ids"], batch["packed_position_ids"]
+        (tensor([[5, 6, 7, 8, 9, 4]]), tensor([[0, 1, 2, 2, 3, 2]]))
+        >>> batch["response_index"], batch["pair_worse"]
+        (tensor([2, 4, 5]), tensor([1, 2]))
+    """
+
+    layout: str = "packed"
+    attention_cost_tokens: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.layout not in GROUP_LAYOUTS:
+            raise ValueError(f"`layout` must be one of {', '.join(GROUP_LAYOUTS)}, got {self.layout!r}")
+
+    def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        if not examples:
+            raise DataError("cannot collate an empty batch of groups")
+        groups, better, worse, margins, owner, scores = [], [], [], [], [], []
+        for index, example in enumerate(examples):
+            sequences, pairs = group_sequences(example, index)
+            if self.max_length is not None:
+                sequences = [self._truncate(s) if len(s) > self.max_length else s for s in sequences]
+            base = len(owner)
+            for p in pairs:
+                better.append(base + p["better"])
+                worse.append(base + p["worse"])
+                margins.append(0.0 if p.get("margin") is None else float(p["margin"]))
+            row_scores = example.get(SCORES_COLUMN)
+            if row_scores is not None and len(row_scores) != len(sequences):
+                raise DataError(
+                    f"group {index} of the batch has {len(row_scores)} scores for {len(sequences)} responses"
+                )
+            scores += [math.nan] * len(sequences) if row_scores is None else [float(s) for s in row_scores]
+            owner += [index] * len(sequences)
+            groups.append(sequences)
+        batch = {
+            "pair_better": torch.tensor(better, dtype=torch.long),
+            "pair_worse": torch.tensor(worse, dtype=torch.long),
+            "pair_margin": torch.tensor(margins, dtype=torch.float32),
+            "response_group": torch.tensor(owner, dtype=torch.long),
+            "response_scores": torch.tensor(scores, dtype=torch.float32),
+        }
+        if self.layout == "standard":
+            flat = [s for sequences in groups for s in sequences]
+            length = self._padded_length(max(map(len, flat)))
+            batch["group_input_ids"] = self._pad(flat, length, self.pad_token_id)
+            batch["group_attention_mask"] = self._pad([[1] * len(s) for s in flat], length, 0)
+            return batch
+        batch.update(self._packed(groups))
+        return batch
+
+    def _padded_length(self, length: int) -> int:
+        if self.pad_to_multiple_of:
+            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        return length
+
+    def _packed(self, groups: list[list[list[int]]]) -> dict[str, torch.Tensor]:
+        blocks = [_block(sequences) for sequences in groups]
+        lengths = [len(b[0]) for b in blocks]
+        rows = (
+            _best_packing(lengths, self.attention_cost_tokens)
+            if self.layout == "packed"
+            else [[i] for i in range(len(blocks))]
+        )
+        length = self._padded_length(max(sum(lengths[i] for i in row) for row in rows))
+        shape = (len(rows), length)
+        ids = torch.full(shape, self.pad_token_id, dtype=torch.long)
+        positions = torch.zeros(shape, dtype=torch.long)
+        block_ids = torch.full(shape, -1, dtype=torch.long)
+        segments = torch.full(shape, PAD, dtype=torch.long)
+        widest = max(len(b[4]) for b in blocks)
+        spans = torch.zeros(len(blocks), 2 + widest, dtype=torch.long)
+        first = [0]
+        for b in blocks[:-1]:
+            first.append(first[-1] + len(b[3]))
+        response_index = torch.empty(first[-1] + len(blocks[-1][3]), dtype=torch.long)
+        for r, row in enumerate(rows):
+            start = 0
+            for g in row:
+                block_tokens, block_pos, block_seg, ends, sizes = blocks[g]
+                end = start + len(block_tokens)
+                ids[r, start:end] = torch.tensor(block_tokens)
+                positions[r, start:end] = torch.tensor(block_pos)
+                segments[r, start:end] = torch.tensor(block_seg)
+                block_ids[r, start:end] = g
+                response_index[first[g] : first[g] + len(ends)] = torch.tensor(ends) + r * length + start
+                spans[g, : 2 + len(sizes)] = torch.tensor([r, start, *sizes])
+                start = end
+        return {
+            "response_index": response_index,
+            "packed_input_ids": ids,
+            "packed_position_ids": positions,
+            "packed_pair_ids": block_ids,
+            "packed_segments": segments,
+            "packed_spans": spans,
+        }
+
+
+def group_rewards(
+    reader: ScoreReader, model: nn.Module, batch: dict[str, torch.Tensor], *, segments: bool = True
+) -> torch.Tensor:
+    """One reward per response of a :class:`GroupCollator` batch, ``(m,)``, from one forward.
+
+    Args:
+        reader: the trainer's :class:`~reward_plugin.scoring.ScoreReader`.
+        model: the reward model (wrappers included).
+        batch: a batch from :class:`GroupCollator` (any layout).
+        segments: fast layouts: segment attention where the model allows it (see
+            :func:`~.forward.packed_scores`).
+
+    Returns:
+        The rewards in the batch's response order (``pair_better``/``pair_worse`` index them).
+    """
+    if "packed_input_ids" in batch:
+        return packed_scores(reader, model, batch, segments=segments)[batch["response_index"]]
+    return reader.rewards(
+        model, input_ids=batch["group_input_ids"], attention_mask=batch["group_attention_mask"]
+    )
