@@ -111,7 +111,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         help="evaluate a reward model on preference pairs",
         description="Accuracy, reward margins and reward distributions of a trained reward model on a data file.",
     )
-    evaluate.add_argument("--model", required=True, metavar="DIR", help="the trained model's folder")
+    evaluate.add_argument(
+        "--model",
+        required=True,
+        metavar="DIR",
+        help="the trained model's folder (or a .gguf file, or smollm2-135m-instruct: an untrained head)",
+    )
     evaluate.add_argument(
         "--data", required=True, metavar="FILE", help="a converted table or raw preference data (any format)"
     )

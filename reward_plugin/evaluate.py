@@ -123,11 +123,14 @@ def predict_rewards(
     Args: as in :func:`evaluate_model`.
     """
     from .config import RewardConfig
+    from .model_sources import SHORT_NAMES, is_gguf_path
     from .stages.sources import DataSource, load_sources
     from .trainer import RewardTrainer
 
-    if not Path(model_dir).is_dir():
-        raise ConfigError(f"--model {str(model_dir)!r} is not a folder; pass a trained model's output folder")
+    if not (Path(model_dir).is_dir() or is_gguf_path(model_dir) or str(model_dir).lower() in SHORT_NAMES):
+        raise ConfigError(
+            f"--model {str(model_dir)!r} is not a folder; pass a trained model's output folder (or a .gguf file)"
+        )
     with tempfile.TemporaryDirectory(prefix="reward-plugin-eval-") as tmp:
         args = RewardConfig(
             output_dir=tmp,
@@ -262,8 +265,10 @@ def format_report(report: dict[str, Any]) -> str:
         f"model: {report['model']}",
         f"data: {report['data']} ({report['num_pairs']} pairs)",
         f"accuracy: {report['accuracy']:.4f} (ties: {report['ties']})",
-        f"margin r_chosen - r_rejected: mean {margin['mean']:.4f}, std {margin['std']:.4f}, "
-        f"median {margin['p50']:.4f}",
+        (
+            f"margin r_chosen - r_rejected: mean {margin['mean']:.4f}, std {margin['std']:.4f}, "
+            f"median {margin['p50']:.4f}"
+        ),
     ]
     for name in ("chosen", "rejected", "all"):
         d = rewards[name]

@@ -142,7 +142,11 @@ class RewardTrainer(Trainer):
                 model_path, trust_remote_code=args.trust_remote_code, init_kwargs=args.model_init_kwargs
             )
             if processing_class is None:
-                processing_class = load_tokenizer(model_path, trust_remote_code=args.trust_remote_code)
+                processing_class = load_tokenizer(
+                    model_path,
+                    trust_remote_code=args.trust_remote_code,
+                    gguf_file=(args.model_init_kwargs or {}).get("gguf_file"),
+                )
         elif model is not None and args.model_init_kwargs:
             logger.warning("`model_init_kwargs` is ignored: the model is already loaded")
         if processing_class is None and model is not None:
