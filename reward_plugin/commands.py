@@ -192,7 +192,15 @@ def run_train(args: argparse.Namespace) -> int:
     if result.eval_metrics:
         m = result.eval_metrics
         if "eval_accuracy" in m:
-            print(f"eval accuracy {m['eval_accuracy']:.4f}, margin {m.get('eval_margin', float('nan')):.4f}")
+            from .metrics import format_accuracy
+
+            pairs = int(m.get("eval_num_pairs", 0))
+            accuracy = format_accuracy(m["eval_accuracy"], pairs)
+            print(f"eval accuracy {accuracy}, margin {m.get('eval_margin', float('nan')):.4f}")
+    if result.train_metrics and "train_loss" in result.train_metrics:
+        print(
+            f"train loss {result.train_metrics['train_loss']:.4f} (mean over the run; chance is ln 2 = 0.6931)"
+        )
     print(f"saved the {result.stage} model to {result.output_dir}")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # One process of a multi-process run: everything is written and the group is closed. Leave
