@@ -56,6 +56,7 @@ def default_config() -> dict[str, Any]:
         "train_sampling_strategy": "group_by_length",
         "gradient_checkpointing": False,
         "logging_steps": 10,
+        "eval_strategy": "epoch",
         "save_strategy": "no",
         "seed": 42,
     }
