@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 #: The stage a config without ``stage:`` runs.
 DEFAULT_STAGE = "reward"
-#: The bundled hh-rlhf sample (200 rows) the embedded default trains on.
+#: The bundled hh-rlhf rows (800, see sample_data/README.md) the embedded default trains on.
 BUNDLED_SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "hh_rlhf_sample.jsonl.gz"
 
 
