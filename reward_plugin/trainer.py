@@ -61,7 +61,11 @@ class _Evaluation:
 
 
 def _model_state(trainer: Trainer) -> tuple[int, int, int]:
-    """Changes whenever the weights may have: the step, the model object, the parameters' in-place versions."""
+    """Changes whenever the weights may have: the step, the model object, the parameters' in-place versions.
+
+    ``Tensor._version`` is torch's counter of in-place writes (what autograd checks saved tensors
+    with); every optimizer step and every manual ``param.add_()`` bumps it.
+    """
     versions = sum(p._version for p in trainer.model.parameters())
     return (trainer.state.global_step, id(trainer.model), versions)
 
