@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -24,6 +24,9 @@ from .reading import DEFAULT_BATCH_SIZE, count_rows, iter_object_batches, iter_r
 from .registry import detect_format, get_format, list_formats
 from .schema import MARGIN_COLUMN, pair_schema
 from .writing import PairWriter, output_kind, remove_stale_temporaries, temporary_path
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 ON_ERROR_CHOICES = ("raise", "skip")
 
@@ -328,7 +331,7 @@ class _RejectsFile:
             self._fh = None
             os.replace(self._tmp, self.path)  # type: ignore[arg-type]
 
-    def __enter__(self) -> _RejectsFile:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -367,7 +370,7 @@ class _progress_bar:
         if self._bar is not None:
             self._bar.update(n)
 
-    def __enter__(self) -> _progress_bar:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

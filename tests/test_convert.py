@@ -114,7 +114,7 @@ def test_must_show_whole_hh_file_minilm_and_bpe_with_chat_template(tmp_path, min
     )
     assert a.rows_read == 800 and a.rows_read == a.rows_written + a.rows_rejected
     assert json.loads((tmp_path / "stats.json").read_text()) == a.to_dict()
-    assert sum(1 for _ in open(tmp_path / "rej.jsonl")) == a.rows_rejected
+    assert len((tmp_path / "rej.jsonl").read_text().splitlines()) == a.rows_rejected
     assert datasets.Dataset.from_parquet(str(tmp_path / "minilm.parquet")).num_rows == a.pairs_written
 
     b = convert(
@@ -208,7 +208,7 @@ def test_skip_counts_rejects_by_reason_and_writes_the_rejects_file(tmp_path, sco
         "not_an_object": 1,
         "wrong_type": 1,
     }
-    entries = [json.loads(line) for line in open(tmp_path / "rejects.jsonl")]
+    entries = [json.loads(line) for line in (tmp_path / "rejects.jsonl").read_text().splitlines()]
     assert [e["row"] for e in entries] == [1, 2, 3, 4, 5, 6]
     assert all(e["file"] == str(src) and e["message"].startswith(f"{src}, row {e['row']}") for e in entries)
     crash = entries[2]
@@ -232,7 +232,7 @@ def test_pairs_of_one_row_are_rejected_separately_and_the_row_still_counts_once(
     )
     assert (stats.rows_read, stats.rows_written, stats.rows_rejected) == (1, 1, 0)
     assert (stats.pairs_written, stats.pairs_rejected) == (1, 2)
-    entries = [json.loads(line) for line in open(tmp_path / "r.jsonl")]
+    entries = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
     assert [(e["pair"], e["reason"], e["field"]) for e in entries] == [
         (1, "too_long", "chosen"),
         (2, "too_long", "chosen"),
