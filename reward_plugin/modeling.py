@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
+from .model_sources import load_gguf_model, load_gguf_tokenizer, resolve_model_source
 from .scoring import find_head, unwrap_model
 
 logger = logging.getLogger(__name__)
@@ -20,10 +21,13 @@ def load_reward_model(name_or_path: str, *, trust_remote_code: bool = False, ini
     """``AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=1)``.
 
     The weights load in float32 unless ``init_kwargs`` names a ``dtype``: mixed precision keeps
-    float32 master weights, and a bf16 checkpoint trained in bf16 loses small updates.
+    float32 master weights, and a bf16 checkpoint trained in bf16 loses small updates. A GGUF
+    checkpoint (a ``.gguf`` path, a folder with ``init_kwargs["gguf_file"]``, or a short name such
+    as ``smollm2-135m-instruct``) is dequantized into a plain model that trains and saves
+    (:mod:`reward_plugin.model_sources`).
 
     Args:
-        name_or_path: a local folder or Hub id.
+        name_or_path: a local folder, Hub id, ``.gguf`` file or bundled short name.
         trust_remote_code: allow custom model code.
         init_kwargs: more ``from_pretrained`` keyword arguments (``RewardConfig.model_init_kwargs``).
 
@@ -46,6 +50,10 @@ def load_reward_model(name_or_path: str, *, trust_remote_code: bool = False, ini
     kwargs["dtype"] = dtype
     kwargs["num_labels"] = 1
     kwargs.setdefault("trust_remote_code", trust_remote_code)
+    source = resolve_model_source(name_or_path, kwargs.pop("gguf_file", None))
+    if source.is_gguf:
+        return load_gguf_model(source, **kwargs)
+    name_or_path = source.path
     # Weights come from safetensors files only: a pickled pytorch_model.bin is never unpickled.
     kwargs.setdefault("use_safetensors", True)
     try:
@@ -78,16 +86,19 @@ TOKENIZER_FILES = (
 )
 
 
-def model_tokenizer(name_or_path: str | None, *, trust_remote_code: bool = False):
-    """The tokenizer saved with a model, or None when the model has none.
+def model_tokenizer(
+    name_or_path: str | None, *, trust_remote_code: bool = False, gguf_file: str | None = None
+):
+    """The tokenizer saved with a model (or stored in its GGUF file), or None when the model has none.
 
     A model folder without tokenizer files (or a model built from a config, with no name) has no
     tokenizer: tokenized data trains without one. Any other tokenizer that fails to load is an
     error, from the project's one loader, :func:`dataset_formats.encoding.load_tokenizer`.
 
     Args:
-        name_or_path: the model's folder or hub name (``config._name_or_path``), or None.
+        name_or_path: the model's folder, hub name, ``.gguf`` file or bundled short name, or None.
         trust_remote_code: allow a tokenizer with custom code.
+        gguf_file: the GGUF file inside the folder ``name_or_path``.
 
     Returns:
         The tokenizer, or None.
@@ -97,6 +108,10 @@ def model_tokenizer(name_or_path: str | None, *, trust_remote_code: bool = False
     """
     if not name_or_path:
         return None
+    source = resolve_model_source(name_or_path, gguf_file)
+    if source.is_gguf:
+        return load_gguf_tokenizer(source, trust_remote_code=trust_remote_code)
+    name_or_path = source.path
     folder = Path(name_or_path).expanduser()
     if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
         logger.info("%s holds no tokenizer; tokenized data will still work", name_or_path)

@@ -128,8 +128,10 @@ def test_eval_unknown_tokenizer_is_one_error_line(tmp_path, minilm_dir, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     # (an earlier test in the session may have turned on the INFO log lines of `train`)
     assert [line for line in err if line.startswith("error")] == [
-        f"error: tokenizer {str(missing)!r} could not be loaded (no such folder); pass a local tokenizer "
-        "folder (with tokenizer.json) or a hub name that is already cached"
+        (
+            f"error: tokenizer {str(missing)!r} could not be loaded (no such folder); pass a local tokenizer "
+            "folder (with tokenizer.json) or a hub name that is already cached"
+        )
     ]
     assert err[-1].startswith("error") and not any("Traceback" in line for line in err)
 

@@ -5,6 +5,7 @@ evaluation report checked against an independent per-pair forward pass."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -32,9 +33,29 @@ def changed_fraction(before: dict[str, torch.Tensor], after: dict[str, torch.Ten
 
 def test_embedded_default_trains_minilm_on_the_bundled_sample(tmp_path, monkeypatch, minilm_path, capsys):
     monkeypatch.chdir(tmp_path)
-    assert main(["train", "--max_steps", "2", "--logging_steps", "1", "--eval_size", "8"]) == 0
+    # The default saves no checkpoints; one here keeps the log history (trainer_state.json) to read.
+    argv = [
+        "train",
+        "--max_steps",
+        "2",
+        "--logging_steps",
+        "1",
+        "--eval_size",
+        "8",
+        "--save_strategy",
+        "steps",
+    ]
+    assert main([*argv, "--save_steps", "2"]) == 0
     out_dir = tmp_path / "outputs" / "reward-model"
-    assert f"saved the reward model to {Path('outputs/reward-model')}" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"saved the reward model to {Path('outputs/reward-model')}" in printed
+    # Every printed accuracy carries its interval and pair count; the loss is shown next to chance.
+    assert re.search(
+        r"^eval accuracy \d\.\d{4} \(95% CI \d\.\d{4}-\d\.\d{4}, 8 pairs\), margin ", printed, re.MULTILINE
+    )
+    assert re.search(
+        r"^train loss \d\.\d{4} \(mean over the run; chance is ln 2 = 0\.6931\)$", printed, re.MULTILINE
+    )
     model = AutoModelForSequenceClassification.from_pretrained(out_dir)
     assert model.config.num_labels == 1
     stats = json.loads((out_dir / "reward_stats.json").read_text())

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
+from ..metrics import format_accuracy
 from .buckets import format_number
 
 
@@ -77,7 +78,7 @@ def plot_evaluation(
     axes[0].hist(rejected, bins=bins, alpha=0.6, label=f"rejected (mean {rejected.mean():.3f})")
     axes[0].set_xlabel("reward")
     axes[0].set_ylabel("responses")
-    axes[0].set_title(f"{report['num_pairs']} pairs, accuracy {report['accuracy']:.3f}")
+    axes[0].set_title(f"accuracy {format_accuracy(report['accuracy'], report['num_pairs'])}")
     axes[0].legend()
     _bucket_bars(
         axes[1], report["accuracy_by_reward_gap"], "|r_chosen - r_rejected| bucket", "accuracy by reward gap"

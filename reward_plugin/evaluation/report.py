@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
+from ..metrics import accuracy_interval, format_accuracy
 from .buckets import accuracy_by_bucket, format_number
 from .groups import PromptRewards, best_of_n_accuracy, pairwise_accuracy, write_predictions
 from .length_bias import has_lengths, length_bias_report
@@ -63,6 +64,7 @@ def summarize_rewards(
     report: dict[str, Any] = {
         "num_pairs": int(chosen.size),
         "accuracy": float(correct.mean()),
+        "accuracy_ci95": list(accuracy_interval(int(correct.sum()), int(correct.size))),
         "ties": int((gap == 0).sum()),
         "margin": _distribution(gap),
         "rewards": {
@@ -185,7 +187,7 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [
         f"model: {report['model']}",
         f"data: {report['data']} ({report['num_pairs']} pairs, {report['num_prompts']} prompts)",
-        f"accuracy: {report['accuracy']:.4f} (ties: {report['ties']})",
+        f"accuracy: {format_accuracy(report['accuracy'], report['num_pairs'])} (ties: {report['ties']})",
         (
             f"pairwise accuracy: {_estimate(pairwise)} ({pairwise['count']} pairs, {pairwise['prompts']} prompts; "
             "95% Wilson interval over prompts)"

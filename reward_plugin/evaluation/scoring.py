@@ -52,10 +52,13 @@ def eval_trainer(
         ConfigError: ``model_dir`` is not a folder.
     """
     from ..config import RewardConfig
+    from ..model_sources import SHORT_NAMES, is_gguf_path
     from ..trainer import RewardTrainer
 
-    if not Path(model_dir).is_dir():
-        raise ConfigError(f"--model {str(model_dir)!r} is not a folder; pass a trained model's output folder")
+    if not (Path(model_dir).is_dir() or is_gguf_path(model_dir) or str(model_dir).lower() in SHORT_NAMES):
+        raise ConfigError(
+            f"--model {str(model_dir)!r} is not a folder; pass a trained model's output folder (or a .gguf file)"
+        )
     processing_class = None
     if tokenizer is not None:
         from ..modeling import model_tokenizer
