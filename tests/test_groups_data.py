@@ -142,3 +142,14 @@ def test_inspect_shows_group_sizes_and_the_tokens_against_the_expanded_pairs(min
     assert len(report["sample"]["responses"]) == sizes[1] and report["sample"]["source_row"] == 1
     text = format_report(report)
     assert f"{report['groups']} groups, 33 pairs" in text and "groups by number of responses:" in text
+
+
+def test_doctests_of_the_group_modules():
+    import doctest
+
+    import dataset_formats.groups
+    import reward_plugin.pairs.groups
+
+    for module in (dataset_formats.groups, reward_plugin.pairs.groups):
+        result = doctest.testmod(module)
+        assert result.failed == 0 and result.attempted >= 2, module.__name__

@@ -125,3 +125,22 @@ def test_max_length_cuts_each_response_with_the_prompt_like_the_pair_collator():
         pairs["input_ids_chosen"][0].tolist(),
         pairs["input_ids_rejected"][0].tolist(),
     ]
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ({"prompt_ids": [1], "response_ids": [[2], []], "pairs": [{"better": 0, "worse": 1}]}, "at least one token"),
+        ({"prompt_ids": [1], "response_ids": [[2], [3]], "pairs": []}, "has no pairs"),
+        ({"prompt_ids": [1], "response_ids": [[2], [3]], "pairs": [{"better": 0, "worse": 2}]}, "two different responses 0..1"),
+        ({"prompt_ids": [1], "response_ids": [[2], [3]], "pairs": [{"better": 1, "worse": 1}]}, "two different responses"),
+        ({"prompt_ids": [1], "response_ids": [[2], [3]], "pairs": [{"better": 0, "worse": 1}], "scores": [1.0]}, "1 scores for 2 responses"),
+    ],
+)  # fmt: skip
+def test_bad_groups_are_one_line_errors_naming_the_group(row, message):
+    from reward_plugin.errors import DataError
+
+    good = {"prompt_ids": [1], "response_ids": [[2], [3]], "pairs": [{"better": 0, "worse": 1}]}
+    with pytest.raises(DataError, match=message) as info:
+        GroupCollator(pad_token_id=0)([good, row])
+    assert str(info.value).startswith("group 1 of the batch") and "\n" not in str(info.value)

@@ -66,17 +66,10 @@ def group_sequences(example: Mapping[str, Any], index: int) -> tuple[list[list[i
             raise DataError(
                 f"{where} has no pairs: a group needs at least one (better, worse) pair to learn from"
             )
+        valid = range(len(responses))
         for p in pairs:
             b, w = p.get("better"), p.get("worse")
-            if (
-                not (
-                    isinstance(b, int)
-                    and isinstance(w, int)
-                    and 0 <= b < len(responses)
-                    and 0 <= w < len(responses)
-                )
-                or b == w
-            ):
+            if b not in valid or w not in valid or b == w or isinstance(b, bool) or isinstance(w, bool):
                 raise DataError(
                     f"{where}: pair {p!r} must name two different responses 0..{len(responses) - 1}"
                 )
