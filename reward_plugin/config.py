@@ -85,7 +85,8 @@ class RewardConfig(TrainingArguments):
             text row the toolkit rejects; ``"skip"`` drops such rows (counted in a warning).
         chat_template: chat template for conversational text data: a bundled template name
             (``chatml``, ``llama3``, ...), a path to a ``.jinja`` file, or ``None`` for the tokenizer's own.
-        dataset_num_proc: worker processes for dataset preparation.
+        dataset_num_proc: worker processes for converting raw data files (runner ``train_data``) and for
+            ``Dataset.map`` over TRL id columns; in-memory text rows convert in the main process.
         pad_to_multiple_of: pad batch lengths up to a multiple of this value.
         group_by_length: batch pairs of similar length (seeded) to cut padding.
         pair_batching: how a pair is laid out for the forward pass: ``"standard"`` (chosen and rejected
