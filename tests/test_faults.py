@@ -109,12 +109,74 @@ def _kill_and_rerun(start, argv: list[str], tmp_path: Path) -> None:
     proc.wait(timeout=60)
     left = sorted(p.name for p in tmp_path.iterdir())
     assert "out" not in left and "rejects.jsonl" not in left and "stats.json" not in left
-    done = subprocess.run(argv, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        argv, check=False, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.jsonl", "out", "rejects.jsonl", "stats.json"]
     stats = json.loads((tmp_path / "stats.json").read_text())
     assert stats["rows_read"] == 5000 == stats["rows_written"] + stats["rows_rejected"]
     assert stats["rows_rejected"] >= 1
+
+
+# A signal that lands inside multiprocessing.Pool() once its worker-handler thread runs, but before
+# the pool has registered its clean-up: the window that once left a re-forked worker holding the
+# CLI's stdout/stderr forever. The script sends SIGTERM to itself exactly there.
+_SIGNAL_INSIDE_POOL = """
+import os, signal, sys, threading
+from multiprocessing import pool
+
+start = threading.Thread.start
+
+def start_then_signal(thread):
+    start(thread)
+    if getattr(thread, "_target", None) is pool.Pool._handle_results:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+threading.Thread.start = start_then_signal
+from dataset_formats.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_signal_inside_pool_startup_stops_every_worker(tmp_path, minilm_path):
+    src = write_jsonl(tmp_path / "in.jsonl", read_hh_rows(200) * 5)
+    argv = [sys.executable, "-c", _SIGNAL_INSIDE_POOL, "convert", str(src), "--format", "hh-rlhf"]
+    argv += ["--tokenizer", minilm_path, "-o", str(tmp_path / "out.parquet"), "--num-proc", "2"]
+    proc = subprocess.Popen(
+        argv, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        # communicate() returns only when every process holding the pipes has gone, workers included.
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and err.strip().endswith("error: interrupted"), err[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+
+
+def test_interrupts_held_records_then_delivers_to_the_previous_handler():
+    from dataset_formats.workers import InterruptsHeld
+
+    seen: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    try:
+        # The previous handler returns instead of raising: the block stops all the same.
+        with pytest.raises(KeyboardInterrupt), InterruptsHeld() as held:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)  # the handler runs here, and only records
+            assert held.received == signal.SIGTERM and seen == []
+            held.check()
+        assert seen == [signal.SIGTERM]
+        assert signal.getsignal(signal.SIGTERM) is not held._record
+        with pytest.raises(KeyboardInterrupt), InterruptsHeld():  # Ctrl-C: the default handler raises
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+        with InterruptsHeld() as held:  # no signal: nothing happens
+            held.check()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # (d) the rejects file and the stats do not depend on --num-proc ---------------------------------
@@ -388,8 +450,11 @@ def register_formats(register):
         (
             "crashy_formats_xyz",
             "raise ImportError('needs the package foo')\n",
-            "error: plugin 'crashy (crashy-formats)': failed to import entry point 'crashy_formats_xyz': "
-            "ImportError: needs the package foo; set REWARD_PLUGIN_LOAD_PLUGINS to the plugins you want to run without it",
+            (
+                "error: plugin 'crashy (crashy-formats)': failed to import entry point 'crashy_formats_xyz': "
+                "ImportError: needs the package foo; set REWARD_PLUGIN_LOAD_PLUGINS to the plugins you want to "
+                "run without it"
+            ),
         ),
         (
             "crashy_formats_xyz",
@@ -423,7 +488,7 @@ def test_broken_plugin_is_named_and_the_allowlist_runs_without_it(
         minilm_path,
     ]
 
-    done = subprocess.run(
+    done = subprocess.run(  # noqa: PLW1510 - the exit status is asserted
         [sys.executable, *convert, "-o", str(tmp_path / "a.parquet")],
         cwd=ROOT,
         env=env,
@@ -437,7 +502,7 @@ def test_broken_plugin_is_named_and_the_allowlist_runs_without_it(
     assert not (tmp_path / "a.parquet").exists()
 
     env["REWARD_PLUGIN_LOAD_PLUGINS"] = "good"
-    done = subprocess.run(
+    done = subprocess.run(  # noqa: PLW1510 - the exit status is asserted
         [sys.executable, *convert, "-o", str(tmp_path / "b.parquet")],
         cwd=ROOT,
         env=env,
@@ -447,7 +512,7 @@ def test_broken_plugin_is_named_and_the_allowlist_runs_without_it(
     )
     assert done.returncode == 0, done.stderr
     assert "rows read: 2, written: 2, rejected: 0" in done.stdout
-    done = subprocess.run(
+    done = subprocess.run(  # noqa: PLW1510 - the exit status is asserted
         [sys.executable, "-m", "reward_plugin", "formats"],
         cwd=ROOT,
         env=env,
