@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -374,13 +375,24 @@ def test_two_process_training_matches_one_process(tmp_path, tiny_llama_dir, trai
         text=True,
         start_new_session=True,
     )
+    peaks: dict[int, int] = {}
+    watcher = threading.Thread(target=_watch_peak_rss, args=(proc, peaks), daemon=True)
+    watcher.start()
     try:
         _, stderr = proc.communicate(timeout=300)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         _, stderr = proc.communicate()
         pytest.fail(f"the two-process run did not finish in 300 s: {stderr[-4000:]}")
+    watcher.join(timeout=5)
     assert proc.returncode == 0, stderr[-4000:]
+    # The data was prepared once: the main process converted it, the other one memory-mapped the file.
+    assert stderr.count("train data converted from") == 1, stderr[-4000:]
+    assert stderr.count("(not converted again)") == 1, stderr[-4000:]
+    assert len(peaks) == 2, peaks
+    print(
+        f"peak RSS per worker ({sampling}): " + ", ".join(f"{kib / 1024:.0f} MiB" for kib in peaks.values())
+    )
     want_state = json.loads((one / f"checkpoint-{steps}" / "trainer_state.json").read_text())
     got_state = json.loads((two / f"checkpoint-{steps}" / "trainer_state.json").read_text())
     # two processes really shared the data: an epoch takes as many steps as with one process
@@ -394,6 +406,32 @@ def test_two_process_training_matches_one_process(tmp_path, tiny_llama_dir, trai
     two_weights = load_file(str(two / "model.safetensors"))
     for name, value in ref.items():
         torch.testing.assert_close(two_weights[name], value, atol=1e-4, rtol=0, msg=name)
+
+
+def _watch_peak_rss(proc: subprocess.Popen, peaks: dict[int, int]) -> None:
+    """Record the peak RSS (VmHWM, KiB) of every ``reward_plugin train`` process below ``proc``."""
+    while proc.poll() is None:
+        todo, seen = [proc.pid], set()
+        while todo:
+            pid = todo.pop()
+            seen.add(pid)
+            todo += [c for c in _children(pid) if c not in seen]
+        for pid in seen - {proc.pid}:
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            if (
+                b"reward_plugin" in cmdline
+                and b"train" in cmdline
+                and b"accelerate.commands.launch" not in cmdline
+            ):
+                hwm = next(
+                    (int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0
+                )
+                peaks[pid] = max(peaks.get(pid, 0), hwm)
+        time.sleep(0.2)
 
 
 def _free_port() -> int:

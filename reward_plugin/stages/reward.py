@@ -31,6 +31,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..hookspecs import hookimpl
 from . import Stage
+from .prepared import PREPARED_DIR
 from .sources import DataSource, load_sources, parse_sources
 
 logger = logging.getLogger(__name__)
@@ -241,9 +242,12 @@ class RewardStage(Stage):
             "max_length": cfg.args.max_length,
             "truncation": cfg.args.truncation,
             "num_proc": cfg.args.dataset_num_proc,
+            "prepared_dir": Path(cfg.args.output_dir) / PREPARED_DIR,
         }
-        train = load_sources(cfg.train_data, name="train", **common)
-        evaluation = load_sources(cfg.eval_data, name="eval", **common) if cfg.eval_data else None
+        # The main process converts; the others wait, then memory-map what it wrote (prepared.py).
+        with cfg.args.main_process_first(desc="preparing the data"):
+            train = load_sources(cfg.train_data, name="train", **common)
+            evaluation = load_sources(cfg.eval_data, name="eval", **common) if cfg.eval_data else None
         if cfg.eval_size is not None:
             held_out = cfg.eval_size if isinstance(cfg.eval_size, float) else int(cfg.eval_size)
             if isinstance(held_out, int) and held_out >= len(train):
@@ -251,7 +255,10 @@ class RewardStage(Stage):
                     f"`eval_size` is {held_out}, but the train data has only {len(train)} pairs; use a smaller "
                     "count or a fraction such as 0.1"
                 )
-            split = train.train_test_split(test_size=held_out, shuffle=True, seed=cfg.args.seed)
+            # keep_in_memory: only the (small) index mapping; the pairs stay memory-mapped.
+            split = train.train_test_split(
+                test_size=held_out, shuffle=True, seed=cfg.args.seed, keep_in_memory=True
+            )
             train, evaluation = split["train"], split["test"]
         logger.info(
             "train pairs: %d; eval pairs: %s", len(train), len(evaluation) if evaluation is not None else 0
