@@ -61,6 +61,8 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs /proc to find worker processes")
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_killed_conversion_with_side_files_and_workers(tmp_path, minilm_path):
     """--num-proc 2, --rejects, --stats-json and a datasets-folder output: SIGTERM leaves none of
     them and no worker behind; after SIGKILL the next run cleans up and succeeds."""
@@ -280,6 +282,8 @@ def _final_state(out: Path) -> Path:
     return checkpoints[-1] / "trainer_state.json"
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_resumed_training_matches_an_uninterrupted_run(tmp_path, tiny_llama_dir, train_data, capsys):
     steps, save_steps = 6, 2
     # uninterrupted reference, in this process
@@ -339,6 +343,8 @@ def test_resumed_training_matches_an_uninterrupted_run(tmp_path, tiny_llama_dir,
 # (c) two processes (gloo) against one -----------------------------------------------------------
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
 @pytest.mark.parametrize("sampling", ["random", "group_by_length"])
 def test_two_process_training_matches_one_process(tmp_path, tiny_llama_dir, train_data, capsys, sampling):
     """accelerate launch --num_processes 2 --cpu: per-device batch 2 on two processes has the same

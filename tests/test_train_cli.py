@@ -30,6 +30,7 @@ def changed_fraction(before: dict[str, torch.Tensor], after: dict[str, torch.Ten
     return {name: not torch.equal(before[name], after[name]) for name in before if name in after}
 
 
+@pytest.mark.slow
 def test_embedded_default_trains_minilm_on_the_bundled_sample(tmp_path, monkeypatch, minilm_path, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["train", "--max_steps", "2", "--logging_steps", "1", "--eval_size", "8"]) == 0
