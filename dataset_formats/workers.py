@@ -32,6 +32,8 @@ from .reading import RowBatch
 
 #: How often (seconds) the parent looks for a held signal while it waits for a worker.
 POLL_SECONDS = 0.1
+#: How long stopping the pool may take before the workers still alive are killed.
+STOP_SECONDS = 15.0
 
 
 class _Interrupted(BaseException):
@@ -113,6 +115,7 @@ def run_in_pool(
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     try:
         with InterruptsHeld() as held:
+            others = set(multiprocessing.active_children())
             pool = context.Pool(num_proc, initializer=_init_worker, initargs=(processor,))
             try:
                 pending: deque = deque()
@@ -124,12 +127,29 @@ def run_in_pool(
                 while pending:
                     yield _next(pending, held)
             finally:
-                pool.terminate()
+                _stop(pool, others)
     finally:
         if previous is None:
             os.environ.pop("TOKENIZERS_PARALLELISM", None)
         else:
             os.environ["TOKENIZERS_PARALLELISM"] = previous
+
+
+def _stop(pool: Any, others: set) -> None:
+    """``pool.terminate()``, bounded in time.
+
+    Its clean-up can block for good on a worker killed halfway through sending a result (the
+    result thread waits for the rest of the message). After :data:`STOP_SECONDS` the pool's
+    workers still alive (children that were not there before the pool) are killed and the
+    stuck clean-up is left to its daemon thread, which ends with the interpreter.
+    """
+    stopper = threading.Thread(target=pool.terminate, name="convert-pool-stop", daemon=True)
+    stopper.start()
+    stopper.join(STOP_SECONDS)
+    if stopper.is_alive():
+        for child in set(multiprocessing.active_children()) - others:
+            child.kill()
+            child.join(5)
 
 
 def _work(item: tuple[str, RowBatch]) -> BatchResult:

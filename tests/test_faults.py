@@ -565,3 +565,23 @@ def test_broken_plugin_is_named_and_the_allowlist_runs_without_it(
         timeout=120,
     )
     assert done.returncode == 0 and "good-pairs" in done.stdout and "crashy" not in done.stdout
+
+
+def test_a_stuck_pool_clean_up_is_bounded(monkeypatch):
+    """Pool.terminate() that never returns (a worker killed mid-message): the workers are killed."""
+    import multiprocessing
+
+    from dataset_formats import workers
+
+    class StuckPool:
+        def terminate(self):
+            time.sleep(60)
+
+    others = set(multiprocessing.active_children())
+    worker = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,), daemon=True)
+    worker.start()
+    monkeypatch.setattr(workers, "STOP_SECONDS", 0.5)
+    started = time.monotonic()
+    workers._stop(StuckPool(), others)
+    assert time.monotonic() - started < 10
+    assert not worker.is_alive() and worker.exitcode == -signal.SIGKILL
