@@ -8,11 +8,7 @@ number of processes).
 from __future__ import annotations
 
 import math
-import multiprocessing
 import numbers
-import os
-import signal
-from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -373,60 +369,22 @@ class BatchProcessor:
 
 # running batches -------------------------------------------------------------------------------
 
-_WORKER: BatchProcessor | None = None
-
-
-def _init_worker(processor: BatchProcessor) -> None:
-    global _WORKER
-    _WORKER = processor
-    # A forked worker inherits the parent's handlers; the CLI turns SIGTERM into KeyboardInterrupt,
-    # which in a worker could fire while it holds the pool's queue lock and hang its siblings and
-    # the parent's clean-up. Workers die on SIGTERM (how Pool.terminate stops them) and leave
-    # Ctrl-C to the parent.
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _work(item: tuple[str, RowBatch]) -> BatchResult:
-    assert _WORKER is not None
-    path, rows = item
-    try:
-        return _WORKER.process(path, rows)
-    except RecordError as exc:  # sent back as data: RecordError does not pickle with its fields
-        entry = reject_entry(exc)
-        entry["detail"] = exc.detail
-        return BatchResult(None, ConvertStats(), [], error=entry)
-
 
 def run_batches(
     processor: BatchProcessor, batches: Iterable[tuple[str, RowBatch]], num_proc: int = 1
 ) -> Iterator[BatchResult]:
     """Process ``(path, rows)`` batches in order, in this process or in ``num_proc`` workers.
 
-    At most ``2 * num_proc`` batches are in flight, so memory stays bounded on large inputs.
+    With workers (:mod:`dataset_formats.workers`) at most ``2 * num_proc`` batches are in flight,
+    so memory stays bounded on large inputs, and Ctrl-C or SIGTERM stop every worker before the
+    interrupt reaches the caller.
     """
     if num_proc <= 1:
         yield from _run_overlapped(processor, batches)
         return
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    # Each worker is one process; the tokenizer's own thread pool would only oversubscribe the CPUs.
-    previous = os.environ.get("TOKENIZERS_PARALLELISM")
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    try:
-        with context.Pool(num_proc, initializer=_init_worker, initargs=(processor,)) as pool:
-            pending: deque = deque()
-            for item in batches:
-                pending.append(pool.apply_async(_work, (item,)))
-                if len(pending) >= 2 * num_proc:
-                    yield _checked(pending.popleft().get())
-            while pending:
-                yield _checked(pending.popleft().get())
-    finally:
-        if previous is None:
-            os.environ.pop("TOKENIZERS_PARALLELISM", None)
-        else:
-            os.environ["TOKENIZERS_PARALLELISM"] = previous
+    from .workers import run_in_pool
+
+    yield from run_in_pool(processor, batches, num_proc)
 
 
 def _run_overlapped(
@@ -451,9 +409,3 @@ def _run_overlapped(
                 return
             future = pool.submit(prepare_next)
             yield processor.finish(prepared)
-
-
-def _checked(result: BatchResult) -> BatchResult:
-    if result.error is not None:
-        raise error_from_entry(result.error)
-    return result

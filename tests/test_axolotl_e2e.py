@@ -17,7 +17,8 @@ import pytest
 import yaml
 from conftest import ROOT, read_hh_rows, write_jsonl
 
-pytestmark = pytest.mark.slow
+# Each test runs `axolotl train` (up to 300 s a run) once or twice.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 TRAIN_PAIRS, EVAL_PAIRS, STEPS = 32, 8, 4
 

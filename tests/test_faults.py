@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -60,6 +61,8 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs /proc to find worker processes")
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_killed_conversion_with_side_files_and_workers(tmp_path, minilm_path):
     """--num-proc 2, --rejects, --stats-json and a datasets-folder output: SIGTERM leaves none of
     them and no worker behind; after SIGKILL the next run cleans up and succeeds."""
@@ -117,6 +120,66 @@ def _kill_and_rerun(start, argv: list[str], tmp_path: Path) -> None:
     stats = json.loads((tmp_path / "stats.json").read_text())
     assert stats["rows_read"] == 5000 == stats["rows_written"] + stats["rows_rejected"]
     assert stats["rows_rejected"] >= 1
+
+
+# A signal that lands inside multiprocessing.Pool() once its worker-handler thread runs, but before
+# the pool has registered its clean-up: the window that once left a re-forked worker holding the
+# CLI's stdout/stderr forever. The script sends SIGTERM to itself exactly there.
+_SIGNAL_INSIDE_POOL = """
+import os, signal, sys, threading
+from multiprocessing import pool
+
+start = threading.Thread.start
+
+def start_then_signal(thread):
+    start(thread)
+    if getattr(thread, "_target", None) is pool.Pool._handle_results:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+threading.Thread.start = start_then_signal
+from dataset_formats.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_signal_inside_pool_startup_stops_every_worker(tmp_path, minilm_path):
+    src = write_jsonl(tmp_path / "in.jsonl", read_hh_rows(200) * 5)
+    argv = [sys.executable, "-c", _SIGNAL_INSIDE_POOL, "convert", str(src), "--format", "hh-rlhf"]
+    argv += ["--tokenizer", minilm_path, "-o", str(tmp_path / "out.parquet"), "--num-proc", "2"]
+    proc = subprocess.Popen(
+        argv, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        # communicate() returns only when every process holding the pipes has gone, workers included.
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and err.strip().endswith("error: interrupted"), err[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+
+
+def test_interrupts_held_records_then_delivers_to_the_previous_handler():
+    from dataset_formats.workers import InterruptsHeld
+
+    seen: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    try:
+        # The previous handler returns instead of raising: the block stops all the same.
+        with pytest.raises(KeyboardInterrupt), InterruptsHeld() as held:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)  # the handler runs here, and only records
+            assert held.received == signal.SIGTERM and seen == []
+            held.check()
+        assert seen == [signal.SIGTERM]
+        assert signal.getsignal(signal.SIGTERM) is not held._record
+        with pytest.raises(KeyboardInterrupt), InterruptsHeld():  # Ctrl-C: the default handler raises
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+        with InterruptsHeld() as held:  # no signal: nothing happens
+            held.check()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # (d) the rejects file and the stats do not depend on --num-proc ---------------------------------
@@ -219,6 +282,8 @@ def _final_state(out: Path) -> Path:
     return checkpoints[-1] / "trainer_state.json"
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_resumed_training_matches_an_uninterrupted_run(tmp_path, tiny_llama_dir, train_data, capsys):
     steps, save_steps = 6, 2
     # uninterrupted reference, in this process
@@ -278,6 +343,8 @@ def test_resumed_training_matches_an_uninterrupted_run(tmp_path, tiny_llama_dir,
 # (c) two processes (gloo) against one -----------------------------------------------------------
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
 @pytest.mark.parametrize("sampling", ["random", "group_by_length"])
 def test_two_process_training_matches_one_process(tmp_path, tiny_llama_dir, train_data, capsys, sampling):
     """accelerate launch --num_processes 2 --cpu: per-device batch 2 on two processes has the same
@@ -314,13 +381,24 @@ def test_two_process_training_matches_one_process(tmp_path, tiny_llama_dir, trai
         text=True,
         start_new_session=True,
     )
+    peaks: dict[int, int] = {}
+    watcher = threading.Thread(target=_watch_peak_rss, args=(proc, peaks), daemon=True)
+    watcher.start()
     try:
         _, stderr = proc.communicate(timeout=300)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         _, stderr = proc.communicate()
         pytest.fail(f"the two-process run did not finish in 300 s: {stderr[-4000:]}")
+    watcher.join(timeout=5)
     assert proc.returncode == 0, stderr[-4000:]
+    # The data was prepared once: the main process converted it, the other one memory-mapped the file.
+    assert stderr.count("train data converted from") == 1, stderr[-4000:]
+    assert stderr.count("(not converted again)") == 1, stderr[-4000:]
+    assert len(peaks) == 2, peaks
+    print(
+        f"peak RSS per worker ({sampling}): " + ", ".join(f"{kib / 1024:.0f} MiB" for kib in peaks.values())
+    )
     want_state = json.loads((one / f"checkpoint-{steps}" / "trainer_state.json").read_text())
     got_state = json.loads((two / f"checkpoint-{steps}" / "trainer_state.json").read_text())
     # two processes really shared the data: an epoch takes as many steps as with one process
@@ -334,6 +412,32 @@ def test_two_process_training_matches_one_process(tmp_path, tiny_llama_dir, trai
     two_weights = load_file(str(two / "model.safetensors"))
     for name, value in ref.items():
         torch.testing.assert_close(two_weights[name], value, atol=1e-4, rtol=0, msg=name)
+
+
+def _watch_peak_rss(proc: subprocess.Popen, peaks: dict[int, int]) -> None:
+    """Record the peak RSS (VmHWM, KiB) of every ``reward_plugin train`` process below ``proc``."""
+    while proc.poll() is None:
+        todo, seen = [proc.pid], set()
+        while todo:
+            pid = todo.pop()
+            seen.add(pid)
+            todo += [c for c in _children(pid) if c not in seen]
+        for pid in seen - {proc.pid}:
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            if (
+                b"reward_plugin" in cmdline
+                and b"train" in cmdline
+                and b"accelerate.commands.launch" not in cmdline
+            ):
+                hwm = next(
+                    (int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0
+                )
+                peaks[pid] = max(peaks.get(pid, 0), hwm)
+        time.sleep(0.2)
 
 
 def _free_port() -> int:
@@ -464,3 +568,23 @@ def test_broken_plugin_is_named_and_the_allowlist_runs_without_it(
         timeout=120,
     )
     assert done.returncode == 0 and "good-pairs" in done.stdout and "crashy" not in done.stdout
+
+
+def test_a_stuck_pool_clean_up_is_bounded(monkeypatch):
+    """Pool.terminate() that never returns (a worker killed mid-message): the workers are killed."""
+    import multiprocessing
+
+    from dataset_formats import workers
+
+    class StuckPool:
+        def terminate(self):
+            time.sleep(60)
+
+    others = set(multiprocessing.active_children())
+    worker = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,), daemon=True)
+    worker.start()
+    monkeypatch.setattr(workers, "STOP_SECONDS", 0.5)
+    started = time.monotonic()
+    workers._stop(StuckPool(), others)
+    assert time.monotonic() - started < 10
+    assert not worker.is_alive() and worker.exitcode == -signal.SIGKILL

@@ -31,6 +31,7 @@ def changed_fraction(before: dict[str, torch.Tensor], after: dict[str, torch.Ten
     return {name: not torch.equal(before[name], after[name]) for name in before if name in after}
 
 
+@pytest.mark.slow
 def test_embedded_default_trains_minilm_on_the_bundled_sample(tmp_path, monkeypatch, minilm_path, capsys):
     monkeypatch.chdir(tmp_path)
     # The default saves no checkpoints; one here keeps the log history (trainer_state.json) to read.

@@ -33,6 +33,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..hookspecs import hookimpl
 from .base import Stage
+from .prepared import PREPARED_DIR
 from .sources import DataSource, load_sources, parse_sources
 
 logger = logging.getLogger(__name__)
@@ -258,18 +259,22 @@ class RewardStage(Stage):
             "max_length": cfg.args.max_length,
             "truncation": cfg.args.truncation,
             "num_proc": cfg.args.dataset_num_proc,
+            "prepared_dir": Path(cfg.args.output_dir) / PREPARED_DIR,
         }
-        train = load_sources(cfg.train_data, name="train", **common)
-        evaluation = load_sources(cfg.eval_data, name="eval", **common) if cfg.eval_data else None
-        if cfg.eval_size is not None:
-            held_out = cfg.eval_size if isinstance(cfg.eval_size, float) else int(cfg.eval_size)
-            if isinstance(held_out, int) and held_out >= len(train):
-                raise ConfigError(
-                    f"`eval_size` is {held_out}, but the train data has only {len(train)} pairs; use a smaller "
-                    "count or a fraction such as 0.1"
-                )
-            split = train.train_test_split(test_size=held_out, shuffle=True, seed=cfg.args.seed)
-            train, evaluation = split["train"], split["test"]
+        # The main process converts and splits; the others wait, then memory-map what it wrote
+        # (prepared.py) and find the split's index files in datasets' cache next to the data.
+        with cfg.args.main_process_first(desc="preparing the data"):
+            train = load_sources(cfg.train_data, name="train", **common)
+            evaluation = load_sources(cfg.eval_data, name="eval", **common) if cfg.eval_data else None
+            if cfg.eval_size is not None:
+                held_out = cfg.eval_size if isinstance(cfg.eval_size, float) else int(cfg.eval_size)
+                if isinstance(held_out, int) and held_out >= len(train):
+                    raise ConfigError(
+                        f"`eval_size` is {held_out}, but the train data has only {len(train)} pairs; use a "
+                        "smaller count or a fraction such as 0.1"
+                    )
+                split = train.train_test_split(test_size=held_out, shuffle=True, seed=cfg.args.seed)
+                train, evaluation = split["train"], split["test"]
         logger.info(
             "train pairs: %d; eval pairs: %s", len(train), len(evaluation) if evaluation is not None else 0
         )
@@ -308,6 +313,11 @@ class RewardStage(Stage):
             # build_model already used them; the trainer would warn that a loaded model ignores them.
             args = copy.copy(args)
             args.model_init_kwargs = None
+        if self._merges(cfg, model) and args.save_final_model:
+            # export() saves the merged model; train() saving the adapter first would put an
+            # adapter_config.json next to the merged weights (see export).
+            args = copy.copy(args)
+            args.save_final_model = False
         return RewardTrainer(
             model=model,
             args=args,
@@ -316,27 +326,37 @@ class RewardStage(Stage):
             processing_class=tokenizer,
         )
 
-    def export(self, trainer: Any, cfg: RewardStageConfig) -> Path:
-        """Save the model, tokenizer, ``reward_stats.json`` and model card to ``output_dir``.
+    @staticmethod
+    def _merges(cfg: RewardStageConfig, model: Any) -> bool:
+        return cfg.merge_adapter and hasattr(model, "merge_and_unload")
 
-        With PEFT the adapter is saved (load it with ``AutoModelForSequenceClassification`` when
-        ``peft`` is installed), or the merged full model when ``merge_adapter`` is set.
+    def export(self, trainer: Any, cfg: RewardStageConfig) -> Path:
+        """Save the model, tokenizer, ``reward_stats.json`` and model card to ``output_dir``, once.
+
+        ``train()`` already saved them (``save_final_model``), so only what it did not do is left:
+        the merged full model when ``merge_adapter`` is set with PEFT (the adapter alone otherwise;
+        load it with ``AutoModelForSequenceClassification`` when ``peft`` is installed), or the
+        model when ``save_final_model`` is off. A merged export leaves no ``adapter_config.json``
+        in the folder: with ``peft`` installed ``from_pretrained`` would load the base model plus
+        that adapter instead of the merged weights.
         """
         output_dir = Path(trainer.args.output_dir)
         model = trainer.model
-        if cfg.merge_adapter and hasattr(model, "merge_and_unload"):
+        if self._merges(cfg, model):
             from ..metrics import write_reward_stats
 
             merged = model.merge_and_unload()
+            trainer.model = merged
             if trainer.args.should_save:
+                for name in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"):
+                    (output_dir / name).unlink(missing_ok=True)  # an earlier run's adapter
                 merged.save_pretrained(output_dir)
                 if trainer.processing_class is not None:
                     trainer.processing_class.save_pretrained(output_dir)
                 if trainer.reward_stats is not None:
                     write_reward_stats(trainer.reward_stats, output_dir)
-                trainer.model = merged
                 trainer.create_model_card()
-        else:
+        elif not trainer.args.save_final_model:
             trainer.save_model(str(output_dir))
         return output_dir
 

@@ -15,6 +15,7 @@ as a path, a list of paths, or a mapping::
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from dataset_formats.schema import MARGIN_COLUMN, PAIR_COLUMNS
 
 from ..data import is_tokenized, prepare_dataset
 from ..errors import ConfigError, DataError
+from .prepared import prepared_pairs, prepared_table
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +130,7 @@ def load_sources(
     truncation: str = "left",
     num_proc: int | None = None,
     name: str = "train",
+    prepared_dir: str | os.PathLike | None = None,
 ) -> Any:
     """Load ``sources`` as one ``datasets.Dataset`` of tokenized pairs (four columns, ``margin`` if any).
 
@@ -138,6 +141,10 @@ def load_sources(
         chat_template, max_length, truncation: conversion settings of raw sources.
         num_proc: conversion worker processes.
         name: ``"train"`` or ``"eval"``, used in messages.
+        prepared_dir: where raw sources are converted to (and Parquet tables copied to) Arrow
+            files that are memory-mapped and reused by the other processes of a run and by later
+            runs with the same inputs (:mod:`reward_plugin.stages.prepared`); None converts into
+            a temporary file and loads the pairs into memory.
 
     Returns:
         The concatenated dataset.
@@ -159,6 +166,7 @@ def load_sources(
             truncation=truncation,
             num_proc=num_proc,
             name=name,
+            prepared_dir=None if prepared_dir is None else Path(prepared_dir),
         )
         if source.max_samples is not None and len(part) > source.max_samples:
             part = part.select(range(source.max_samples))
@@ -194,8 +202,9 @@ def _load_source(
     truncation: str,
     num_proc: int | None,
     name: str,
+    prepared_dir: Path | None,
 ) -> Any:
-    tables = [_load_table(Path(p)) for p in source.paths]
+    tables = [_load_table(Path(p), prepared_dir, name) for p in source.paths]
     if all(t is not None for t in tables):
         import datasets
 
@@ -208,9 +217,25 @@ def _load_source(
             f"{source.paths[0]} holds raw preference data; converting it needs a tokenizer: set `tokenizer` or a "
             "`model` whose folder has one, or convert it first with `reward-plugin convert`"
         )
+    fmt = source.format or dataset_format
+    if prepared_dir is not None:
+        settings = {
+            "format": fmt,
+            "format_options": source.options,
+            "chat_template": chat_template,
+            "max_length": max_length,
+            "truncation": truncation,
+            "on_error": source.on_error,
+            "num_proc": num_proc or 1,
+        }
+        dataset = prepared_pairs(source.paths, settings, tokenizer, folder=prepared_dir, name=name)
+        if len(dataset) == 0:
+            raise DataError(
+                f"{source.paths[0]}: no pairs after conversion as {fmt!r} rows; check `format` and `max_length`"
+            )
+        return dataset
     from dataset_formats.conversion import convert
 
-    fmt = source.format or dataset_format
     with tempfile.TemporaryDirectory(prefix="reward-plugin-") as tmp:
         output = Path(tmp) / f"{name}.parquet"
         stats = convert(
@@ -242,8 +267,11 @@ def _read_parquet(path: Path) -> Any:
     return datasets.Dataset(datasets.table.InMemoryTable(pq.read_table(path)))
 
 
-def _load_table(path: Path) -> Any:
-    """A tokenized table as a ``datasets.Dataset``, or None when ``path`` holds raw data."""
+def _load_table(path: Path, prepared_dir: Path | None = None, name: str = "train") -> Any:
+    """A tokenized table as a ``datasets.Dataset``, or None when ``path`` holds raw data.
+
+    With ``prepared_dir`` a Parquet table is copied once into a memory-mapped Arrow file there.
+    """
     import datasets
 
     if path.is_dir() and any((path / f).exists() for f in ("state.json", "dataset_dict.json")):
@@ -275,7 +303,11 @@ def _load_table(path: Path) -> Any:
         names = pq.read_schema(path).names
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataError(f"{path}: not a readable Parquet file ({exc})") from exc
-    return _read_parquet(path) if is_tokenized(names) else None
+    if not is_tokenized(names):
+        return None
+    return (
+        _read_parquet(path) if prepared_dir is None else prepared_table(path, folder=prepared_dir, name=name)
+    )
 
 
 def _read_arrow(path: Path) -> Any:
