@@ -102,6 +102,10 @@ _FIELD_KEYS = {
 }
 
 
+#: Axolotl's own dataset types whose rows one of our formats reads, so a config keeps its `type` line.
+AXOLOTL_TYPES = {"bradley_terry.chat_template": "axolotl-bt"}
+
+
 def _get(cfg: Mapping[str, Any], key: str) -> Any:
     value = cfg.get(key) if hasattr(cfg, "get") else getattr(cfg, key, None)
     return value
@@ -168,7 +172,8 @@ def data_sources(cfg: Mapping[str, Any], key: str = "datasets") -> list[dict[str
     """The Axolotl ``datasets:`` (or ``test_datasets:``) entries as stage data sources.
 
     An entry's ``path`` (or its ``data_files``) names local files or a ``datasets`` folder; its
-    ``type``, when given, must be a dataset-toolkit format and overrides ``reward_dataset_format``.
+    ``type``, when given, must be a dataset-toolkit format and overrides ``reward_dataset_format``;
+    Axolotl's ``bradley_terry.chat_template`` is read as ``axolotl-bt`` (:data:`AXOLOTL_TYPES`).
 
     Raises:
         ConfigError: an entry without files, or a ``type`` that is no dataset-toolkit format.
@@ -188,6 +193,7 @@ def data_sources(cfg: Mapping[str, Any], key: str = "datasets") -> list[dict[str
         paths = [str(p) for p in files] if isinstance(files, (list, tuple)) else [str(files)]
         source: dict[str, Any] = {"path": paths, "on_error": on_error}
         kind = entry.get("type")
+        kind = AXOLOTL_TYPES.get(kind, kind) if isinstance(kind, str) else kind
         if kind:
             if not isinstance(kind, str) or kind not in formats:
                 raise ConfigError(
