@@ -99,6 +99,12 @@ def _near_misses(columns: list[str]) -> str:
     return f"; {'; '.join(hints)}" if hints else ""
 
 
+def _template_spec(chat_template: Any, tokenizer: Any) -> Any:
+    from .rendering import effective_template_spec
+
+    return effective_template_spec(chat_template, tokenizer)
+
+
 def _make_processor(
     format_name: str,
     tokenizer: Any,
@@ -145,7 +151,8 @@ def convert(
         output: ``.parquet``, ``.arrow`` (IPC stream) or a folder name (``datasets.save_to_disk``).
         format: a registered format name, or ``"auto"`` to detect it from the first rows.
         tokenizer: a fast tokenizer, or a folder / cached hub name to load one from.
-        chat_template: a template name from ``templates/``, a ``.jinja`` path, or ``"tokenizer"``.
+        chat_template: a template name from ``templates/``, a ``.jinja`` path, or ``"tokenizer"``;
+            None: the tokenizer's own template when it has one, else the plain hh-rlhf style.
         max_length: the longest sequence to keep (None: no limit).
         truncation: ``left`` (cut the oldest prompt tokens), ``right`` or ``drop``.
         on_error: ``raise`` (the first bad row raises and nothing is written) or ``skip`` (bad rows
@@ -182,6 +189,7 @@ def convert(
     samples = [(str(p), peek_rows(p)) for p in paths] if format == "auto" else []
     format_name = _resolve_format(format, samples)
     tok = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code)
+    chat_template = _template_spec(chat_template, tok)
     processor = _make_processor(format_name, tok, chat_template, policy, on_error, format_options)
     stats = ConvertStats(
         format=format_name,
@@ -258,6 +266,7 @@ def encode_rows(
     else:
         format_name = _resolve_format(format, [])
     tok = load_tokenizer(tokenizer)
+    chat_template = _template_spec(chat_template, tok)
     processor = _make_processor(format_name, tok, chat_template, policy, on_error, format_options)
     stats = ConvertStats(
         format=format_name,

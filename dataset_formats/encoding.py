@@ -76,7 +76,7 @@ class EncodedPair:
 
 
 def load_tokenizer(spec: Any, *, trust_remote_code: bool = False) -> Any:
-    """A fast tokenizer from a folder or (cached) hub name, or ``spec`` itself if it is a tokenizer.
+    """A fast tokenizer from a folder, a (cached) hub name or a ``.gguf`` file, or ``spec`` itself if it is a tokenizer.
 
     Raises:
         OptionError: the tokenizer cannot be loaded or is not a fast (Rust) tokenizer.
@@ -89,14 +89,21 @@ def load_tokenizer(spec: Any, *, trust_remote_code: bool = False) -> Any:
         if not isinstance(spec, str) or not spec:
             raise OptionError(f"`tokenizer` must be a path, a hub name or a tokenizer object, got {spec!r}")
         looks_like_path = spec.startswith((os.sep, ".", "~")) or spec.count("/") > 1
+        if spec.lower().endswith(".gguf") and not os.path.isfile(os.path.expanduser(spec)):
+            raise OptionError(f"tokenizer {spec!r}: no such .gguf file; check the path")
         if looks_like_path and not os.path.exists(os.path.expanduser(spec)):
             raise OptionError(
                 f"tokenizer {spec!r} could not be loaded (no such folder); pass a local tokenizer folder "
                 "(with tokenizer.json) or a hub name that is already cached"
             )
+        where, gguf = (spec, {})
+        if spec.lower().endswith(".gguf"):
+            # A GGUF checkpoint holds its tokenizer and chat template; transformers reads them.
+            path = os.path.expanduser(spec)
+            where, gguf = (os.path.dirname(os.path.abspath(path)), {"gguf_file": os.path.basename(path)})
         try:
             tokenizer = AutoTokenizer.from_pretrained(
-                spec, use_fast=True, trust_remote_code=trust_remote_code
+                where, use_fast=True, trust_remote_code=trust_remote_code, **gguf
             )
         except Exception as exc:  # transformers raises OSError, ValueError, KeyError… for a bad spec
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -361,6 +361,21 @@ def load_chat_template(spec: str | None, tokenizer: Any = None) -> ChatTemplate 
     return template
 
 
+def effective_template_spec(spec: str | None, tokenizer: Any) -> str | None:
+    """The template a conversion uses: ``spec``, or when it is None the tokenizer's own.
+
+    A chat model's reward is read on text in the model's own chat format, so without an explicit
+    choice conversational pairs go through ``tokenizer.chat_template`` when the tokenizer has one
+    (``"tokenizer"``) and through the plain hh-rlhf style (None) when it has none.
+    """
+    if spec is not None:
+        return spec
+    source = getattr(tokenizer, "chat_template", None)
+    if isinstance(source, dict):
+        source = source.get("default")
+    return TOKENIZER_SPEC if source else None
+
+
 def _from_tokenizer(tokenizer: Any) -> ChatTemplate:
     if tokenizer is None:
         raise TemplateError(f"chat template {TOKENIZER_SPEC!r} needs a tokenizer; pass --tokenizer")

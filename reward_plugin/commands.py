@@ -111,7 +111,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         help="evaluate a reward model on preference pairs",
         description="Accuracy, reward margins and reward distributions of a trained reward model on a data file.",
     )
-    evaluate.add_argument("--model", required=True, metavar="DIR", help="the trained model's folder")
+    evaluate.add_argument(
+        "--model",
+        required=True,
+        metavar="DIR",
+        help="the trained model's folder (or a .gguf file, or smollm2-135m-instruct: an untrained head)",
+    )
     evaluate.add_argument(
         "--data", required=True, metavar="FILE", help="a converted table or raw preference data (any format)"
     )
@@ -187,7 +192,15 @@ def run_train(args: argparse.Namespace) -> int:
     if result.eval_metrics:
         m = result.eval_metrics
         if "eval_accuracy" in m:
-            print(f"eval accuracy {m['eval_accuracy']:.4f}, margin {m.get('eval_margin', float('nan')):.4f}")
+            from .metrics import format_accuracy
+
+            pairs = int(m.get("eval_num_pairs", 0))
+            accuracy = format_accuracy(m["eval_accuracy"], pairs)
+            print(f"eval accuracy {accuracy}, margin {m.get('eval_margin', float('nan')):.4f}")
+    if result.train_metrics and "train_loss" in result.train_metrics:
+        print(
+            f"train loss {result.train_metrics['train_loss']:.4f} (mean over the run; chance is ln 2 = 0.6931)"
+        )
     print(f"saved the {result.stage} model to {result.output_dir}")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # One process of a multi-process run: everything is written and the group is closed. Leave

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError
+from .metrics import accuracy_interval, format_accuracy
 
 #: Percentiles reported for the reward distributions.
 PERCENTILES = (5, 25, 50, 75, 95)
@@ -77,7 +78,8 @@ def summarize_rewards(chosen: Any, rejected: Any, data_margin: Any = None) -> di
         data_margin: ``(n,)`` margins given by the data (how much better chosen is), or None.
 
     Returns:
-        ``num_pairs``, ``accuracy`` (ties count as wrong), ``ties``, ``margin`` (distribution of
+        ``num_pairs``, ``accuracy`` (ties count as wrong), ``accuracy_ci95`` (its 95% Wilson
+        interval, ``[low, high]``), ``ties``, ``margin`` (distribution of
         ``r_chosen - r_rejected``), ``rewards`` (``chosen``, ``rejected`` and ``all``
         distributions), ``accuracy_by_reward_gap`` (buckets of ``|r_chosen - r_rejected|``) and,
         with non-constant data margins, ``accuracy_by_data_margin``.
@@ -91,6 +93,7 @@ def summarize_rewards(chosen: Any, rejected: Any, data_margin: Any = None) -> di
     report: dict[str, Any] = {
         "num_pairs": int(chosen.size),
         "accuracy": float(correct.mean()),
+        "accuracy_ci95": list(accuracy_interval(int(correct.sum()), int(chosen.size))),
         "ties": int((gap == 0).sum()),
         "margin": _distribution(gap),
         "rewards": {
@@ -123,11 +126,14 @@ def predict_rewards(
     Args: as in :func:`evaluate_model`.
     """
     from .config import RewardConfig
+    from .model_sources import SHORT_NAMES, is_gguf_path
     from .stages.sources import DataSource, load_sources
     from .trainer import RewardTrainer
 
-    if not Path(model_dir).is_dir():
-        raise ConfigError(f"--model {str(model_dir)!r} is not a folder; pass a trained model's output folder")
+    if not (Path(model_dir).is_dir() or is_gguf_path(model_dir) or str(model_dir).lower() in SHORT_NAMES):
+        raise ConfigError(
+            f"--model {str(model_dir)!r} is not a folder; pass a trained model's output folder (or a .gguf file)"
+        )
     with tempfile.TemporaryDirectory(prefix="reward-plugin-eval-") as tmp:
         args = RewardConfig(
             output_dir=tmp,
@@ -238,7 +244,7 @@ def plot_evaluation(chosen: Any, rejected: Any, report: dict[str, Any], path: st
     hist.hist(rejected, bins=bins, alpha=0.6, label=f"rejected (mean {rejected.mean():.3f})")
     hist.set_xlabel("reward")
     hist.set_ylabel("responses")
-    hist.set_title(f"{report['num_pairs']} pairs, accuracy {report['accuracy']:.3f}")
+    hist.set_title(f"accuracy {format_accuracy(report['accuracy'], report['num_pairs'])}")
     hist.legend()
     buckets = report["accuracy_by_reward_gap"]
     labels = [f"{b['low']:.2g}-{b['high']:.2g}\n(n={b['count']})" for b in buckets]
@@ -261,9 +267,11 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [
         f"model: {report['model']}",
         f"data: {report['data']} ({report['num_pairs']} pairs)",
-        f"accuracy: {report['accuracy']:.4f} (ties: {report['ties']})",
-        f"margin r_chosen - r_rejected: mean {margin['mean']:.4f}, std {margin['std']:.4f}, "
-        f"median {margin['p50']:.4f}",
+        f"accuracy: {format_accuracy(report['accuracy'], report['num_pairs'])} (ties: {report['ties']})",
+        (
+            f"margin r_chosen - r_rejected: mean {margin['mean']:.4f}, std {margin['std']:.4f}, "
+            f"median {margin['p50']:.4f}"
+        ),
     ]
     for name in ("chosen", "rejected", "all"):
         d = rewards[name]

@@ -19,6 +19,37 @@ def _as_array(values: Any) -> np.ndarray:
     return np.asarray(values, dtype=np.float64).reshape(-1)
 
 
+def accuracy_interval(correct: int, total: int, z: float = 1.959964) -> tuple[float, float]:
+    """The Wilson score interval of an accuracy of ``correct`` out of ``total`` (95% by default).
+
+    Unlike the normal approximation it stays inside [0, 1] and is sensible for small counts and
+    accuracies near 0 or 1.
+
+    Args:
+        correct: the number of pairs ranked right.
+        total: the number of pairs.
+        z: the standard-normal quantile of the confidence level (1.96 for 95%).
+
+    Returns:
+        ``(low, high)``; ``(nan, nan)`` for no pairs.
+    """
+    if total <= 0:
+        return (math.nan, math.nan)
+    p = correct / total
+    denominator = 1 + z * z / total
+    centre = (p + z * z / (2 * total)) / denominator
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denominator
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def format_accuracy(accuracy: float, num_pairs: int) -> str:
+    """``"0.6150 (95% CI 0.5459-0.6797, 200 pairs)"``: an accuracy with its interval and count."""
+    if not num_pairs or math.isnan(accuracy):
+        return f"nan ({num_pairs} pairs)"
+    low, high = accuracy_interval(round(accuracy * num_pairs), num_pairs)
+    return f"{accuracy:.4f} (95% CI {low:.4f}-{high:.4f}, {num_pairs} pairs)"
+
+
 def reward_metrics(rewards_chosen: Any, rewards_rejected: Any) -> dict[str, float]:
     """Accuracy, mean reward margin and the mean/std of chosen and rejected rewards.
 
@@ -30,8 +61,10 @@ def reward_metrics(rewards_chosen: Any, rewards_rejected: Any) -> dict[str, floa
         rewards_rejected: ``(n,)`` rewards of the dispreferred responses.
 
     Returns:
-        ``{"accuracy", "margin", "rewards/chosen_mean", "rewards/chosen_std",
-        "rewards/rejected_mean", "rewards/rejected_std"}`` as floats (NaN for no pairs).
+        ``{"accuracy", "accuracy_ci_low", "accuracy_ci_high", "num_pairs", "margin",
+        "rewards/chosen_mean", "rewards/chosen_std", "rewards/rejected_mean",
+        "rewards/rejected_std"}`` as floats (NaN for no pairs); the interval is the 95% Wilson
+        interval (:func:`accuracy_interval`).
     """
     chosen, rejected = _as_array(rewards_chosen), _as_array(rewards_rejected)
     if chosen.shape != rejected.shape:
@@ -39,10 +72,14 @@ def reward_metrics(rewards_chosen: Any, rewards_rejected: Any) -> dict[str, floa
             f"{chosen.size} chosen rewards but {rejected.size} rejected rewards; they come in pairs"
         )
     if chosen.size == 0:
-        nan = float("nan")
-        return dict.fromkeys(_METRIC_KEYS, nan)
+        return {**dict.fromkeys(_METRIC_KEYS, float("nan")), "num_pairs": 0}
+    correct = int(np.sum(chosen > rejected))
+    low, high = accuracy_interval(correct, chosen.size)
     return {
-        "accuracy": float(np.mean(chosen > rejected)),
+        "accuracy": correct / chosen.size,
+        "accuracy_ci_low": low,
+        "accuracy_ci_high": high,
+        "num_pairs": int(chosen.size),
         "margin": float(np.mean(chosen - rejected)),
         "rewards/chosen_mean": float(chosen.mean()),
         "rewards/chosen_std": float(chosen.std()),
@@ -53,6 +90,8 @@ def reward_metrics(rewards_chosen: Any, rewards_rejected: Any) -> dict[str, floa
 
 _METRIC_KEYS = (
     "accuracy",
+    "accuracy_ci_low",
+    "accuracy_ci_high",
     "margin",
     "rewards/chosen_mean",
     "rewards/chosen_std",
@@ -102,6 +141,8 @@ def reward_statistics(rewards_chosen: Any, rewards_rejected: Any, split: str) ->
         "num_pairs": int(chosen.size),
         "split": split,
         "accuracy": metrics["accuracy"],
+        "accuracy_ci_low": metrics["accuracy_ci_low"],
+        "accuracy_ci_high": metrics["accuracy_ci_high"],
         "margin": metrics["margin"],
         "chosen_mean": metrics["rewards/chosen_mean"],
         "chosen_std": metrics["rewards/chosen_std"],

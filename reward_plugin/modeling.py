@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
+from .model_sources import load_gguf_model, load_gguf_tokenizer, resolve_model_source
 from .scoring import find_head, unwrap_model
 
 logger = logging.getLogger(__name__)
@@ -19,10 +20,13 @@ def load_reward_model(name_or_path: str, *, trust_remote_code: bool = False, ini
     """``AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=1)``.
 
     The weights load in float32 unless ``init_kwargs`` names a ``dtype``: mixed precision keeps
-    float32 master weights, and a bf16 checkpoint trained in bf16 loses small updates.
+    float32 master weights, and a bf16 checkpoint trained in bf16 loses small updates. A GGUF
+    checkpoint (a ``.gguf`` path, a folder with ``init_kwargs["gguf_file"]``, or a short name such
+    as ``smollm2-135m-instruct``) is dequantized into a plain model that trains and saves
+    (:mod:`reward_plugin.model_sources`).
 
     Args:
-        name_or_path: a local folder or Hub id.
+        name_or_path: a local folder, Hub id, ``.gguf`` file or bundled short name.
         trust_remote_code: allow custom model code.
         init_kwargs: more ``from_pretrained`` keyword arguments (``RewardConfig.model_init_kwargs``).
 
@@ -45,6 +49,10 @@ def load_reward_model(name_or_path: str, *, trust_remote_code: bool = False, ini
     kwargs["dtype"] = dtype
     kwargs["num_labels"] = 1
     kwargs.setdefault("trust_remote_code", trust_remote_code)
+    source = resolve_model_source(name_or_path, kwargs.pop("gguf_file", None))
+    if source.is_gguf:
+        return load_gguf_model(source, **kwargs)
+    name_or_path = source.path
     # Weights come from safetensors files only: a pickled pytorch_model.bin is never unpickled.
     kwargs.setdefault("use_safetensors", True)
     try:
@@ -65,11 +73,18 @@ def load_reward_model(name_or_path: str, *, trust_remote_code: bool = False, ini
         ) from exc
 
 
-def load_tokenizer(name_or_path: str | None, *, trust_remote_code: bool = False):
-    """The tokenizer saved with a model, or None when there is none to find."""
+def load_tokenizer(
+    name_or_path: str | None, *, trust_remote_code: bool = False, gguf_file: str | None = None
+):
+    """The tokenizer saved with a model (or stored in its GGUF file), or None when there is none to find."""
     if not name_or_path:
         return None
     from transformers import AutoTokenizer
+
+    source = resolve_model_source(name_or_path, gguf_file)
+    if source.is_gguf:
+        return load_gguf_tokenizer(source, trust_remote_code=trust_remote_code)
+    name_or_path = source.path
 
     try:
         return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
-from transformers import PreTrainedModel, Trainer, TrainerCallback
+from transformers import PreTrainedModel, Trainer, TrainerCallback, set_seed
 from transformers.trainer_utils import EvalPrediction, has_length
 
 from dataset_formats.schema import MARGIN_COLUMN, PAIR_COLUMNS
@@ -44,8 +46,52 @@ from .scoring import ScoreReader, unwrap_model
 
 logger = logging.getLogger(__name__)
 
-#: Pairs sampled from the train set for the reward statistics when there is no eval set.
-TRAIN_STATS_PAIRS = 2048
+#: Pairs sampled from the train set for the reward statistics when there is no eval set: enough
+#: for a mean and std of the rewards (standard error ~ std / 32), and a bounded extra forward pass.
+TRAIN_STATS_PAIRS = 512
+
+
+@dataclass
+class _Evaluation:
+    """The outcome of one evaluation of the trainer's own eval set, and the model state it saw."""
+
+    metrics: dict[str, float]
+    rewards: np.ndarray | None  # (pairs, 2): chosen, rejected
+    model_state: tuple[int, int, int]
+
+
+def _model_state(trainer: Trainer) -> tuple[int, int, int]:
+    """Changes whenever the weights may have: the step, the model object, the parameters' in-place versions."""
+    versions = sum(p._version for p in trainer.model.parameters())
+    return (trainer.state.global_step, id(trainer.model), versions)
+
+
+def _reward_args(model: Any, args: RewardConfig | None, max_length: int | None) -> RewardConfig:
+    """The trainer's arguments: ``args`` (default: ``output_dir="<model>-reward"``) with ``max_length`` applied."""
+    if args is None:
+        name = (
+            model if isinstance(model, str) else getattr(getattr(model, "config", None), "_name_or_path", "")
+        )
+        args = RewardConfig(output_dir=f"{Path(str(name or 'model')).name or 'model'}-reward")
+    elif not isinstance(args, RewardConfig):
+        raise ConfigError(
+            f"`args` must be a reward_plugin.RewardConfig, got {type(args).__name__}; build one with "
+            "RewardConfig(output_dir=..., ...)"
+        )
+    if max_length is not None:
+        if args.max_length is not None and args.max_length != max_length:
+            logger.warning(
+                "max_length=%d given to the trainer overrides args.max_length=%d", max_length, args.max_length
+            )
+        args.max_length = max_length
+    return args
+
+
+def _one_tokenizer(processing_class: Any, tokenizer: Any) -> Any:
+    """``processing_class``, or its old name ``tokenizer``; both at once is an error."""
+    if tokenizer is not None and processing_class is not None and tokenizer is not processing_class:
+        raise ConfigError("pass the tokenizer once: `processing_class` or its old name `tokenizer`, not both")
+    return processing_class if processing_class is not None else tokenizer
 
 
 class RewardTrainer(Trainer):
@@ -105,49 +151,11 @@ class RewardTrainer(Trainer):
     ):
         if model is None and model_init is None:
             raise ConfigError("pass `model` (a model or a name/path) or `model_init`")
-        if args is None:
-            name = (
-                model
-                if isinstance(model, str)
-                else getattr(getattr(model, "config", None), "_name_or_path", "")
-            )
-            args = RewardConfig(output_dir=f"{Path(str(name or 'model')).name or 'model'}-reward")
-        elif not isinstance(args, RewardConfig):
-            raise ConfigError(
-                f"`args` must be a reward_plugin.RewardConfig, got {type(args).__name__}; build one with "
-                "RewardConfig(output_dir=..., ...)"
-            )
-        if tokenizer is not None and processing_class is not None and tokenizer is not processing_class:
-            raise ConfigError(
-                "pass the tokenizer once: `processing_class` or its old name `tokenizer`, not both"
-            )
-        processing_class = processing_class if processing_class is not None else tokenizer
-        if max_length is not None:
-            if args.max_length is not None and args.max_length != max_length:
-                logger.warning(
-                    "max_length=%d given to the trainer overrides args.max_length=%d",
-                    max_length,
-                    args.max_length,
-                )
-            args.max_length = max_length
-        self.args = args
+        self.args = _reward_args(model, args, max_length)
         self._peft_config = peft_config
-
-        from transformers import set_seed
-
-        set_seed(args.seed)  # a loaded model's new head is random: make it reproducible
-        if isinstance(model, str):
-            model_path = model
-            model = load_reward_model(
-                model_path, trust_remote_code=args.trust_remote_code, init_kwargs=args.model_init_kwargs
-            )
-            if processing_class is None:
-                processing_class = load_tokenizer(model_path, trust_remote_code=args.trust_remote_code)
-        elif model is not None and args.model_init_kwargs:
-            logger.warning("`model_init_kwargs` is ignored: the model is already loaded")
-        if processing_class is None and model is not None:
-            name = getattr(getattr(unwrap_model(model), "config", None), "_name_or_path", None)
-            processing_class = load_tokenizer(name, trust_remote_code=args.trust_remote_code)
+        model, processing_class = self._load_model_and_tokenizer(
+            model, _one_tokenizer(processing_class, tokenizer)
+        )
         self.processing_class = processing_class
         if model is not None:
             model = self._prepare_model(model)
@@ -155,25 +163,17 @@ class RewardTrainer(Trainer):
             self._pad_token_id = (
                 ensure_pad_token(None, processing_class) if processing_class is not None else 0
             )
-
-        train_dataset = self._prepare(train_dataset, "train") if train_dataset is not None else None
-        if isinstance(eval_dataset, dict):
-            eval_dataset = {key: self._prepare(ds, key) for key, ds in eval_dataset.items()}
-        elif eval_dataset is not None:
-            eval_dataset = self._prepare(eval_dataset, "eval")
+        train_dataset, eval_dataset = self._prepare_datasets(train_dataset, eval_dataset)
         # The layout needs the model; a `model_init` model only exists once Trainer.__init__ built it.
         self.pair_batching = (
-            resolve_pair_batching(args.pair_batching, model) if model is not None else "standard"
+            resolve_pair_batching(self.args.pair_batching, model) if model is not None else "standard"
         )
         self._layout_model = model
         default_collator = data_collator is None
-        if default_collator:
-            data_collator = self._default_collator()
-
         super().__init__(
             model=model,
-            args=args,
-            data_collator=data_collator,
+            args=self.args,
+            data_collator=self._default_collator() if default_collator else data_collator,
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
             processing_class=processing_class,
@@ -184,22 +184,43 @@ class RewardTrainer(Trainer):
             optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
             preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         )
-        if self.args.n_gpu > 1:
-            raise ConfigError(
-                "RewardTrainer does not run under nn.DataParallel (several GPUs in one process); launch with "
-                "`accelerate launch` or `torchrun`, or expose one GPU with CUDA_VISIBLE_DEVICES"
+        self._finish_setup(model_built_by_trainer=model is None, default_collator=default_collator)
+
+    # ----------------------------------------------------------------- set-up
+
+    def _load_model_and_tokenizer(self, model: Any, processing_class: Any) -> tuple[Any, Any]:
+        """Load a model given by name (a folder, hub id, GGUF file or short name) and find its tokenizer.
+
+        The tokenizer comes from ``processing_class``, else from where the model was loaded (a
+        GGUF checkpoint's own file). Each source is read once.
+        """
+        args = self.args
+        set_seed(args.seed)  # a loaded model's new head is random: make it reproducible
+        if isinstance(model, str):
+            model_path = model
+            model = load_reward_model(
+                model_path, trust_remote_code=args.trust_remote_code, init_kwargs=args.model_init_kwargs
             )
-        # The loss never goes through the model, so the model's loss kwargs must not change GA scaling.
-        self.model_accepts_loss_kwargs = False
-        if model is None:
-            self.pair_batching = resolve_pair_batching(args.pair_batching, self.model)
-            self._layout_model = self.model
-            if default_collator:
-                self.data_collator = self._default_collator()
-        self.can_return_loss = True
-        self.label_names = []
-        self._train_rewards: list[torch.Tensor] = []  # (pairs, 2) rewards since the last log
-        self.reward_stats: dict[str, Any] | None = None
+            if processing_class is None:
+                processing_class = load_tokenizer(
+                    model_path,
+                    trust_remote_code=args.trust_remote_code,
+                    gguf_file=(args.model_init_kwargs or {}).get("gguf_file"),
+                )
+        elif model is not None and args.model_init_kwargs:
+            logger.warning("`model_init_kwargs` is ignored: the model is already loaded")
+        if processing_class is None and model is not None:
+            name = getattr(getattr(unwrap_model(model), "config", None), "_name_or_path", None)
+            processing_class = load_tokenizer(name, trust_remote_code=args.trust_remote_code)
+        return model, processing_class
+
+    def _prepare_datasets(self, train_dataset: Any, eval_dataset: Any) -> tuple[Any, Any]:
+        """Tokenize text data and check the columns of every dataset (see :func:`prepare_dataset`)."""
+        train_dataset = self._prepare(train_dataset, "train") if train_dataset is not None else None
+        if isinstance(eval_dataset, dict):
+            eval_dataset = {key: self._prepare(ds, key) for key, ds in eval_dataset.items()}
+        elif eval_dataset is not None:
+            eval_dataset = self._prepare(eval_dataset, "eval")
         self._uses_margin = any(
             MARGIN_COLUMN in column_names(ds)
             for ds in [
@@ -208,8 +229,28 @@ class RewardTrainer(Trainer):
             ]
             if ds is not None
         )
+        return train_dataset, eval_dataset
 
-    # ----------------------------------------------------------------- set-up
+    def _finish_setup(self, *, model_built_by_trainer: bool, default_collator: bool) -> None:
+        """What needs ``Trainer.__init__`` to have run: a ``model_init`` model's layout, loss bookkeeping."""
+        if self.args.n_gpu > 1:
+            raise ConfigError(
+                "RewardTrainer does not run under nn.DataParallel (several GPUs in one process); launch with "
+                "`accelerate launch` or `torchrun`, or expose one GPU with CUDA_VISIBLE_DEVICES"
+            )
+        # The loss never goes through the model, so the model's loss kwargs must not change GA scaling.
+        self.model_accepts_loss_kwargs = False
+        if model_built_by_trainer:
+            self.pair_batching = resolve_pair_batching(self.args.pair_batching, self.model)
+            self._layout_model = self.model
+            if default_collator:
+                self.data_collator = self._default_collator()
+        self.can_return_loss = True
+        self.label_names = []
+        self._train_rewards: list[torch.Tensor] = []  # (pairs, 2) rewards since the last log
+        self.reward_stats: dict[str, Any] | None = None
+        self._final_eval: _Evaluation | None = None  # the last evaluation of the own eval set
+        self._capture_eval_rewards = False
 
     def _prepare_model(self, model: nn.Module) -> nn.Module:
         """Pad token, PEFT, dropout and the score reader, for the given or a ``model_init`` model."""
@@ -406,7 +447,45 @@ class RewardTrainer(Trainer):
     def evaluate(
         self, eval_dataset: Any = None, ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval"
     ):
-        return super().evaluate(self._prepare_eval_arg(eval_dataset, "eval"), ignore_keys, metric_key_prefix)
+        own = self._is_own_eval_set(eval_dataset)
+        self._capture_eval_rewards, self._captured_rewards = own, None
+        try:
+            metrics = super().evaluate(
+                self._prepare_eval_arg(eval_dataset, "eval"), ignore_keys, metric_key_prefix
+            )
+        finally:
+            self._capture_eval_rewards = False
+        if own:
+            self._final_eval = _Evaluation(dict(metrics), self._captured_rewards, _model_state(self))
+        return metrics
+
+    def _is_own_eval_set(self, eval_dataset: Any) -> bool:
+        """Whether ``evaluate(eval_dataset)`` scores the eval set the reward statistics come from.
+
+        That is ``self.eval_dataset``, or its first entry when it is a dict (``Trainer.evaluate``
+        then calls itself once per key, with the key as ``eval_dataset``).
+        """
+        own = self.eval_dataset
+        if isinstance(own, dict):
+            return isinstance(eval_dataset, str) and bool(own) and eval_dataset == next(iter(own))
+        return eval_dataset is None and own is not None
+
+    def evaluation_loop(self, *args: Any, **kwargs: Any):
+        output = super().evaluation_loop(*args, **kwargs)
+        if self._capture_eval_rewards and output.predictions is not None:
+            self._captured_rewards = np.asarray(output.predictions)
+        return output
+
+    def final_evaluation(self) -> dict[str, float]:
+        """The metrics of the eval set for the model as it is now, evaluating only if needed.
+
+        When the last evaluation of the eval set (the one ``eval_strategy`` ran at the end of
+        training, or the one the reward statistics needed) saw the current weights, its metrics
+        are returned without another forward pass.
+        """
+        if self._final_eval is None or self._final_eval.model_state != _model_state(self):
+            return self.evaluate()
+        return dict(self._final_eval.metrics)
 
     def predict(
         self, test_dataset: Any, ignore_keys: list[str] | None = None, metric_key_prefix: str = "test"
@@ -429,30 +508,47 @@ class RewardTrainer(Trainer):
         return output
 
     def compute_reward_stats(self) -> dict[str, Any]:
-        """Mean/std of the current model's rewards (eval set, else a train sample), stored in the model config."""
-        dataset, split = self.eval_dataset, "eval"
+        """Mean/std of the current model's rewards, stored in the model config.
+
+        On the eval set (its first entry when a dict), reusing the rewards of the last
+        evaluation when it saw the current weights and evaluating once otherwise (the metrics are
+        logged like any evaluation); without one, on up to :data:`TRAIN_STATS_PAIRS` train pairs.
+        """
+        split, dataset = "eval", self.eval_dataset
         if isinstance(dataset, dict):
             split, dataset = next(iter(dataset.items()))
-        if dataset is None:
-            dataset, split = self.train_dataset, "train"
+        predictions = None
+        if dataset is not None:
+            self.final_evaluation()
+            predictions = self._final_eval.rewards if self._final_eval is not None else None
+        else:
+            split, dataset = "train", self.train_dataset
+            if dataset is None:
+                raise DataError(
+                    "no dataset to compute reward statistics on: pass `train_dataset` or `eval_dataset`"
+                )
             if has_length(dataset) and len(dataset) > TRAIN_STATS_PAIRS and hasattr(dataset, "shuffle"):
                 dataset = dataset.shuffle(seed=self.args.seed).select(range(TRAIN_STATS_PAIRS))
-        if dataset is None:
-            raise DataError(
-                "no dataset to compute reward statistics on: pass `train_dataset` or `eval_dataset`"
+            logger.info(
+                "reward statistics: scoring %s train pairs (no eval set; pass one to skip this pass)",
+                len(dataset) if has_length(dataset) else "the",
             )
-        # Through the eval loop so the numbers are gathered across processes; not logged as a "test" run.
-        compute_metrics, self.compute_metrics = self.compute_metrics, None
-        try:
-            predictions = Trainer.predict(self, dataset, metric_key_prefix="reward_stats").predictions
-        finally:
-            self.compute_metrics = compute_metrics
+        if predictions is None:
+            predictions = self._score_for_stats(dataset)
         stats = reward_statistics(predictions[:, 0], predictions[:, 1], split=split)
         config = unwrap_model(self.model).config
         config.reward_mean = stats["mean"]
         config.reward_std = stats["std"]
         self.reward_stats = stats
         return stats
+
+    def _score_for_stats(self, dataset: Any) -> np.ndarray:
+        # Through the eval loop so the numbers are gathered across processes; not logged as a "test" run.
+        compute_metrics, self.compute_metrics = self.compute_metrics, None
+        try:
+            return np.asarray(Trainer.predict(self, dataset, metric_key_prefix="reward_stats").predictions)
+        finally:
+            self.compute_metrics = compute_metrics
 
     def create_model_card(self, model_name: str | None = None, **kwargs: Any) -> None:
         """Write the model card ``README.md`` into ``args.output_dir``."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import gzip
 import json
 import os
@@ -130,7 +131,7 @@ def test_must_show_whole_hh_file_minilm_and_bpe_with_chat_template(tmp_path, min
     assert ds.column_names[:4] == FOUR
     # Independent check: transformers' own Jinja rendering of the same messages, then tokenization.
     adapter = df.get_format("hh-rlhf")
-    tok = bpe_tokenizer
+    tok = copy.deepcopy(bpe_tokenizer)  # the session fixture has no chat template and keeps none
     tok.chat_template = (Path(df.__file__).parent.parent / "templates" / "chatml.jinja").read_text()
     rows = read_hh_rows(800)
     for record in ds.select(range(25)):
@@ -388,3 +389,21 @@ def test_option_errors(tmp_path, hh_file, minilm):
     with pytest.raises(OptionError, match="`num_proc` must be a positive integer, got 0"):
         convert(hh_file, tmp_path / "o.parquet", format="hh-rlhf", tokenizer=minilm, num_proc=0)
     assert os.listdir(tmp_path) == []
+
+
+def test_without_a_template_choice_the_tokenizers_own_template_renders_conversations(bpe_tokenizer):
+    rows = read_hh_rows(6)
+    tok = copy.deepcopy(bpe_tokenizer)
+    tok.chat_template = (Path(df.__file__).parent.parent / "templates" / "chatml.jinja").read_text()
+
+    def ids(tokenizer, template):
+        table, _ = encode_rows(rows, format="hh-rlhf", tokenizer=tokenizer, chat_template=template)
+        return table.column("input_ids_chosen").to_pylist()
+
+    assert ids(tok, None) == ids(tok, "chatml") != ids(tok, "hh-rlhf")
+    # A tokenizer without a template keeps the plain hh-rlhf transcript, byte for byte.
+    assert (
+        ids(bpe_tokenizer, None)
+        == ids(bpe_tokenizer, "hh-rlhf")
+        == [bpe_tokenizer(r["chosen"])["input_ids"] for r in rows]
+    )

@@ -498,3 +498,85 @@ def test_bad_text_rows_are_skipped_with_a_warning_or_raised(tmp_path, tiny_llama
             train_dataset=text,
             processing_class=bpe_tokenizer,
         )
+
+
+def count_evaluation_loops(trainer) -> list[str]:
+    """Record the metric prefix of every evaluation loop (one forward pass over a dataset) the trainer runs."""
+    calls: list[str] = []
+    inner = trainer.evaluation_loop
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("metric_key_prefix", args[-1] if len(args) >= 5 else "eval"))
+        return inner(*args, **kwargs)
+
+    trainer.evaluation_loop = counting
+    return calls
+
+
+def test_reward_stats_reuse_the_final_evaluation(tmp_path, tiny_llama, bpe_tokenizer):
+    train = tokenized_pairs(bpe_tokenizer, n=8, max_length=32)
+    evaluation = tokenized_pairs(bpe_tokenizer, n=6, max_length=32, offset=8)
+    args = config(
+        tmp_path, max_steps=2, bf16=False, eval_strategy="steps", eval_steps=2, save_final_model=False
+    )
+    trainer = RewardTrainer(
+        model=tiny_llama,
+        args=args,
+        train_dataset=train,
+        eval_dataset=evaluation,
+        processing_class=bpe_tokenizer,
+    )
+    loops = count_evaluation_loops(trainer)
+    trainer.train()
+    assert len(loops) == 1  # the evaluation at the last step; the statistics reuse its rewards
+    # Independent check: the rewards of the trained model, scored one sequence at a time.
+    expected = np.array(reference_rewards(trainer.model, evaluation))
+    stats = trainer.reward_stats
+    assert stats["split"] == "eval" and stats["num_pairs"] == 6
+    assert stats["mean"] == pytest.approx(expected.mean(), abs=1e-5)
+    assert stats["std"] == pytest.approx(expected.std(), abs=1e-5)
+    # What a host asks for after training is that same evaluation, without another pass...
+    final = trainer.final_evaluation()
+    assert len(loops) == 1 and final["eval_accuracy"] == trainer.state.log_history[-2]["eval_accuracy"]
+    # ...until the weights change.
+    with torch.no_grad():
+        next(trainer.model.parameters()).add_(0.5)
+    trainer.final_evaluation()
+    assert len(loops) == 2
+
+
+def test_reward_stats_without_scheduled_evaluation_evaluate_once(tmp_path, tiny_llama, bpe_tokenizer):
+    train = tokenized_pairs(bpe_tokenizer, n=8, max_length=32)
+    evaluation = tokenized_pairs(bpe_tokenizer, n=6, max_length=32, offset=8)
+    trainer = RewardTrainer(
+        model=tiny_llama,
+        args=config(tmp_path, max_steps=2, bf16=False, save_final_model=False),
+        train_dataset=train,
+        eval_dataset=evaluation,
+        processing_class=bpe_tokenizer,
+    )
+    loops = count_evaluation_loops(trainer)
+    trainer.train()
+    trainer.final_evaluation()
+    assert loops == ["eval"]  # one logged evaluation serves the statistics and the final metrics
+    logged = [e for e in trainer.state.log_history if "eval_accuracy" in e]
+    assert len(logged) == 1 and logged[0]["eval_num_pairs"] == 6
+    low, high = logged[0]["eval_accuracy_ci_low"], logged[0]["eval_accuracy_ci_high"]
+    assert low <= logged[0]["eval_accuracy"] <= high
+
+
+def test_reward_stats_without_eval_set_score_a_bounded_train_sample(
+    tmp_path, tiny_llama, bpe_tokenizer, monkeypatch
+):
+    import reward_plugin.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "TRAIN_STATS_PAIRS", 5)
+    train = tokenized_pairs(bpe_tokenizer, n=8, max_length=32)
+    trainer = RewardTrainer(
+        model=tiny_llama,
+        args=config(tmp_path, max_steps=1, bf16=False, save_final_model=False),
+        train_dataset=train,
+        processing_class=bpe_tokenizer,
+    )
+    trainer.train()
+    assert trainer.reward_stats["split"] == "train" and trainer.reward_stats["num_pairs"] == 5

@@ -126,7 +126,8 @@ class Stage(abc.ABC):
         train_metrics = dict(getattr(output, "metrics", None) or {})
         eval_metrics = None
         if getattr(trainer, "eval_dataset", None) is not None:
-            eval_metrics = trainer.evaluate()
+            # RewardTrainer reuses the evaluation it ran at the end of training (same weights).
+            eval_metrics = getattr(trainer, "final_evaluation", trainer.evaluate)()
             if hasattr(trainer, "save_metrics") and trainer.args.should_save:
                 trainer.save_metrics("eval", eval_metrics)
         output_dir = self.export(trainer, cfg)

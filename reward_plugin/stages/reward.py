@@ -5,7 +5,9 @@ stage keys below plus any :class:`~reward_plugin.RewardConfig` field (``learning
 ``max_length``, ``center_rewards_coefficient``, ...)::
 
     stage: reward                       # optional, the default
-    model: path/or/hub-name             # loaded with AutoModelForSequenceClassification(num_labels=1)
+    model: path/or/hub-name             # loaded with AutoModelForSequenceClassification(num_labels=1);
+                                        # or a .gguf file, or smollm2-135m-instruct (the bundled GGUF)
+    gguf_file: model.Q4_1.gguf          # optional: the GGUF file inside the `model` folder
     tokenizer: path                     # optional, default: the model's
     train_data: data/train.parquet      # or raw data: {path: raw.jsonl.gz, format: hh-rlhf}
     eval_data: data/eval.parquet        # optional
@@ -38,7 +40,17 @@ logger = logging.getLogger(__name__)
 #: The output folder used when a config names none.
 DEFAULT_OUTPUT_DIR = "outputs/reward-model"
 #: Keys of the reward stage that are not RewardConfig fields.
-STAGE_KEYS = ("stage", "model", "tokenizer", "train_data", "eval_data", "eval_size", "peft", "merge_adapter")
+STAGE_KEYS = (
+    "stage",
+    "model",
+    "gguf_file",
+    "tokenizer",
+    "train_data",
+    "eval_data",
+    "eval_size",
+    "peft",
+    "merge_adapter",
+)
 
 
 @dataclass
@@ -46,7 +58,8 @@ class RewardStageConfig:
     """The validated config of the ``reward`` stage.
 
     Attributes:
-        model: the model's folder or hub name.
+        model: the model's folder, hub name, ``.gguf`` file or bundled short name.
+        gguf_file: the GGUF file inside the ``model`` folder, or None.
         tokenizer: the tokenizer's folder or hub name (None: the model's).
         train_data: training data sources.
         eval_data: evaluation data sources, or None.
@@ -64,6 +77,7 @@ class RewardStageConfig:
     eval_size: float | int | None = None
     peft: dict[str, Any] | None = None
     merge_adapter: bool = False
+    gguf_file: str | None = None
 
 
 @functools.lru_cache(maxsize=1)
@@ -161,7 +175,7 @@ class RewardStage(Stage):
                     f"`{key}` is required: "
                     + ("a model folder or hub name" if key == "model" else "a data file or a list of them")
                 )
-        for key in ("model", "tokenizer"):
+        for key in ("model", "tokenizer", "gguf_file"):
             if section.get(key) is not None and not isinstance(section[key], (str, Path)):
                 raise ConfigError(f"`{key}` must be a folder or hub name, got {section[key]!r}")
         args = self._training_args({k: v for k, v in section.items() if k in fields})
@@ -184,6 +198,7 @@ class RewardStage(Stage):
             peft=dict(peft) if peft is not None else None,
             merge_adapter=merge,
             args=args,
+            gguf_file=str(section["gguf_file"]) if section.get("gguf_file") else None,
         )
         if peft is not None:
             self.peft_config(cfg)  # fail now, not after the model has loaded
@@ -230,7 +245,9 @@ class RewardStage(Stage):
             from dataset_formats.encoding import load_tokenizer as load_fast
 
             return load_fast(cfg.tokenizer, trust_remote_code=cfg.args.trust_remote_code)
-        return load_tokenizer(cfg.model, trust_remote_code=cfg.args.trust_remote_code)
+        return load_tokenizer(
+            cfg.model, trust_remote_code=cfg.args.trust_remote_code, gguf_file=cfg.gguf_file
+        )
 
     def build_datasets(self, cfg: RewardStageConfig, tokenizer: Any) -> dict[str, Any]:
         """Load (and convert when raw) the train and eval data; hold out ``eval_size`` pairs if set."""
@@ -265,8 +282,11 @@ class RewardStage(Stage):
         from ..modeling import apply_peft, ensure_pad_token, load_reward_model
 
         set_seed(cfg.args.seed)  # the new score head is random: make runs reproducible
+        init_kwargs = dict(cfg.args.model_init_kwargs or {})
+        if cfg.gguf_file is not None:
+            init_kwargs["gguf_file"] = cfg.gguf_file
         model = load_reward_model(
-            cfg.model, trust_remote_code=cfg.args.trust_remote_code, init_kwargs=cfg.args.model_init_kwargs
+            cfg.model, trust_remote_code=cfg.args.trust_remote_code, init_kwargs=init_kwargs
         )
         if tokenizer is not None:
             ensure_pad_token(model, tokenizer)  # before PEFT: it may resize the embeddings
