@@ -37,16 +37,6 @@ RM_BENCH = DATA.parent / "rm-bench"
 RM_BENCH_FILES = ("chat_filtered.json.gz", "safety-response_filtered.json.gz")
 
 
-def wilson(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion."""
-    if total == 0:
-        return (float("nan"), float("nan"))
-    p = correct / total
-    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
-    half = z / (1 + z * z / total) * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total))
-    return centre - half, centre + half
-
-
 def convert_pairs(model_dir: str, max_length: int):
     """The shared hh-rlhf rows tokenized for one model (``dataset_formats.convert``, left truncation)."""
     from datasets import Dataset
@@ -167,15 +157,15 @@ def rm_bench_accuracy(model, tokenizer, items: list[dict], max_length: int, pad_
 
 
 def fmt(correct: int, total: int) -> str:
-    low, high = wilson(correct, total)
+    from reward_plugin.metrics import accuracy_interval
+
+    low, high = accuracy_interval(correct, total)
     return f"{correct / total:.3f} [{low:.2f}, {high:.2f}] (n={total})"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--train-pairs", type=int, default=64, help="pairs every model trains on (one epoch)"
-    )
+    parser.add_argument("--train-pairs", type=int, default=64, help="pairs every model trains on (one epoch)")
     parser.add_argument("--eval-pairs", type=int, default=100, help="held-out hh-rlhf pairs")
     parser.add_argument("--max-length", type=int, default=256, help="training max_length (left truncation)")
     parser.add_argument(
