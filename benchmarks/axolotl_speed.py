@@ -119,7 +119,7 @@ def base_config(model_dir: Path, data: Path, workdir: Path, args) -> dict:
 
 def run(name: str, config: dict, workdir: Path, args) -> dict:
     """One ``axolotl train`` run; the probe's numbers plus the command's wall time."""
-    tag = name.split()[0].lower()
+    tag = "plugin" if "reward_plugin" in name else "own"
     path, clock = workdir / f"{tag}.yml", workdir / f"{tag}.clock.json"
     config = {**config, "output_dir": str(workdir / f"out-{tag}")}
     config["plugins"] = [*config.get("plugins", []), "axolotl_clock.ClockPlugin"]
@@ -167,6 +167,13 @@ def main() -> None:
     parser.add_argument("--sequence-len", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=1, help="runs of each side, interleaved")
     parser.add_argument(
+        "--sides",
+        nargs="+",
+        choices=["axolotl", "plugin"],
+        default=["axolotl", "plugin"],
+        help="runs to make",
+    )
+    parser.add_argument(
         "--keep", type=Path, help="work in this folder and keep it (default: a temporary one)"
     )
     args = parser.parse_args()
@@ -188,6 +195,9 @@ def main() -> None:
         sides = {
             "Axolotl 0.19 (its own reward trainer)": base,
             "Axolotl + reward_plugin": {**base, **PLUGIN_LINES},
+        }
+        sides = {
+            name: cfg for (name, cfg), key in zip(sides.items(), ("axolotl", "plugin")) if key in args.sides
         }
         results: dict[str, list[dict]] = {name: [] for name in sides}
         for repeat in range(args.repeats):
