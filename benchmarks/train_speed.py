@@ -30,6 +30,7 @@ import gzip
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -54,6 +55,12 @@ CAUSAL_CONFIGS = {
     "packed, mask": ("ours", "packed", False, "mask"),
     "packed (the default)": ("ours", "packed", False, "segments"),
     "packed + grouping": ("ours", "packed", True, "segments"),
+}
+#: SmolLM2-135M-Instruct: TRL against our default and the plain padded layout.
+SMOLLM2_CONFIGS = {
+    "TRL 1.16": ("trl", None, False, None),
+    "standard": ("ours", "standard", False, None),
+    "packed (the default)": ("ours", "packed", False, "segments"),
 }
 ENCODER_CONFIGS = {
     "TRL 1.16": ("trl", None, False, None),
@@ -92,14 +99,25 @@ def build_bpe_tokenizer(directory: Path, texts: list[str], vocab_size: int):
     return fast
 
 
-def prepare(workdir: Path, kind: str, rows: int) -> None:
-    """Tokenizer, initial model and tokenized pairs (``chosen_ids``/``rejected_ids``) under ``workdir``."""
+def prepare(workdir: Path, kind: str, rows: int, fit_length: int | None = None) -> None:
+    """Tokenizer, initial model and tokenized pairs (``chosen_ids``/``rejected_ids``) under ``workdir``.
+
+    With ``fit_length``, the pairs are the first ``rows`` hh-rlhf rows whose two sides both fit in
+    that many tokens, so that TRL (which drops longer pairs) and we train on the very same pairs.
+    """
     import datasets
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, LlamaConfig
 
-    data = read_rows(rows)
-    if kind == "causal":
+    params, extra = None, {}
+    if kind == "smollm2":
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from smollm2 import save_reward_folder
+
+        extra = save_reward_folder(workdir / "model")
+        params = extra.pop("params")
+        tokenizer = AutoTokenizer.from_pretrained(workdir / "model")
+    elif kind == "causal":
         texts = [r["chosen"] for r in read_rows(800)] + [r["rejected"] for r in read_rows(800)]
         tokenizer = build_bpe_tokenizer(workdir / "model", texts, vocab_size=8000)
         config = LlamaConfig(
@@ -117,13 +135,23 @@ def prepare(workdir: Path, kind: str, rows: int) -> None:
         torch.manual_seed(0)
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
         tokenizer.save_pretrained(workdir / "model")
-    model.save_pretrained(workdir / "model")
-    params = sum(p.numel() for p in model.parameters())
+    if params is None:
+        model.save_pretrained(workdir / "model")
+        params = sum(p.numel() for p in model.parameters())
+    data = read_rows(800 if fit_length else rows)
     ids = {side: tokenizer([r[side] for r in data])["input_ids"] for side in ("chosen", "rejected")}
-    datasets.Dataset.from_dict({"chosen_ids": ids["chosen"], "rejected_ids": ids["rejected"]}).save_to_disk(
-        str(workdir / "pairs")
-    )
-    (workdir / "info.json").write_text(json.dumps({"params": params, "rows": len(data)}))
+    keep = [
+        i
+        for i in range(len(data))
+        if not fit_length or max(len(ids["chosen"][i]), len(ids["rejected"][i])) <= fit_length
+    ][:rows]
+    columns = {
+        "chosen_ids": [ids["chosen"][i] for i in keep],
+        "rejected_ids": [ids["rejected"][i] for i in keep],
+    }
+    datasets.Dataset.from_dict(columns).save_to_disk(str(workdir / "pairs"))
+    info = {"params": params, "rows": len(keep), "last_row": keep[-1], **extra}
+    (workdir / "info.json").write_text(json.dumps(info))
 
 
 def _needed_tokens(chosen: list[list[int]], rejected: list[list[int]], causal: bool) -> int:
@@ -135,18 +163,25 @@ def _needed_tokens(chosen: list[list[int]], rejected: list[list[int]], causal: b
 
 
 class Counting:
-    """Wraps a collator; counts pairs, tokens processed (input positions) and tokens needed."""
+    """Wraps a collator; counts pairs, tokens processed (input positions) and tokens needed per batch."""
 
     def __init__(self, collator, causal: bool):
         self.collator, self.causal = collator, causal
-        self.pairs = self.processed = self.needed = 0
+        self.batches: list[tuple[int, int, int]] = []  # (pairs, processed, needed), in training order
+        self.active = True  # off once training ends: the reward statistics' batches are not trained on
+
+    def totals(self, skip: int = 0, steps: int | None = None) -> tuple[int, int, int]:
+        """``(pairs, processed, needed)`` summed over ``steps`` batches (all, when None) after the first ``skip``."""
+        chosen = self.batches[skip : skip + steps if steps else None]
+        return tuple(sum(b[i] for b in chosen) for i in range(3))
 
     def __call__(self, examples):
         batch = self.collator(examples)
+        if not self.active:
+            return batch
         if "packed_input_ids" in batch:
-            self.processed += batch["packed_input_ids"].numel()
-            self.needed += int((batch["packed_segments"] >= 0).sum()) if self.causal else 0
-            self.pairs += len(batch["chosen_index"])
+            needed = int((batch["packed_segments"] >= 0).sum()) if self.causal else 0
+            self.batches.append((len(batch["chosen_index"]), batch["packed_input_ids"].numel(), needed))
             return batch
         if "input_ids_chosen" in batch:
             halves = [(batch[f"input_ids_{s}"], batch[f"attention_mask_{s}"]) for s in ("chosen", "rejected")]
@@ -154,27 +189,16 @@ class Counting:
             ids, mask = batch["input_ids"], batch["attention_mask"]
             halves = list(zip(ids.chunk(2), mask.chunk(2)))
         seqs = [[row[m.bool()].tolist() for row, m in zip(ids, mask)] for ids, mask in halves]
-        self.processed += sum(ids.numel() for ids, _ in halves)
-        self.needed += _needed_tokens(seqs[0], seqs[1], self.causal)
-        self.pairs += len(seqs[0])
+        processed = sum(ids.numel() for ids, _ in halves)
+        self.batches.append((len(seqs[0]), processed, _needed_tokens(seqs[0], seqs[1], self.causal)))
         return batch
 
 
-def worker(
-    workdir: Path,
-    name: str,
-    kind: str,
-    library: str,
-    mode: str | None,
-    grouped: bool,
-    attention: str | None,
-    args,
-) -> dict:
+def build_trainer(workdir: Path, name: str, library: str, mode: str | None, grouped: bool, attention, args):
+    """The trainer of one configuration: TRL's, or ours with its defaults (reward statistics, final save)."""
     import datasets
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    torch.set_num_threads(args.threads)
     tokenizer = AutoTokenizer.from_pretrained(workdir / "model")
     model = AutoModelForSequenceClassification.from_pretrained(workdir / "model", num_labels=1)
     pairs = datasets.load_from_disk(str(workdir / "pairs"))
@@ -194,24 +218,32 @@ def worker(
         "disable_tqdm": True,
         "dataloader_num_workers": 0,
     }
+    if args.steps:
+        common["max_steps"] = args.warmup_steps + args.steps
     if library == "trl":
         import trl
 
-        trainer = trl.RewardTrainer(
+        return trl.RewardTrainer(
             model=model, args=trl.RewardConfig(**common), train_dataset=pairs, processing_class=tokenizer
-        )
-    else:
-        from reward_plugin import RewardConfig, RewardTrainer
+        ), len(pairs)
+    from reward_plugin import RewardConfig, RewardTrainer
 
-        config = RewardConfig(
-            **common,
-            pair_batching=mode,
-            group_by_length=grouped,
-            pair_attention=attention or "segments",
-            save_final_model=False,
-            save_reward_stats=False,
-        )
-        trainer = RewardTrainer(model=model, args=config, train_dataset=pairs, processing_class=tokenizer)
+    # Our defaults stay on (reward statistics over the train pairs, the final model saved with its
+    # tokenizer, statistics and card): the whole train() call is what a user pays.
+    config = RewardConfig(
+        **common, pair_batching=mode, group_by_length=grouped, pair_attention=attention or "segments"
+    )
+    return RewardTrainer(model=model, args=config, train_dataset=pairs, processing_class=tokenizer), len(
+        pairs
+    )
+
+
+def worker(workdir: Path, name: str, kind: str, library: str, mode, grouped: bool, attention, args) -> dict:
+    import torch
+    from transformers import TrainerCallback
+
+    torch.set_num_threads(args.threads)
+    trainer, rows = build_trainer(workdir, name, library, mode, grouped, attention, args)
     # Warm-up outside the clock: thread pools and the bf16 kernels' first use cost every configuration alike.
     with torch.autocast("cpu", dtype=torch.bfloat16):
         warm = trainer.model(
@@ -219,29 +251,44 @@ def worker(
         )
     warm.logits.float().sum().backward()
     trainer.model.zero_grad(set_to_none=True)
-    counter = Counting(trainer.data_collator, causal=kind == "causal")
+    counter = Counting(trainer.data_collator, causal=kind != "minilm")
     trainer.data_collator = counter
+    skip = args.warmup_steps if args.steps else 0
     times = {}
 
     class Clock(TrainerCallback):
+        """The loop's clock starts after the warm-up steps (``--warmup-steps``) and stops with the loop."""
+
         def on_train_begin(self, *a, **k):
-            times["start"] = time.perf_counter()
+            times["begin"] = times["start"] = time.perf_counter()
+
+        def on_step_end(self, _args, state, *a, **k):
+            if state.global_step == skip:
+                times["start"] = time.perf_counter()
 
         def on_train_end(self, *a, **k):
             times["end"] = time.perf_counter()
+            counter.active = False
 
     trainer.add_callback(Clock())
+    called = time.perf_counter()
     trainer.train()
-    seconds = times["end"] - times["start"]
+    returned = time.perf_counter()
+    pairs, processed, needed = counter.totals(skip, args.steps or None)
+    loop = times["end"] - times["start"]
+    # The whole call less the warm-up steps: set-up, the timed steps, and what follows the loop.
+    whole = returned - called - (times["start"] - times["begin"])
     return {
         "name": name,
-        "pairs": counter.pairs,
-        "seconds": seconds,
-        "pairs_per_s": counter.pairs / seconds,
-        "processed": counter.processed,
-        "needed": counter.needed,
-        "efficiency": counter.needed / counter.processed,
-        "dropped": len(pairs) - len(trainer.train_dataset),
+        "pairs": pairs,
+        "seconds": loop,
+        "pairs_per_s": pairs / loop,
+        "whole_seconds": whole,
+        "whole_pairs_per_s": pairs / whole,
+        "processed": processed,
+        "needed": needed,
+        "efficiency": needed / processed,
+        "dropped": rows - len(trainer.train_dataset),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "mode": getattr(trainer, "pair_batching", "-"),
     }
@@ -249,7 +296,17 @@ def worker(
 
 def run_suite(kind: str, configs: dict, args) -> tuple[list[dict], dict]:
     workdir = Path(tempfile.mkdtemp(prefix=f"train_speed_{kind}_"))
-    prepare(workdir, kind, args.rows)
+    try:
+        return _run_suite(workdir, kind, configs, args)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _run_suite(workdir: Path, kind: str, configs: dict, args) -> tuple[list[dict], dict]:
+    if args.steps:  # exactly the pairs of the warm-up and timed steps, all within max_length
+        prepare(workdir, kind, (args.warmup_steps + args.steps) * args.batch, fit_length=args.max_length)
+    else:
+        prepare(workdir, kind, args.rows)
     info = json.loads((workdir / "info.json").read_text())
     names = [name for name in configs if not args.only or name in args.only]
     runs: dict[str, list[dict]] = {name: [] for name in names}
@@ -269,6 +326,10 @@ def run_suite(kind: str, configs: dict, args) -> tuple[list[dict], dict]:
                 str(args.max_length),
                 "--threads",
                 str(args.threads),
+                "--steps",
+                str(args.steps or 0),
+                "--warmup-steps",
+                str(args.warmup_steps),
             ]
             done = subprocess.run(command, capture_output=True, text=True, check=False)
             if done.returncode != 0:
@@ -277,7 +338,8 @@ def run_suite(kind: str, configs: dict, args) -> tuple[list[dict], dict]:
             result = json.loads(done.stdout.strip().splitlines()[-1])
             runs[name].append(result)
             print(
-                f"  {kind:7s} {name:26s} run {repeat + 1}: {result['pairs_per_s']:7.2f} pairs/s",
+                f"  {kind:7s} {name:26s} run {repeat + 1}: {result['pairs_per_s']:7.2f} pairs/s "
+                f"(whole train(): {result['whole_pairs_per_s']:.2f})",
                 file=sys.stderr,
                 flush=True,
             )
@@ -286,6 +348,8 @@ def run_suite(kind: str, configs: dict, args) -> tuple[list[dict], dict]:
         ordered = sorted(runs[name], key=lambda r: r["pairs_per_s"])
         median = dict(ordered[len(ordered) // 2])
         median["runs_pairs_per_s"] = [r["pairs_per_s"] for r in runs[name]]
+        whole = sorted(r["whole_pairs_per_s"] for r in runs[name])
+        median["whole_pairs_per_s"] = whole[len(whole) // 2]
         median["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs[name])
         results.append(median)
     return results, info
@@ -299,21 +363,30 @@ def spread(result: dict) -> str:
 
 def table(kind: str, results: list[dict], info: dict, args) -> str:
     base = next((r for r in results if r["name"].startswith("TRL")), None)
+    if args.steps:
+        scope = f"{args.warmup_steps} warm-up + {args.steps} timed steps over {info['rows']} hh-rlhf pairs"
+    else:
+        scope = f"{info['rows']} hh-rlhf pairs, one epoch"
     lines = [
         (
-            f"**{kind}** ({info['params'] / 1e6:.1f}M parameters, {info['rows']} hh-rlhf pairs, one epoch, "
-            f"batch {args.batch}, max_length {args.max_length}, bf16, gradient checkpointing; median of "
-            f"{args.repeats} interleaved run(s), peak RSS the largest)"
+            f"**{kind}** ({info['params'] / 1e6:.1f}M parameters, {scope}, batch {args.batch}, max_length "
+            f"{args.max_length}, bf16, gradient checkpointing; median of {args.repeats} interleaved run(s), "
+            "peak RSS the largest)"
         ),
         "",
-        "| configuration | pairs/s | speed-up vs TRL | token efficiency | tokens processed / needed | pairs trained | pairs dropped | peak RSS (MB) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        (
+            "| configuration | pairs/s (loop) | speed-up vs TRL | pairs/s (whole `train()`) | speed-up vs TRL | "
+            "token efficiency | tokens processed / needed | pairs trained | pairs dropped | peak RSS (MB) |"
+        ),
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
         speedup = f"{r['pairs_per_s'] / base['pairs_per_s']:.2f}x" if base else "-"
+        whole = f"{r['whole_pairs_per_s'] / base['whole_pairs_per_s']:.2f}x" if base else "-"
         lines.append(
-            f"| {r['name']} | {r['pairs_per_s']:.2f}{spread(r)} | {speedup} | {r['efficiency']:.2f} | "
-            f"{r['processed']:,} / {r['needed']:,} | {r['pairs']} | {r['dropped']} | {r['peak_rss_mb']:.0f} |"
+            f"| {r['name']} | {r['pairs_per_s']:.2f}{spread(r)} | {speedup} | {r['whole_pairs_per_s']:.2f} | {whole} | "
+            f"{r['efficiency']:.2f} | {r['processed']:,} / {r['needed']:,} | {r['pairs']} | {r['dropped']} | "
+            f"{r['peak_rss_mb']:.0f} |"
         )
     return "\n".join(lines)
 
@@ -329,6 +402,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--repeats", type=int, default=1, help="runs per configuration, interleaved; the median is reported"
     )
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        choices=["causal", "minilm", "smollm2"],
+        default=["causal", "minilm"],
+        help="causal: the random ~15M Llama; minilm: MiniLM-L6; smollm2: SmolLM2-135M-Instruct (real weights)",
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        help="time this many optimizer steps (after --warmup-steps) instead of one epoch over --rows; the "
+        "pairs are the first rows that fit max_length, so TRL drops none",
+    )
+    parser.add_argument("--warmup-steps", type=int, default=1, help="untimed steps before --steps")
     parser.add_argument("--skip-causal", action="store_true")
     parser.add_argument("--skip-minilm", action="store_true")
     parser.add_argument("--only", nargs="*", help="configuration names to run (default: all)")
@@ -337,18 +424,27 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.worker:
         workdir, name, kind, library, mode, grouped, attention = json.loads(args.worker)
-        print(json.dumps(worker(Path(workdir), name, kind, library, mode, grouped, attention, args)))
+        result = worker(Path(workdir), name, kind, library, mode, grouped, attention, args)
+        # Each run's raw result also lands beside the data, readable while a long suite goes on.
+        (Path(workdir) / "results").mkdir(exist_ok=True)
+        (Path(workdir) / "results" / f"{name.replace(' ', '_')}-{os.getpid()}.json").write_text(
+            json.dumps(result)
+        )
+        print(json.dumps(result))
         return
     out = {}
-    suites = [("causal", CAUSAL_CONFIGS, args.skip_causal), ("minilm", ENCODER_CONFIGS, args.skip_minilm)]
-    for kind, configs, skip in suites:
+    suites = {
+        "causal": ("Llama (causal)", CAUSAL_CONFIGS, args.skip_causal),
+        "minilm": ("MiniLM-L6 (encoder)", ENCODER_CONFIGS, args.skip_minilm),
+        "smollm2": ("SmolLM2-135M-Instruct (causal)", SMOLLM2_CONFIGS, False),
+    }
+    for kind in args.models:
+        title, configs, skip = suites[kind]
         if skip:
             continue
         results, info = run_suite(kind, configs, args)
         out[kind] = {"info": info, "results": results}
-        print(
-            table("Llama (causal)" if kind == "causal" else "MiniLM-L6 (encoder)", results, info, args) + "\n"
-        )
+        print(table(title, results, info, args) + "\n", flush=True)
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
 

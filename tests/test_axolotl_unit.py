@@ -86,12 +86,14 @@ def test_datasets_entries_become_stage_sources():
             {"path": "a.jsonl"},
             {"path": "s.jsonl", "type": "score-pair"},
             {"data_files": ["b1", "b2"]},
+            {"path": "bt.jsonl", "type": "bradley_terry.chat_template"},
         ],
     }
     assert host.data_sources(cfg) == [
         {"path": ["a.jsonl"], "on_error": "skip", "options": {"scale": 0.5}},
         {"path": ["s.jsonl"], "on_error": "skip", "format": "score-pair", "options": {"scale": 0.5}},
         {"path": ["b1", "b2"], "on_error": "skip", "options": {"scale": 0.5}},
+        {"path": ["bt.jsonl"], "on_error": "skip", "format": "axolotl-bt", "options": {"scale": 0.5}},
     ]
     with pytest.raises(
         ConfigError, match=r"`datasets\[0\].type` is 'alpaca', which is not a dataset-toolkit format"

@@ -178,7 +178,9 @@ def data_sources(cfg: Mapping[str, Any], key: str = "datasets") -> list[dict[str
     """The Axolotl ``datasets:`` (or ``test_datasets:``) entries as stage data sources.
 
     An entry's ``path`` (or its ``data_files``) names local files or a ``datasets`` folder; its
-    ``type``, when given, must be a dataset-toolkit format and overrides ``reward_dataset_format``.
+    ``type``, when given, must be a dataset-toolkit format and overrides ``reward_dataset_format``;
+    Axolotl's ``bradley_terry.chat_template`` is read as ``axolotl-bt``
+    (:data:`reward_plugin.hosts.axolotl_fit.AXOLOTL_DATASET_TYPES`).
 
     Raises:
         ConfigError: an entry without files, or a ``type`` that is no dataset-toolkit format.

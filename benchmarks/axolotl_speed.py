@@ -1,0 +1,237 @@
+"""Axolotl 0.19's own reward-model training against Axolotl with reward_plugin: pairs/s side by side.
+
+Both runs are ``axolotl train cfg.yml --launcher python`` in Axolotl's virtual environment, on the
+same model (SmolLM2-135M-Instruct saved as a plain folder, see ``benchmarks/smollm2.py``), the
+same rows (hh-rlhf pairs as Axolotl ``bradley_terry`` rows, the first ones whose rendered chosen
+and rejected fit ``sequence_len``), ``sequence_len``, batch, steps, precision and gradient
+checkpointing. Axolotl's own run is its Bradley-Terry chat-template dataset type with packing off
+and every pair padded to ``sequence_len`` (``pad_to_sequence_len: true``, as its example configs
+and its reward-model default do). The other run is the same YAML plus the plugin lines printed at
+the end. A small probe plugin (``benchmarks/axolotl_clock.py``), listed on both sides, times the
+loop after the warm-up steps and counts the input positions the model gets::
+
+    python benchmarks/axolotl_speed.py --steps 3 --warmup-steps 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+DATA = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-base-test-part1.jsonl.gz"
+ASSISTANT = "\n\nAssistant:"
+PLUGIN_LINES = {"plugins": ["reward_plugin.hosts.axolotl.RewardPlugin"], "reward_stage": "reward"}
+
+
+def axolotl_command() -> Path:
+    python = os.environ.get("REWARD_PLUGIN_AXOLOTL_PYTHON")
+    command = Path(python).parent / "axolotl" if python else ROOT / ".venv-axolotl" / "bin" / "axolotl"
+    if not command.is_file():
+        command = Path("/work/main/.venv-axolotl/bin/axolotl")
+    if not command.is_file():
+        raise SystemExit(
+            "Axolotl is not installed: run .ci/install-axolotl.sh or set REWARD_PLUGIN_AXOLOTL_PYTHON"
+        )
+    return command
+
+
+def bt_rows(tokenizer, count: int, sequence_len: int) -> list[dict]:
+    """hh-rlhf rows as Axolotl ``bradley_terry`` rows (``input``, ``chosen``, ``rejected``) that fit.
+
+    The dialogue before the last assistant turn is the ``input`` (one user message), the last
+    responses are ``chosen``/``rejected``; a row is kept when both rendered conversations (the
+    tokenizer's chat template, as Axolotl renders them) have at most ``sequence_len`` tokens.
+    """
+    rows = []
+    with gzip.open(DATA, "rt", encoding="utf-8") as fh:
+        for line in fh:
+            raw = json.loads(line)
+            cut = raw["chosen"].rfind(ASSISTANT)
+            prompt = raw["chosen"][:cut]
+            if not raw["rejected"].startswith(prompt + ASSISTANT):
+                continue
+            row = {
+                "system": "",  # no system message (an all-null column would vanish from the JSON table)
+                "input": prompt.strip().removeprefix("Human:").strip(),
+                "chosen": raw["chosen"][cut + len(ASSISTANT) :].strip(),
+                "rejected": raw["rejected"][cut + len(ASSISTANT) :].strip(),
+            }
+            if not (row["input"] and row["chosen"] and row["rejected"]):
+                continue
+            lengths = [
+                len(
+                    tokenizer.apply_chat_template(
+                        [
+                            {"role": "user", "content": row["input"]},
+                            {"role": "assistant", "content": row[side]},
+                        ],
+                        tokenize=True,
+                        return_dict=True,
+                    )["input_ids"]
+                )
+                for side in ("chosen", "rejected")
+            ]
+            if max(lengths) <= sequence_len:
+                rows.append(row)
+            if len(rows) == count:
+                return rows
+    raise SystemExit(f"only {len(rows)} hh-rlhf rows fit sequence_len {sequence_len}")
+
+
+def base_config(model_dir: Path, data: Path, workdir: Path, args) -> dict:
+    """Axolotl's own reward-model run: Bradley-Terry chat-template rows, padded to ``sequence_len``."""
+    return {
+        "base_model": str(model_dir),
+        "reward_model": True,
+        "chat_template": "tokenizer_default",
+        "datasets": [{"path": str(data), "type": "bradley_terry.chat_template"}],
+        "val_set_size": 0,
+        "dataset_prepared_path": str(workdir / "prepared"),
+        "sequence_len": args.sequence_len,
+        "sample_packing": False,
+        "pad_to_sequence_len": True,
+        "micro_batch_size": args.batch,
+        "gradient_accumulation_steps": 1,
+        "num_epochs": 1,
+        "max_steps": args.warmup_steps + args.steps,
+        "learning_rate": 1.0e-5,
+        "optimizer": "adamw_torch",
+        "lr_scheduler": "constant",
+        "gradient_checkpointing": True,
+        "bf16": False,  # CPU: full precision (Axolotl would otherwise load fp16 weights)
+        "fp16": False,
+        "logging_steps": 1,
+        "seed": 0,
+        "output_dir": str(workdir / "out"),
+    }
+
+
+def run(name: str, config: dict, workdir: Path, args) -> dict:
+    """One ``axolotl train`` run; the probe's numbers plus the command's wall time."""
+    tag = "plugin" if "reward_plugin" in name else "own"
+    path, clock = workdir / f"{tag}.yml", workdir / f"{tag}.clock.json"
+    config = {**config, "output_dir": str(workdir / f"out-{tag}")}
+    config["plugins"] = [*config.get("plugins", []), "axolotl_clock.ClockPlugin"]
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    env = {
+        **os.environ,
+        "AXOLOTL_DO_NOT_TRACK": "1",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "WANDB_DISABLED": "true",
+        "TOKENIZERS_PARALLELISM": "false",
+        "AXOLOTL_CLOCK_JSON": str(clock),
+        "AXOLOTL_CLOCK_WARMUP": str(args.warmup_steps),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE), os.environ.get("PYTHONPATH", "")]).rstrip(
+            os.pathsep
+        ),
+    }
+    started = time.perf_counter()
+    done = subprocess.run(
+        [str(axolotl_command()), "train", str(path), "--launcher", "python"],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    wall = time.perf_counter() - started
+    (workdir / f"{tag}.log").write_text(done.stdout + done.stderr, encoding="utf-8")
+    if done.returncode != 0 or not clock.is_file():
+        sys.stderr.write((done.stdout + done.stderr)[-4000:])
+        raise SystemExit(
+            f"{name}: axolotl train failed (exit {done.returncode}); log in {workdir / (tag + '.log')}"
+        )
+    result = json.loads(clock.read_text())
+    result.update(name=name, wall_seconds=wall, pairs_per_s=result["pairs"] / result["loop_seconds"])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=3, help="timed optimizer steps")
+    parser.add_argument("--warmup-steps", type=int, default=1, help="untimed steps first")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--sequence-len", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each side, interleaved")
+    parser.add_argument(
+        "--sides",
+        nargs="+",
+        choices=["axolotl", "plugin"],
+        default=["axolotl", "plugin"],
+        help="runs to make",
+    )
+    parser.add_argument(
+        "--keep", type=Path, help="work in this folder and keep it (default: a temporary one)"
+    )
+    args = parser.parse_args()
+
+    from smollm2 import save_reward_folder
+    from transformers import AutoTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = args.keep or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        model_dir = workdir / "smollm2"
+        if not (model_dir / "config.json").is_file():  # a kept folder (--keep) is reused
+            save_reward_folder(model_dir)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        rows = bt_rows(tokenizer, (args.warmup_steps + args.steps) * args.batch, args.sequence_len)
+        data = workdir / "bt.jsonl"
+        data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        base = base_config(model_dir, data, workdir, args)
+        sides = {
+            "Axolotl 0.19 (its own reward trainer)": base,
+            "Axolotl + reward_plugin": {**base, **PLUGIN_LINES},
+        }
+        sides = {
+            name: cfg for (name, cfg), key in zip(sides.items(), ("axolotl", "plugin")) if key in args.sides
+        }
+        results: dict[str, list[dict]] = {name: [] for name in sides}
+        for repeat in range(args.repeats):
+            for name, config in sides.items():
+                result = run(name, config, workdir, args)
+                results[name].append(result)
+                print(
+                    f"  {name}, run {repeat + 1}: {result['pairs_per_s']:.3f} pairs/s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    print(
+        f"SmolLM2-135M-Instruct, {len(rows)} hh-rlhf pairs as bradley_terry rows, sequence_len {args.sequence_len}, "
+        f"micro_batch_size {args.batch}, {args.warmup_steps} warm-up + {args.steps} timed steps, fp32, gradient "
+        f"checkpointing; median of {args.repeats} interleaved run(s)\n"
+    )
+    print(
+        "| run | pairs/s (loop) | speed-up | input positions per pair | peak RSS (MB) | `axolotl train` wall s |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    medians = {}
+    for name, runs in results.items():
+        ordered = sorted(runs, key=lambda r: r["pairs_per_s"])
+        medians[name] = ordered[len(ordered) // 2]
+    base_speed = next(iter(medians.values()))["pairs_per_s"]
+    for name, r in medians.items():
+        rss = max(x["peak_rss_mb"] for x in results[name])
+        print(
+            f"| {name} | {r['pairs_per_s']:.3f} | {r['pairs_per_s'] / base_speed:.2f}x | "
+            f"{r['positions'] / r['pairs']:.0f} | {rss:.0f} | {r['wall_seconds']:.0f} |"
+        )
+    print("\nThe config change (added to Axolotl's own reward-model YAML):\n")
+    print(yaml.safe_dump(PLUGIN_LINES, sort_keys=False).strip())
+
+
+if __name__ == "__main__":
+    main()
