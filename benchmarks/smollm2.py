@@ -38,7 +38,7 @@ def _load_with_product():
         model = modeling.load_reward_model(SHORT_NAME)
     except (RewardPluginError, OSError, ValueError):  # no GGUF support in this checkout: not a folder
         return None
-    return model, modeling.load_tokenizer(SHORT_NAME)
+    return model, modeling.model_tokenizer(SHORT_NAME)
 
 
 def _load_documented():

@@ -324,7 +324,15 @@ def tiny_bert():
         num_attention_heads=4,
         num_labels=1,
     )
-    return AutoModelForSequenceClassification.from_config(config)
+    model = AutoModelForSequenceClassification.from_config(config)
+    # BERT's own initialisation, written out: a model built after a test that loaded weights can come
+    # out of from_config with PyTorch's default init, whose larger weights saturate the tanh pooler.
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
+            torch.nn.init.normal_(module.weight, std=config.initializer_range)
+        if isinstance(module, torch.nn.Linear) and module.bias is not None:
+            torch.nn.init.zeros_(module.bias)
+    return model
 
 
 def test_encoder_falls_back_under_auto_with_one_warning(tmp_path, caplog, bpe_tokenizer):

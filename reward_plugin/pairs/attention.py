@@ -59,6 +59,8 @@ def spans_from_batch(batch: dict[str, torch.Tensor]) -> tuple[Span, ...]:
 
 #: On CPU, segments with at most this many query x key scores use plain matmul-softmax attention.
 CPU_MATH_MAX_SCORES = 512 * 1024
+#: On CPU, half-precision queries are attended in float32.
+CPU_FLOAT32_ATTENTION = True
 
 _HIDDEN: dict[torch.device, torch.Tensor] = {}
 
@@ -145,7 +147,7 @@ def segment_attention(
     Returns:
         ``(rows, T, heads, head_dim)``, the layout transformers' attention functions return.
     """
-    if query.device.type == "cpu" and query.dtype in (torch.bfloat16, torch.float16):
+    if CPU_FLOAT32_ATTENTION and query.device.type == "cpu" and query.dtype in (torch.bfloat16, torch.float16):
         # Attention itself runs in float32 on CPU (the more precise, and at pair-block sizes no slower
         # than bf16 there); the result goes back to the model's compute dtype.
         with torch.autocast("cpu", enabled=False):
