@@ -147,7 +147,11 @@ def segment_attention(
     Returns:
         ``(rows, T, heads, head_dim)``, the layout transformers' attention functions return.
     """
-    if CPU_FLOAT32_ATTENTION and query.device.type == "cpu" and query.dtype in (torch.bfloat16, torch.float16):
+    if (
+        CPU_FLOAT32_ATTENTION
+        and query.device.type == "cpu"
+        and query.dtype in (torch.bfloat16, torch.float16)
+    ):
         # Attention itself runs in float32 on CPU (the more precise, and at pair-block sizes no slower
         # than bf16 there); the result goes back to the model's compute dtype.
         with torch.autocast("cpu", enabled=False):
