@@ -84,6 +84,12 @@ def split_train_argv(argv: list[str]) -> tuple[list[str], list[str]]:
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Add ``train``, ``eval``, ``stages`` and ``plugins`` to a ``reward-plugin`` sub-command parser."""
+    _add_train(subparsers)
+    _add_eval(subparsers)
+    _add_listings(subparsers)
+
+
+def _add_train(subparsers: argparse._SubParsersAction) -> None:
     train = subparsers.add_parser(
         "train",
         help="train a reward model from a YAML config (no config: the embedded MiniLM default)",
@@ -111,6 +117,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     train.set_defaults(func=run_train, overrides=[])
 
+
+def _add_eval(subparsers: argparse._SubParsersAction) -> None:
     evaluate = subparsers.add_parser(
         "eval",
         help="evaluate a reward model on preference pairs or groups (RM-Bench, best-of-N, length bias)",
@@ -163,6 +171,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     evaluate.set_defaults(func=run_eval)
 
+
+def _add_listings(subparsers: argparse._SubParsersAction) -> None:
     stages = subparsers.add_parser(
         "stages", help="list the training stages", description="List the registered training stages."
     )
