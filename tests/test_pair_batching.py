@@ -325,12 +325,16 @@ def tiny_bert():
         num_labels=1,
     )
     model = AutoModelForSequenceClassification.from_config(config)
-    # BERT's own initialisation, written out: a model built after a test that loaded weights can come
-    # out of from_config with PyTorch's default init, whose larger weights saturate the tanh pooler.
+    # BERT's own initialisation, written out (normal weights, zero biases, unit LayerNorms): in a full
+    # suite run, a model built here after other tests came out of from_config degenerate (rewards equal
+    # to 1e-7, no gradient through the saturated pooler), so nothing is left to from_config's init.
     for module in model.modules():
         if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
             torch.nn.init.normal_(module.weight, std=config.initializer_range)
         if isinstance(module, torch.nn.Linear) and module.bias is not None:
+            torch.nn.init.zeros_(module.bias)
+        if isinstance(module, torch.nn.LayerNorm):
+            torch.nn.init.ones_(module.weight)
             torch.nn.init.zeros_(module.bias)
     return model
 
