@@ -6,6 +6,10 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import datasets
 import pytest
@@ -90,7 +94,21 @@ def test_all_pairs_group_training_equals_the_expanded_pairs(tmp_path, bpe_tokeni
     assert abs(metrics["eval_loss"] - trainer.evaluate(pairs)["eval_loss"]) <= 1e-5
 
 
+ISOLATED = "REWARD_PLUGIN_TEST_ISOLATED"
+
+
 def test_encoder_groups_in_the_standard_layout_equal_the_pairs(tmp_path, bpe_tokenizer, rm_bench_tables):
+    # Run in a fresh interpreter: in a full suite run (never alone) the tiny BERT came out degenerate
+    # (every loss ln 2 to 1e-7, no learning) after earlier in-process tests; the cause is not found yet.
+    if not os.environ.get(ISOLATED):
+        test = f"{Path(__file__).resolve()}::test_encoder_groups_in_the_standard_layout_equal_the_pairs"
+        env = {**os.environ, ISOLATED: "1"}
+        result = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test],
+            env=env, capture_output=True, text=True, timeout=600, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+        return
     groups, pairs = rm_bench_tables
     torch.manual_seed(0)
     model = tiny_bert()
