@@ -59,8 +59,6 @@ def spans_from_batch(batch: dict[str, torch.Tensor]) -> tuple[Span, ...]:
 
 #: On CPU, segments with at most this many query x key scores use plain matmul-softmax attention.
 CPU_MATH_MAX_SCORES = 512 * 1024
-#: On CPU, half-precision queries are attended in float32.
-CPU_FLOAT32_ATTENTION = True
 
 _HIDDEN: dict[torch.device, torch.Tensor] = {}
 
@@ -147,13 +145,11 @@ def segment_attention(
     Returns:
         ``(rows, T, heads, head_dim)``, the layout transformers' attention functions return.
     """
-    if (
-        CPU_FLOAT32_ATTENTION
-        and query.device.type == "cpu"
-        and query.dtype in (torch.bfloat16, torch.float16)
-    ):
-        # Attention itself runs in float32 on CPU (the more precise, and at pair-block sizes no slower
-        # than bf16 there); the result goes back to the model's compute dtype.
+    if query.device.type == "cpu" and query.dtype in (torch.bfloat16, torch.float16):
+        # Attention itself runs in float32 on CPU: every batch brings new segment shapes, and bf16
+        # matmuls pay for each new shape in time and in memory that is never returned (200 batches of
+        # SmolLM2-sized segments: 3.3x slower and 1.2 GB more RSS than float32, docs/benchmarks.md).
+        # The result goes back to the model's compute dtype.
         with torch.autocast("cpu", enabled=False):
             output = segment_attention(
                 query.float(), key.float(), value.float(), spans,
