@@ -8,9 +8,14 @@ checkpointing. Axolotl's own run is its Bradley-Terry chat-template dataset type
 and every pair padded to ``sequence_len`` (``pad_to_sequence_len: true``, as its example configs
 and its reward-model default do). The other run is the same YAML plus the plugin lines printed at
 the end. A small probe plugin (``benchmarks/axolotl_clock.py``), listed on both sides, times the
-loop after the warm-up steps and counts the input positions the model gets::
+loop after the warm-up step and counts the batches, pairs, input positions and real tokens that
+reach the model. Both sides train in fp32: the plugin turns a CPU run's ``bf16`` into fp32
+(``reward_plugin.hosts.axolotl_fit``), so ``bf16: true`` would compare different precisions::
 
-    python benchmarks/axolotl_speed.py --steps 3 --warmup-steps 1
+    nice -n 5 python benchmarks/axolotl_speed.py            # SmolLM2, 1 warm-up + 2 timed steps
+
+``--model tiny`` runs the same on a random 2-layer Llama with SmolLM2's tokenizer (a smoke test of
+the script and the probe, a few minutes; its pairs/s say nothing about SmolLM2).
 """
 
 from __future__ import annotations
@@ -109,7 +114,7 @@ def base_config(model_dir: Path, data: Path, workdir: Path, args) -> dict:
         "optimizer": "adamw_torch",
         "lr_scheduler": "constant",
         "gradient_checkpointing": True,
-        "bf16": False,  # CPU: full precision (Axolotl would otherwise load fp16 weights)
+        "bf16": False,  # fp32: the plugin trains a CPU run asking for bf16 in fp32 (axolotl_fit)
         "fp16": False,
         "logging_steps": 1,
         "seed": 0,
@@ -117,10 +122,36 @@ def base_config(model_dir: Path, data: Path, workdir: Path, args) -> dict:
     }
 
 
+def save_tiny_folder(directory: Path) -> None:
+    """A random 2-layer Llama reward model (seeded) with SmolLM2's tokenizer and chat template."""
+    import torch
+    from smollm2 import GGUF_FILE, gguf_folder
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, LlamaConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf_folder(), gguf_file=GGUF_FILE)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    AutoModelForSequenceClassification.from_config(config, dtype=torch.float32).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+
+
 def run(name: str, config: dict, workdir: Path, args) -> dict:
     """One ``axolotl train`` run; the probe's numbers plus the command's wall time."""
     tag = "plugin" if "reward_plugin" in name else "own"
     path, clock = workdir / f"{tag}.yml", workdir / f"{tag}.clock.json"
+    clock.unlink(missing_ok=True)
     config = {**config, "output_dir": str(workdir / f"out-{tag}")}
     config["plugins"] = [*config.get("plugins", []), "axolotl_clock.ClockPlugin"]
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
@@ -138,34 +169,87 @@ def run(name: str, config: dict, workdir: Path, args) -> dict:
             os.pathsep
         ),
     }
+    log = workdir / f"{tag}.log"
     started = time.perf_counter()
-    done = subprocess.run(
-        [str(axolotl_command()), "train", str(path), "--launcher", "python"],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    wall = time.perf_counter() - started
-    (workdir / f"{tag}.log").write_text(done.stdout + done.stderr, encoding="utf-8")
-    if done.returncode != 0 or not clock.is_file():
-        sys.stderr.write((done.stdout + done.stderr)[-4000:])
+    try:
+        with log.open("w", encoding="utf-8") as out:
+            done = subprocess.run(
+                [str(axolotl_command()), "train", str(path), "--launcher", "python"],
+                cwd=workdir,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=args.timeout,
+                check=False,
+            )
+    except subprocess.TimeoutExpired:
         raise SystemExit(
-            f"{name}: axolotl train failed (exit {done.returncode}); log in {workdir / (tag + '.log')}"
-        )
+            f"{name}: axolotl train ran past --timeout {args.timeout} s; log in {log} (a loaded machine?)"
+        ) from None
+    wall = time.perf_counter() - started
+    if done.returncode != 0 or not clock.is_file():
+        sys.stderr.write(log.read_text(encoding="utf-8")[-4000:])
+        raise SystemExit(f"{name}: axolotl train failed (exit {done.returncode}); log in {log}")
     result = json.loads(clock.read_text())
+    expected = args.steps * args.batch
+    if result["batches"] != args.steps or result["pairs"] != expected or not result["positions"]:
+        raise SystemExit(
+            f"{name}: the probe counted {result['batches']} batches, {result['pairs']} pairs and "
+            f"{result['positions']} input positions in {args.steps} timed steps (expected {args.steps} "
+            f"batches of {args.batch} pairs); details in {clock}"
+        )
     result.update(name=name, wall_seconds=wall, pairs_per_s=result["pairs"] / result["loop_seconds"])
     return result
 
 
+def print_table(results: dict[str, list[dict]], rows: int, args) -> None:
+    """The markdown table of the median run of each side, and the config change."""
+    model = "SmolLM2-135M-Instruct" if args.model == "smollm2" else "tiny random 2-layer Llama (smoke test)"
+    print(
+        f"{model}, {rows} hh-rlhf pairs as bradley_terry rows, sequence_len {args.sequence_len}, "
+        f"micro_batch_size {args.batch}, {args.warmup_steps} warm-up + {args.steps} timed steps, fp32, "
+        f"gradient checkpointing; median of {args.repeats} interleaved run(s) per side\n"
+    )
+    print(
+        "| run | pairs/s (loop) | speed-up | input positions per pair | real tokens per pair "
+        "| peak RSS (MB) | warm-up step s | `axolotl train` wall s |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    medians = {}
+    for name, runs in results.items():
+        ordered = sorted(runs, key=lambda r: r["pairs_per_s"])
+        medians[name] = ordered[len(ordered) // 2]
+    base_speed = next(iter(medians.values()))["pairs_per_s"]
+    for name, r in medians.items():
+        rss = max(x["peak_rss_mb"] for x in results[name])
+        print(
+            f"| {name} | {r['pairs_per_s']:.3f} | {r['pairs_per_s'] / base_speed:.2f}x | "
+            f"{r['positions'] / r['pairs']:.0f} | {r['real_tokens'] / r['pairs']:.0f} | {rss:.0f} | "
+            f"{r['warmup_seconds']:.1f} | {r['wall_seconds']:.0f} |"
+        )
+    print(
+        "\nCounted by the probe over the timed steps of the median run: "
+        + "; ".join(
+            f"{name}: {r['batches']} batches, {r['forwards']} forwards, {r['pairs']} pairs, "
+            f"{r['positions']} input positions, {r['real_tokens']} real tokens, weights {r['model_dtype']}"
+            for name, r in medians.items()
+        )
+    )
+    print("\nThe config change (added to Axolotl's own reward-model YAML):\n")
+    print(yaml.safe_dump(PLUGIN_LINES, sort_keys=False).strip())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=3, help="timed optimizer steps")
+    parser.add_argument("--model", choices=["smollm2", "tiny"], default="smollm2", help="tiny: smoke test")
+    parser.add_argument("--steps", type=int, default=2, help="timed optimizer steps")
     parser.add_argument("--warmup-steps", type=int, default=1, help="untimed steps first")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--sequence-len", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=1, help="runs of each side, interleaved")
+    parser.add_argument(
+        "--timeout", type=float, default=1200, help="seconds one `axolotl train` run may take (default 1200)"
+    )
     parser.add_argument(
         "--sides",
         nargs="+",
@@ -184,9 +268,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.keep or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        model_dir = workdir / "smollm2"
+        model_dir = workdir / args.model
         if not (model_dir / "config.json").is_file():  # a kept folder (--keep) is reused
-            save_reward_folder(model_dir)
+            (save_tiny_folder if args.model == "tiny" else save_reward_folder)(model_dir)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         rows = bt_rows(tokenizer, (args.warmup_steps + args.steps) * args.batch, args.sequence_len)
         data = workdir / "bt.jsonl"
@@ -205,32 +289,12 @@ def main() -> None:
                 result = run(name, config, workdir, args)
                 results[name].append(result)
                 print(
-                    f"  {name}, run {repeat + 1}: {result['pairs_per_s']:.3f} pairs/s",
+                    f"  {name}, run {repeat + 1}: {result['pairs_per_s']:.3f} pairs/s "
+                    f"(wall {result['wall_seconds']:.0f} s)",
                     file=sys.stderr,
                     flush=True,
                 )
-    print(
-        f"SmolLM2-135M-Instruct, {len(rows)} hh-rlhf pairs as bradley_terry rows, sequence_len {args.sequence_len}, "
-        f"micro_batch_size {args.batch}, {args.warmup_steps} warm-up + {args.steps} timed steps, fp32, gradient "
-        f"checkpointing; median of {args.repeats} interleaved run(s)\n"
-    )
-    print(
-        "| run | pairs/s (loop) | speed-up | input positions per pair | peak RSS (MB) | `axolotl train` wall s |"
-    )
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    medians = {}
-    for name, runs in results.items():
-        ordered = sorted(runs, key=lambda r: r["pairs_per_s"])
-        medians[name] = ordered[len(ordered) // 2]
-    base_speed = next(iter(medians.values()))["pairs_per_s"]
-    for name, r in medians.items():
-        rss = max(x["peak_rss_mb"] for x in results[name])
-        print(
-            f"| {name} | {r['pairs_per_s']:.3f} | {r['pairs_per_s'] / base_speed:.2f}x | "
-            f"{r['positions'] / r['pairs']:.0f} | {rss:.0f} | {r['wall_seconds']:.0f} |"
-        )
-    print("\nThe config change (added to Axolotl's own reward-model YAML):\n")
-    print(yaml.safe_dump(PLUGIN_LINES, sort_keys=False).strip())
+    print_table(results, len(rows), args)
 
 
 if __name__ == "__main__":
