@@ -36,6 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
 DATA = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-base-test-part1.jsonl.gz"
 ASSISTANT = "\n\nAssistant:"
+#: The system message of every row (SmolLM2's default one; see :func:`bt_rows` for why there is one).
+SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 PLUGIN_LINES = {"plugins": ["reward_plugin.hosts.axolotl.RewardPlugin"], "reward_stage": "reward"}
 
 
@@ -51,12 +53,25 @@ def axolotl_command() -> Path:
     return command
 
 
+def render(tokenizer, row: dict, side: str) -> list[int]:
+    """The token ids of one side of a row: ``[system, user: input, assistant: side]`` in the chat template."""
+    messages = [
+        {"role": "system", "content": row["system"]},
+        {"role": "user", "content": row["input"]},
+        {"role": "assistant", "content": row[side]},
+    ]
+    return tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
+
+
 def bt_rows(tokenizer, count: int, sequence_len: int) -> list[dict]:
-    """hh-rlhf rows as Axolotl ``bradley_terry`` rows (``input``, ``chosen``, ``rejected``) that fit.
+    """hh-rlhf rows as Axolotl ``bradley_terry`` rows (``system``, ``input``, ``chosen``, ``rejected``) that fit.
 
     The dialogue before the last assistant turn is the ``input`` (one user message), the last
     responses are ``chosen``/``rejected``; a row is kept when both rendered conversations (the
-    tokenizer's chat template, as Axolotl renders them) have at most ``sequence_len`` tokens.
+    tokenizer's chat template, as Axolotl renders them) have at most ``sequence_len`` tokens. Every
+    row has the same non-empty ``system`` message: Axolotl 0.19 renders an empty one as an empty
+    system turn while the plugin's ``axolotl-bt`` reader leaves it out (and SmolLM2's template then
+    adds its default system prompt), so an empty one would give the two runs different tokens.
     """
     rows = []
     with gzip.open(DATA, "rt", encoding="utf-8") as fh:
@@ -67,31 +82,32 @@ def bt_rows(tokenizer, count: int, sequence_len: int) -> list[dict]:
             if not raw["rejected"].startswith(prompt + ASSISTANT):
                 continue
             row = {
-                "system": "",  # no system message (an all-null column would vanish from the JSON table)
+                "system": SYSTEM,
                 "input": prompt.strip().removeprefix("Human:").strip(),
                 "chosen": raw["chosen"][cut + len(ASSISTANT) :].strip(),
                 "rejected": raw["rejected"][cut + len(ASSISTANT) :].strip(),
             }
             if not (row["input"] and row["chosen"] and row["rejected"]):
                 continue
-            lengths = [
-                len(
-                    tokenizer.apply_chat_template(
-                        [
-                            {"role": "user", "content": row["input"]},
-                            {"role": "assistant", "content": row[side]},
-                        ],
-                        tokenize=True,
-                        return_dict=True,
-                    )["input_ids"]
-                )
-                for side in ("chosen", "rejected")
-            ]
-            if max(lengths) <= sequence_len:
+            if max(len(render(tokenizer, row, side)) for side in ("chosen", "rejected")) <= sequence_len:
                 rows.append(row)
             if len(rows) == count:
                 return rows
     raise SystemExit(f"only {len(rows)} hh-rlhf rows fit sequence_len {sequence_len}")
+
+
+def expected_tokens(tokenizer, rows: list[dict]) -> dict[str, int]:
+    """Real tokens of all rows, counted here from the rendered ids: both sides in full (Axolotl's
+    own run), and with the prompt tokens the two sides share counted once (the plugin's layout)."""
+    full = shared = 0
+    for row in rows:
+        chosen, rejected = render(tokenizer, row, "chosen"), render(tokenizer, row, "rejected")
+        common = next(
+            (i for i, (c, r) in enumerate(zip(chosen, rejected)) if c != r), min(len(chosen), len(rejected))
+        )
+        full += len(chosen) + len(rejected)
+        shared += len(chosen) + len(rejected) - common
+    return {"full": full, "shared": shared}
 
 
 def base_config(model_dir: Path, data: Path, workdir: Path, args) -> dict:
@@ -202,7 +218,17 @@ def run(name: str, config: dict, workdir: Path, args) -> dict:
     return result
 
 
-def print_table(results: dict[str, list[dict]], rows: int, args) -> None:
+def token_check(name: str, result: dict, expected: dict[str, int]) -> str:
+    """One line comparing the real tokens the probe saw in all steps (warm-up included: together one
+    pass over the rows) with the count made here from the rendered rows."""
+    seen = sum(call["real_tokens"] for call in result["per_call"])
+    want = expected["shared" if "reward_plugin" in name else "full"]
+    what = "shared prompts once" if "reward_plugin" in name else "chosen + rejected in full"
+    verdict = "equal" if seen == want else "DIFFERENT"
+    return f"{name}: {seen} real tokens in all steps, {want} rendered ({what}): {verdict}"
+
+
+def print_table(results: dict[str, list[dict]], rows: int, expected: dict[str, int], args) -> None:
     """The markdown table of the median run of each side, and the config change."""
     model = "SmolLM2-135M-Instruct" if args.model == "smollm2" else "tiny random 2-layer Llama (smoke test)"
     print(
@@ -235,6 +261,7 @@ def print_table(results: dict[str, list[dict]], rows: int, args) -> None:
             for name, r in medians.items()
         )
     )
+    print("\n" + "; ".join(token_check(name, r, expected) for name, r in medians.items()))
     print("\nThe config change (added to Axolotl's own reward-model YAML):\n")
     print(yaml.safe_dump(PLUGIN_LINES, sort_keys=False).strip())
 
@@ -273,6 +300,7 @@ def main() -> None:
             (save_tiny_folder if args.model == "tiny" else save_reward_folder)(model_dir)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         rows = bt_rows(tokenizer, (args.warmup_steps + args.steps) * args.batch, args.sequence_len)
+        expected = expected_tokens(tokenizer, rows)
         data = workdir / "bt.jsonl"
         data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
         base = base_config(model_dir, data, workdir, args)
@@ -294,7 +322,7 @@ def main() -> None:
                     file=sys.stderr,
                     flush=True,
                 )
-    print_table(results, len(rows), args)
+    print_table(results, len(rows), expected, args)
 
 
 if __name__ == "__main__":
