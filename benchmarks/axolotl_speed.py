@@ -69,9 +69,10 @@ def bt_rows(tokenizer, count: int, sequence_len: int) -> list[dict]:
     The dialogue before the last assistant turn is the ``input`` (one user message), the last
     responses are ``chosen``/``rejected``; a row is kept when both rendered conversations (the
     tokenizer's chat template, as Axolotl renders them) have at most ``sequence_len`` tokens. Every
-    row has the same non-empty ``system`` message: Axolotl 0.19 renders an empty one as an empty
-    system turn while the plugin's ``axolotl-bt`` reader leaves it out (and SmolLM2's template then
-    adds its default system prompt), so an empty one would give the two runs different tokens.
+    row has the same non-empty ``system`` message, SmolLM2's default one, so each conversation is
+    what SmolLM2 sees without a system message of its own. (An empty ``system`` would now give both
+    runs the same tokens too: Axolotl 0.19 and the plugin's ``axolotl-bt`` reader both render it as
+    an empty system turn, tests/test_axolotl_bt_fidelity.py; the reader used to leave it out.)
     """
     rows = []
     with gzip.open(DATA, "rt", encoding="utf-8") as fh:
