@@ -95,6 +95,16 @@ def test_datasets_entries_become_stage_sources():
         {"path": ["b1", "b2"], "on_error": "skip", "options": {"scale": 0.5}},
         {"path": ["bt.jsonl"], "on_error": "skip", "format": "axolotl-bt", "options": {"scale": 0.5}},
     ]
+    # Axolotl's drop_system_message on a bradley_terry entry becomes the axolotl-bt option.
+    bt = {"path": "bt.jsonl", "type": "bradley_terry.chat_template", "drop_system_message": True}
+    assert host.data_sources({"datasets": [bt]}) == [
+        {
+            "path": ["bt.jsonl"],
+            "on_error": "raise",
+            "format": "axolotl-bt",
+            "options": {"drop_system_message": True},
+        }
+    ]
     with pytest.raises(
         ConfigError, match=r"`datasets\[0\].type` is 'alpaca', which is not a dataset-toolkit format"
     ):

@@ -18,17 +18,25 @@ class AxolotlBTOptions:
 
     Attributes:
         allow_empty_response: keep pairs whose chosen or rejected response is empty.
+        drop_system_message: leave the system turn out of every prompt, as Axolotl's dataset key
+            ``drop_system_message: true`` does (the chat template may then add its default one).
     """
 
     allow_empty_response: bool = False
+    drop_system_message: bool = False
 
 
 class AxolotlBTAdapter(FormatAdapter):
     """Axolotl's ``bradley_terry.chat_template`` rows (e.g. argilla/distilabel-intel-orca-dpo-pairs).
 
     The prompt is ``[system?, user: input]`` as messages, so ``--chat-template`` renders it the
-    way Axolotl does with the same template; an empty or null ``system`` is left out, as Axolotl
-    does.
+    way Axolotl 0.19 does with the same template. A ``system`` string is a system turn even when
+    empty, as in Axolotl: its ``ChatTemplateStrategy`` adds ``{"role": "system", "content": ""}``
+    for a row whose ``system`` column is ``""``, which keeps a template's default system prompt
+    (SmolLM2's, Qwen2.5's) out. With ``drop_system_message`` the system turn is left out, so the
+    template's default prompt comes back, again as in Axolotl. A missing or null ``system`` is
+    left out too (the template decides); Axolotl 0.19 stops on such a row with ``KeyError:
+    'system'``, so there is no Axolotl rendering to match.
     """
 
     name = "axolotl-bt"
@@ -42,7 +50,8 @@ class AxolotlBTAdapter(FormatAdapter):
         chosen = _fields.text(row, "chosen")
         rejected = _fields.text(row, "rejected")
         _fields.check_responses(chosen, rejected, allow_empty=options.allow_empty_response)
-        prompt = ([{"role": "system", "content": system}] if system else []) + [
+        keep_system = system is not None and not options.drop_system_message
+        prompt = ([{"role": "system", "content": system}] if keep_system else []) + [
             {"role": "user", "content": user}
         ]
         return [PreferencePair(prompt, chosen, rejected)]

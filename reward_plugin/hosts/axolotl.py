@@ -180,7 +180,8 @@ def data_sources(cfg: Mapping[str, Any], key: str = "datasets") -> list[dict[str
     An entry's ``path`` (or its ``data_files``) names local files or a ``datasets`` folder; its
     ``type``, when given, must be a dataset-toolkit format and overrides ``reward_dataset_format``;
     Axolotl's ``bradley_terry.chat_template`` is read as ``axolotl-bt``
-    (:data:`reward_plugin.hosts.axolotl_fit.AXOLOTL_DATASET_TYPES`).
+    (:data:`reward_plugin.hosts.axolotl_fit.AXOLOTL_DATASET_TYPES`), and the entry's
+    ``drop_system_message`` becomes that adapter's option of the same name.
 
     Raises:
         ConfigError: an entry without files, or a ``type`` that is no dataset-toolkit format.
@@ -207,8 +208,13 @@ def data_sources(cfg: Mapping[str, Any], key: str = "datasets") -> list[dict[str
                     f"use one of {', '.join(sorted(formats))}, or leave `type` out and set `reward_dataset_format`"
                 )
             source["format"] = kind
-        if options:
-            source["options"] = options
+        entry_options = dict(options)
+        if (kind or _get(cfg, "reward_dataset_format")) == "axolotl-bt" and entry.get(
+            "drop_system_message"
+        ) is not None:
+            entry_options["drop_system_message"] = bool(entry["drop_system_message"])
+        if entry_options:
+            source["options"] = entry_options
         sources.append(source)
     return sources
 
