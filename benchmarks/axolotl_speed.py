@@ -38,7 +38,8 @@ DATA = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-base-test-part1.jsonl
 ASSISTANT = "\n\nAssistant:"
 #: The system message of every row (SmolLM2's default one; see :func:`bt_rows` for why there is one).
 SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
-PLUGIN_LINES = {"plugins": ["reward_plugin.hosts.axolotl.RewardPlugin"], "reward_stage": "reward"}
+#: The one line that moves an Axolotl reward-model config (`reward_model: true`) onto reward_plugin.
+PLUGIN_LINES = {"plugins": ["reward_plugin.hosts.axolotl.RewardPlugin"]}
 
 
 def axolotl_command() -> Path:

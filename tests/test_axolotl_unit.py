@@ -20,10 +20,14 @@ from reward_plugin.hosts import axolotl as host
 DOC = Path(__file__).resolve().parents[1] / "docs" / "hosts.md"
 
 
-def test_plugin_is_off_without_reward_stage():
+def test_plugin_is_off_without_reward_stage_or_reward_model():
     assert not host.active({"base_model": "m", "datasets": [{"path": "x.jsonl"}]})
     assert not host.active({"reward_stage": None})
+    assert not host.active({"reward_stage": None, "reward_model": False})
     assert host.active({"reward_stage": "reward"})
+    # Axolotl's own reward-model configs: listing the plugin is enough, the stage is `reward`.
+    assert host.stage_name({"reward_model": True}) == "reward"
+    assert host.stage_name({"reward_model": True, "reward_stage": "reward"}) == "reward"
 
 
 def test_settings_map_prefixed_keys_onto_reward_config_fields():

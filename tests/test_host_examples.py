@@ -1,7 +1,7 @@
 """The hosts' own public reward-model examples run with only the model path, data path and step
 count changed: LLaMA-Factory's ``llama3_lora_reward.yaml`` and ``qwen3_lora_reward.yaml`` through
 ``reward-plugin train`` (a subprocess, as a user runs it), and Axolotl's
-``examples/qwen2/reward-model.yaml`` with our two plugin lines through ``axolotl train`` (skipped,
+``examples/qwen2/reward-model.yaml`` with our one plugin line through ``axolotl train`` (skipped,
 saying why, where Axolotl is not installed); tiny local models of each family and the shortest
 rows of LLaMA-Factory's own ``dpo_en_demo`` data. The saved adapter or model loads and was trained.
 
@@ -196,8 +196,8 @@ def bradley_terry_rows(n: int = PAIRS) -> list[dict]:
 
 
 @requires_axolotl
-def test_axolotl_reward_model_example_trains_with_our_two_lines(tmp_path, bpe_tokenizer_path):
-    """Axolotl's ``examples/qwen2/reward-model.yaml`` plus our two plugin lines, written for a GPU
+def test_axolotl_reward_model_example_trains_with_our_one_line(tmp_path, bpe_tokenizer_path):
+    """Axolotl's ``examples/qwen2/reward-model.yaml`` plus our plugin line, written for a GPU
     (bf16, tf32, adamw_bnb_8bit, flash_attention_2), runs on this machine through ``axolotl train``."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, Qwen2Config

@@ -1,18 +1,21 @@
 """Axolotl host: run our ``reward`` stage inside ``axolotl train`` as an Axolotl plugin.
 
-Enable it with one line of the Axolotl YAML and configure it with top-level ``reward_*`` keys
+Enable it with one line of the Axolotl YAML, the plugin's entry in ``plugins:``. A reward-model
+config (``reward_model: true``, as in Axolotl's own reward-model examples) then runs the ``reward``
+stage; any other config needs ``reward_stage: reward`` to turn the plugin on, so the plugin can stay
+listed in configs that train other things. Configure it with top-level ``reward_*`` keys
 (Axolotl drops unknown keys inside ``datasets:`` entries, so per-run settings live at the top)::
 
     base_model: path/to/model
     plugins:
       - reward_plugin.hosts.axolotl.RewardPlugin
-    reward_stage: reward                 # turns the plugin on; every hook does nothing without it
+    reward_stage: reward                 # turns the plugin on (implied by reward_model: true)
     reward_dataset_format: hh-rlhf       # any `reward-plugin formats` name, or auto
     datasets:
       - path: data/train.jsonl.gz        # raw rows, converted by the dataset toolkit
     sequence_len: 512
 
-With ``reward_stage`` set the plugin (1) loads the ``datasets:``/``test_datasets:`` files
+When on, the plugin (1) loads the ``datasets:``/``test_datasets:`` files
 through the stage (so every dataset-toolkit format works, raw hh-rlhf and score/ranking data
 included), (2) makes Axolotl build our :class:`~reward_plugin.RewardTrainer` (margin,
 centering, reward metrics, our collator) from Axolotl's training arguments, and (3) adds the
@@ -61,7 +64,8 @@ class RewardPluginArgs(BaseModel):
     """The top-level Axolotl config keys of the plugin (merged into Axolotl's config schema)."""
 
     reward_stage: str | None = Field(
-        None, description="stage to run (`reward-plugin stages`); unset: plugin off"
+        None,
+        description="stage to run (`reward-plugin stages`); unset: `reward` when reward_model is true, else off",
     )
     reward_dataset_format: str | None = Field(None, description="format of raw data files, or auto (default)")
     reward_dataset_options: dict[str, Any] | None = Field(None, description="options of that format")
@@ -115,9 +119,22 @@ def _get(cfg: Mapping[str, Any], key: str) -> Any:
     return value
 
 
+def stage_name(cfg: Mapping[str, Any]) -> str | None:
+    """The stage the plugin runs for this Axolotl config, or None when the plugin is off.
+
+    ``reward_stage`` names it; without that key a reward-model config (``reward_model: true``, what
+    Axolotl's own reward-model examples set) runs ``reward``, so listing the plugin is the one line
+    that switches such a config over. Any other config leaves the plugin off.
+    """
+    name = _get(cfg, "reward_stage")
+    if name:
+        return str(name)
+    return "reward" if _get(cfg, "reward_model") is True else None
+
+
 def active(cfg: Mapping[str, Any]) -> bool:
-    """Whether the plugin is on for this Axolotl config (``reward_stage`` is set)."""
-    return bool(_get(cfg, "reward_stage"))
+    """Whether the plugin is on for this Axolotl config (see :func:`stage_name`)."""
+    return stage_name(cfg) is not None
 
 
 def stage_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -370,7 +387,7 @@ class RewardPlugin(BasePlugin):
         from ..stages import get_stage
         from ..stages.reward import RewardStage
 
-        stage = get_stage(str(_get(cfg, "reward_stage")))
+        stage = get_stage(stage_name(cfg))
         if not isinstance(stage, RewardStage):
             raise ConfigError(
                 f"`reward_stage: {stage.name}` is not a reward stage; the Axolotl plugin runs stages derived from "
