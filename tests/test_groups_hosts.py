@@ -127,8 +127,6 @@ def test_two_process_evaluation_of_uneven_groups_matches_one_process(
     repeats group 0) and unequal numbers of pairs. Every pair counts once: the eval metrics equal
     one process's within 1e-5 and the formulas over rewards computed here one response at a time
     within 1e-4 (fp32; learning rate 0, so the model is the saved one)."""
-    from transformers import AutoModelForSequenceClassification
-
     rows = uneven_groups(grouped_parquet, tmp_path / "eval.parquet")
     counts = [len(r["pairs"]) for r in rows]
     assert min(counts) >= 1 and len(set(counts)) >= 4, counts  # uneven, none empty
@@ -148,18 +146,12 @@ def test_two_process_evaluation_of_uneven_groups_matches_one_process(
         history = json.loads((out / "checkpoint-1" / "trainer_state.json").read_text())["log_history"]
         (runs[name],) = [e for e in history if "eval_loss" in e]
         runs[name + "_stats"] = json.loads((out / "reward_stats.json").read_text())
-    model = AutoModelForSequenceClassification.from_pretrained(tiny_llama_dir).eval()
     better, worse, margins = [], [], []
-    with torch.no_grad():
-        for row in rows:
-            rewards = [
-                model(input_ids=torch.tensor([row["prompt_ids"] + r])).logits[0, 0].item()
-                for r in row["response_ids"]
-            ]
-            for p in row["pairs"]:
-                better.append(rewards[p["better"]])
-                worse.append(rewards[p["worse"]])
-                margins.append(p["margin"] or 0.0)
+    for row, rewards in group_rewards_of(tiny_llama_dir, tmp_path / "eval.parquet"):
+        for p in row["pairs"]:
+            better.append(rewards[p["better"]])
+            worse.append(rewards[p["worse"]])
+            margins.append(p["margin"] or 0.0)
     better, worse, margins = map(np.array, (better, worse, margins))
     want = {
         "eval_num_pairs": sum(counts),
@@ -183,8 +175,6 @@ def test_two_process_evaluation_of_uneven_groups_matches_one_process(
 def test_axolotl_trains_groups_with_the_listwise_loss(tmp_path, tiny_llama_dir, grouped_parquet):
     """``reward_group_loss: plackett_luce`` on a grouped table; at learning rate 0 the logged losses
     average to the Plackett-Luce formula over the untrained model's rewards, computed here."""
-    import pyarrow.parquet as pq
-    from transformers import AutoModelForSequenceClassification
 
     config = base_config(tiny_llama_dir, tmp_path)
     config["datasets"] = [{"path": str(grouped_parquet)}]
@@ -199,15 +189,54 @@ def test_axolotl_trains_groups_with_the_listwise_loss(tmp_path, tiny_llama_dir, 
     state = json.loads((tmp_path / "out" / "checkpoint-2" / "trainer_state.json").read_text())
     logged = [e["loss"] for e in state["log_history"] if "loss" in e]
     assert len(logged) == 2
-    model = AutoModelForSequenceClassification.from_pretrained(tiny_llama_dir).eval()
-    per_group = []
+    per_group = [
+        plackett_luce_reference(rewards, row["scores"])
+        for row, rewards in group_rewards_of(tiny_llama_dir, grouped_parquet)
+    ]
+    want = np.mean([x for t in per_group for x in t])
+    assert logged == pytest.approx([want, want], abs=1e-4)
+
+
+def group_rewards_of(model_dir, parquet):
+    """``(row, rewards of its responses)`` per row of a grouped table, one forward per response (fp32)."""
+    import pyarrow.parquet as pq
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    out = []
     with torch.no_grad():
-        for row in pq.read_table(grouped_parquet).to_pylist():
+        for row in pq.read_table(parquet).to_pylist():
             rewards = [
                 model(input_ids=torch.tensor([row["prompt_ids"] + r])).logits[0, 0].item()
                 for r in row["response_ids"]
             ]
-            terms = plackett_luce_reference(rewards, row["scores"])
-            per_group.append(terms)
-    want = np.mean([x for t in per_group for x in t])
-    assert logged == pytest.approx([want, want], abs=1e-4)
+            out.append((row, rewards))
+    return out
+
+
+@requires_axolotl
+def test_axolotl_reward_margin_applies_to_the_pairs_of_groups(tmp_path, tiny_llama_dir, grouped_parquet):
+    """``reward_margin: 0.5`` on a grouped table (RM-Bench: no margins of its own) is the margin of
+    every pair inside the groups: at learning rate 0 the logged loss is the margin-0.5 Bradley-Terry
+    loss over all 72 pairs, computed here, and far from the loss without a margin."""
+    config = base_config(tiny_llama_dir, tmp_path)
+    config["datasets"] = [{"path": str(grouped_parquet)}]
+    for key in ("test_datasets", "eval_steps", "reward_dataset_format", "reward_center_rewards_coefficient"):
+        del config[key]
+    config.update(micro_batch_size=8, max_steps=1, save_steps=1, learning_rate=0.0, reward_margin=0.5)
+    result = run_axolotl(config, tmp_path, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    state = json.loads((tmp_path / "out" / "checkpoint-1" / "trainer_state.json").read_text())
+    logged = [e["loss"] for e in state["log_history"] if "loss" in e]
+    diffs = np.array(
+        [
+            rewards[p["better"]] - rewards[p["worse"]]
+            for row, rewards in group_rewards_of(tiny_llama_dir, grouped_parquet)
+            for p in row["pairs"]
+        ]
+    )
+    assert len(diffs) == 72
+    with_margin = float(np.mean(np.logaddexp(0.0, -(diffs - 0.5))))
+    without = float(np.mean(np.logaddexp(0.0, -diffs)))
+    assert logged == pytest.approx([with_margin], abs=1e-4)
+    assert abs(with_margin - without) > 0.1  # the check tells the two apart
