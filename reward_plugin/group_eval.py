@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from transformers.trainer_utils import EvalLoopOutput, EvalPrediction, denumpify_detensorize
 
+from .errors import ConfigError
 from .loss import group_loss_sums, loss_from_sums
 
 #: Columns of a group's pair slots: the better and worse rewards, 1.0 for a real pair, its margin.
@@ -120,4 +121,36 @@ def finish_group_output(
         metrics.update({k if k.startswith(f"{prefix}_") else f"{prefix}_{k}": v for k, v in computed.items()})
     return EvalLoopOutput(
         predictions=predictions, label_ids=labels, metrics=metrics, num_samples=output.num_samples
+    )
+
+
+def grouped_evaluation(
+    trainer: Any, loop: Callable[[], EvalLoopOutput], prefix: str, prediction_loss_only: bool | None
+) -> EvalLoopOutput:
+    """Run ``Trainer.evaluation_loop`` (``loop``) on group batches and unpack its output into pairs.
+
+    The trainer's ``compute_metrics`` is switched off during the loop (it would see group rows)
+    and applied by :func:`finish_group_output` to the pairs.
+
+    Raises:
+        ConfigError: ``batch_eval_metrics`` is on (per-batch metrics would be per-batch means).
+    """
+    if trainer.args.batch_eval_metrics:
+        raise ConfigError(
+            "batch_eval_metrics is not supported with a grouped table (its metrics are taken over all pairs "
+            "once the groups are gathered); set batch_eval_metrics=False"
+        )
+    compute, trainer.compute_metrics = trainer.compute_metrics, None
+    try:
+        output = loop()
+    finally:
+        trainer.compute_metrics = compute
+    return finish_group_output(
+        output,
+        compute,
+        prefix=prefix,
+        center_rewards_coefficient=trainer.args.center_rewards_coefficient,
+        prediction_loss_only=trainer.args.prediction_loss_only
+        if prediction_loss_only is None
+        else prediction_loss_only,
     )

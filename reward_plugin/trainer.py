@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from dataset_formats.schema import MARGIN_COLUMN, PAIR_COLUMNS
 from .config import RewardConfig
 from .data import column_names, pair_lengths, prepare_dataset
 from .errors import ConfigError, DataError
-from .group_eval import finish_group_output, group_rows
+from .group_eval import group_rows, grouped_evaluation
 from .loss import group_loss, pairwise_loss
 from .metrics import compute_reward_metrics, reward_metrics, reward_statistics, write_reward_stats
 from .modelcard import library_versions, write_model_card
@@ -536,28 +537,20 @@ class RewardTrainer(Trainer):
     def evaluation_loop(
         self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
     ):
-        if self._grouped:  # metrics over the unpacked pairs, see reward_plugin/group_eval.py
-            compute, self.compute_metrics = self.compute_metrics, None
-            try:
-                output = super().evaluation_loop(
-                    dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
-                )
-            finally:
-                self.compute_metrics = compute
-            loss_only = (
-                self.args.prediction_loss_only if prediction_loss_only is None else prediction_loss_only
-            )
-            output = finish_group_output(
-                output,
-                compute,
-                prefix=metric_key_prefix,
-                center_rewards_coefficient=self.args.center_rewards_coefficient,
-                prediction_loss_only=loss_only,
-            )
-        else:
-            output = super().evaluation_loop(
-                dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
-            )
+        loop = functools.partial(
+            super().evaluation_loop,
+            dataloader,
+            description,
+            prediction_loss_only,
+            ignore_keys,
+            metric_key_prefix,
+        )
+        # Grouped: one row per group, unpacked into pairs after the gather (reward_plugin/group_eval.py).
+        output = (
+            grouped_evaluation(self, loop, metric_key_prefix, prediction_loss_only)
+            if self._grouped
+            else loop()
+        )
         if self._capture_eval_rewards and output.predictions is not None:
             self._captured_rewards = np.asarray(output.predictions)
         return output
