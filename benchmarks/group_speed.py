@@ -113,46 +113,15 @@ class Counting:
 def worker(workdir: Path, name: str, library: str, data: str, mode: str | None, args) -> dict:
     import datasets
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+    from train_speed import speed_trainer, warm_up
+    from transformers import TrainerCallback
 
     torch.set_num_threads(args.threads)
-    tokenizer = AutoTokenizer.from_pretrained(workdir / "model")
-    model = AutoModelForSequenceClassification.from_pretrained(workdir / "model", num_labels=1)
     dataset = datasets.load_from_disk(str(workdir / data))
     batch = args.groups_per_batch * (9 if data == "pairs" else 1)
-    common = {
-        "output_dir": str(workdir / "out" / name.replace(" ", "_")),
-        "num_train_epochs": 1,
-        "per_device_train_batch_size": batch,
-        "learning_rate": 1e-5,
-        "seed": 0,
-        "bf16": True,
-        "use_cpu": True,
-        "gradient_checkpointing": True,
-        "max_length": args.max_length,
-        "logging_steps": 1000,
-        "report_to": "none",
-        "save_strategy": "no",
-        "disable_tqdm": True,
-        "dataloader_num_workers": 0,
-    }
-    if library == "trl":
-        import trl
-
-        trainer = trl.RewardTrainer(
-            model=model, args=trl.RewardConfig(**common), train_dataset=dataset, processing_class=tokenizer
-        )
-    else:
-        from reward_plugin import RewardConfig, RewardTrainer
-
-        config = RewardConfig(**common, pair_batching=mode, save_final_model=False, save_reward_stats=False)
-        trainer = RewardTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # warm-up outside the clock
-        warm = trainer.model(
-            input_ids=torch.full((2, 64), 5), attention_mask=torch.ones(2, 64, dtype=torch.long)
-        )
-    warm.logits.float().sum().backward()
-    trainer.model.zero_grad(set_to_none=True)
+    ours = {"pair_batching": mode, "save_final_model": False, "save_reward_stats": False}
+    trainer = speed_trainer(workdir, name, library, dataset, batch=batch, max_length=args.max_length, **ours)
+    warm_up(trainer)
     counter = Counting(trainer.data_collator)
     trainer.data_collator = counter
     times = {}

@@ -194,48 +194,75 @@ class Counting:
         return batch
 
 
-def build_trainer(workdir: Path, name: str, library: str, mode: str | None, grouped: bool, attention, args):
-    """The trainer of one configuration: TRL's, or ours with its defaults (reward statistics, final save)."""
-    import datasets
+def speed_trainer(
+    workdir: Path, name: str, library: str, dataset, *, batch: int, max_length: int, max_steps=None, **ours
+):
+    """TRL's ``RewardTrainer``, or ours with the ``RewardConfig`` settings ``ours``, on ``dataset``.
+
+    Both get the same settings: one epoch (or ``max_steps``), learning rate 1e-5, seed 0, bf16,
+    gradient checkpointing, ``max_length``, no saving or logging, the model and tokenizer in
+    ``workdir/model``. Shared by this benchmark and ``group_speed.py``.
+    """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(workdir / "model")
     model = AutoModelForSequenceClassification.from_pretrained(workdir / "model", num_labels=1)
-    pairs = datasets.load_from_disk(str(workdir / "pairs"))
     common = {
         "output_dir": str(workdir / "out" / name.replace(" ", "_")),
         "num_train_epochs": 1,
-        "per_device_train_batch_size": args.batch,
+        "per_device_train_batch_size": batch,
         "learning_rate": 1e-5,
         "seed": 0,
         "bf16": True,
         "use_cpu": True,
         "gradient_checkpointing": True,
-        "max_length": args.max_length,
+        "max_length": max_length,
         "logging_steps": 1000,
         "report_to": "none",
         "save_strategy": "no",
         "disable_tqdm": True,
         "dataloader_num_workers": 0,
     }
-    if args.steps:
-        common["max_steps"] = args.warmup_steps + args.steps
+    if max_steps:
+        common["max_steps"] = max_steps
     if library == "trl":
         import trl
 
         return trl.RewardTrainer(
-            model=model, args=trl.RewardConfig(**common), train_dataset=pairs, processing_class=tokenizer
-        ), len(pairs)
+            model=model, args=trl.RewardConfig(**common), train_dataset=dataset, processing_class=tokenizer
+        )
     from reward_plugin import RewardConfig, RewardTrainer
 
+    config = RewardConfig(**common, **ours)
+    return RewardTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
+
+
+def warm_up(trainer) -> None:
+    """One bf16 forward and backward outside the clock: thread pools and the kernels' first use cost
+    every configuration alike."""
+    import torch
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        warm = trainer.model(
+            input_ids=torch.full((2, 64), 5), attention_mask=torch.ones(2, 64, dtype=torch.long)
+        )
+    warm.logits.float().sum().backward()
+    trainer.model.zero_grad(set_to_none=True)
+
+
+def build_trainer(workdir: Path, name: str, library: str, mode: str | None, grouped: bool, attention, args):
+    """The trainer of one configuration: TRL's, or ours with its defaults (reward statistics, final save)."""
+    import datasets
+
+    pairs = datasets.load_from_disk(str(workdir / "pairs"))
+    steps = args.warmup_steps + args.steps if args.steps else None
     # Our defaults stay on (reward statistics over the train pairs, the final model saved with its
     # tokenizer, statistics and card): the whole train() call is what a user pays.
-    config = RewardConfig(
-        **common, pair_batching=mode, group_by_length=grouped, pair_attention=attention or "segments"
+    ours = {"pair_batching": mode, "group_by_length": grouped, "pair_attention": attention or "segments"}
+    trainer = speed_trainer(
+        workdir, name, library, pairs, batch=args.batch, max_length=args.max_length, max_steps=steps, **ours
     )
-    return RewardTrainer(model=model, args=config, train_dataset=pairs, processing_class=tokenizer), len(
-        pairs
-    )
+    return trainer, len(pairs)
 
 
 def worker(workdir: Path, name: str, kind: str, library: str, mode, grouped: bool, attention, args) -> dict:
@@ -244,13 +271,7 @@ def worker(workdir: Path, name: str, kind: str, library: str, mode, grouped: boo
 
     torch.set_num_threads(args.threads)
     trainer, rows = build_trainer(workdir, name, library, mode, grouped, attention, args)
-    # Warm-up outside the clock: thread pools and the bf16 kernels' first use cost every configuration alike.
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        warm = trainer.model(
-            input_ids=torch.full((2, 64), 5), attention_mask=torch.ones(2, 64, dtype=torch.long)
-        )
-    warm.logits.float().sum().backward()
-    trainer.model.zero_grad(set_to_none=True)
+    warm_up(trainer)
     counter = Counting(trainer.data_collator, causal=kind != "minilm")
     trainer.data_collator = counter
     skip = args.warmup_steps if args.steps else 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from dataset_formats.schema import MARGIN_COLUMN, PAIR_COLUMNS
 from .config import RewardConfig
 from .data import column_names, pair_lengths, prepare_dataset
 from .errors import ConfigError, DataError
+from .group_eval import group_rows, grouped_evaluation
 from .loss import group_loss, pairwise_loss
 from .metrics import compute_reward_metrics, reward_metrics, reward_statistics, write_reward_stats
 from .modelcard import library_versions, write_model_card
@@ -472,6 +474,12 @@ class RewardTrainer(Trainer):
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
+        if "pair_better" in inputs:  # one row per group, unpacked after the loop (group_eval.py)
+            with torch.no_grad(), self.compute_loss_context_manager():
+                rewards = group_rewards(
+                    self._score_reader, model, inputs, segments=self.args.pair_attention == "segments"
+                )
+            return None, group_rows(inputs, rewards, self.args.group_loss), None
         with torch.no_grad(), self.compute_loss_context_manager():
             loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
         loss = loss.detach()
@@ -526,8 +534,23 @@ class RewardTrainer(Trainer):
             return isinstance(eval_dataset, str) and bool(own) and eval_dataset == next(iter(own))
         return eval_dataset is None and own is not None
 
-    def evaluation_loop(self, *args: Any, **kwargs: Any):
-        output = super().evaluation_loop(*args, **kwargs)
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
+    ):
+        loop = functools.partial(
+            super().evaluation_loop,
+            dataloader,
+            description,
+            prediction_loss_only,
+            ignore_keys,
+            metric_key_prefix,
+        )
+        # Grouped: one row per group, unpacked into pairs after the gather (reward_plugin/group_eval.py).
+        output = (
+            grouped_evaluation(self, loop, metric_key_prefix, prediction_loss_only)
+            if self._grouped
+            else loop()
+        )
         if self._capture_eval_rewards and output.predictions is not None:
             self._captured_rewards = np.asarray(output.predictions)
         return output

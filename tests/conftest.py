@@ -196,3 +196,67 @@ def importable(folder: Path, module: str):
     finally:
         sys.path.remove(str(folder))
         sys.modules.pop(module, None)
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment of a CLI run in a subprocess: offline, one thread, no allowlisted plugins."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    env.pop("REWARD_PLUGIN_LOAD_PLUGINS", None)
+    env.update(extra)
+    return env
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch_two_processes(args: list[str], *, timeout: float = 600, watch=None) -> str:
+    """Run ``python -m ARGS`` as two gloo CPU processes under ``accelerate launch``; return its stderr.
+
+    ``accelerate launch --cpu --num_processes 2`` starts ONE process (accelerate 1.x: ``--cpu``
+    picks the simple launcher); ``--multi_gpu`` without visible GPUs starts two gloo processes.
+    The launcher gets its own session, so a timeout kills it and both workers (a worker left
+    behind keeps the pipes open and would block the test, and CI, forever). Fails the test on a
+    timeout or a non-zero exit.
+
+    Args:
+        args: what follows ``-m``, e.g. ``["reward_plugin", "train", "cfg.yaml"]``.
+        timeout: seconds before the run is killed.
+        watch: called with the ``Popen`` in a daemon thread while the run lasts (e.g. to sample RSS).
+    """
+    import signal
+    import subprocess
+    import threading
+
+    pytest.importorskip("accelerate")
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    command += ["--main_process_port", str(free_port()), "-m", *args]
+    env = subprocess_env(CUDA_VISIBLE_DEVICES="", ACCELERATE_USE_CPU="true")
+    proc = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    watcher = threading.Thread(target=watch, args=(proc,), daemon=True) if watch else None
+    if watcher:
+        watcher.start()
+    try:
+        _, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, stderr = proc.communicate()
+        pytest.fail(f"the two-process run did not finish in {timeout:.0f} s: {stderr[-4000:]}")
+    if watcher:
+        watcher.join(timeout=5)
+    assert proc.returncode == 0, stderr[-4000:]
+    return stderr

@@ -231,6 +231,44 @@ def test_margin_policy_keeps_drops_or_replaces_the_margin_column():
     assert host.apply_margin_policy(no_margin, 2)["margin"] == [2.0, 2.0]
 
 
+def test_margin_policy_on_groups_sets_the_margin_of_every_pair():
+    import datasets
+    import pyarrow as pa
+
+    from dataset_formats.groups import group_schema
+
+    rows = [
+        {
+            "prompt_ids": [1],
+            "response_ids": [[2], [3], [4]],
+            "pairs": [{"better": 0, "worse": 1, "margin": 2.0}, {"better": 0, "worse": 2, "margin": None}],
+            "scores": None,
+            "source_row": 0,
+        },
+        {
+            "prompt_ids": [5],
+            "response_ids": [[6], [7]],
+            "pairs": [{"better": 1, "worse": 0, "margin": 1.0}],
+            "scores": [0.0, 1.0],
+            "source_row": 1,
+        },
+    ]
+    ds = datasets.Dataset(pa.Table.from_pylist(rows, schema=group_schema()))
+
+    def margins(dataset):
+        return [[p["margin"] for p in pairs] for pairs in dataset["pairs"]]
+
+    assert margins(host.apply_margin_policy(ds, True)) == [[2.0, None], [1.0]]
+    assert margins(host.apply_margin_policy(ds, False)) == [[None, None], [None]]
+    fixed = host.apply_margin_policy(ds, 0.5)
+    assert margins(fixed) == [[0.5, 0.5], [0.5]]
+    assert "margin" not in fixed.column_names and fixed.features == ds.features
+    assert [[(p["better"], p["worse"]) for p in pairs] for pairs in fixed["pairs"]] == [
+        [(0, 1), (0, 2)],
+        [(1, 0)],
+    ]
+
+
 def test_saved_config_update_is_idempotent(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"num_labels": 1}))
     stats = {"mean": 0.25, "std": 1.5}

@@ -12,23 +12,15 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, read_hh_rows, write_jsonl
+from conftest import ROOT, launch_two_processes, read_hh_rows, subprocess_env, write_jsonl
 from safetensors.torch import load_file
 
 from reward_plugin.cli import main as reward_main
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-    env.pop("REWARD_PLUGIN_LOAD_PLUGINS", None)
-    env.update(extra)
-    return env
 
 
 def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 120.0) -> None:
@@ -78,7 +70,7 @@ def test_killed_conversion_with_side_files_and_workers(tmp_path, minilm_path):
 
     def start() -> subprocess.Popen:
         proc = subprocess.Popen(
-            argv, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            argv, cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
         started.append(proc.pid)
         _wait_for(
@@ -113,7 +105,7 @@ def _kill_and_rerun(start, argv: list[str], tmp_path: Path) -> None:
     left = sorted(p.name for p in tmp_path.iterdir())
     assert "out" not in left and "rejects.jsonl" not in left and "stats.json" not in left
     done = subprocess.run(
-        argv, check=False, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300
+        argv, check=False, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300
     )  # the status is asserted next, with stderr
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.jsonl", "out", "rejects.jsonl", "stats.json"]
@@ -147,7 +139,7 @@ def test_signal_inside_pool_startup_stops_every_worker(tmp_path, minilm_path):
     argv = [sys.executable, "-c", _SIGNAL_INSIDE_POOL, "convert", str(src), "--format", "hh-rlhf"]
     argv += ["--tokenizer", minilm_path, "-o", str(tmp_path / "out.parquet"), "--num-proc", "2"]
     proc = subprocess.Popen(
-        argv, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        argv, cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
         # communicate() returns only when every process holding the pipes has gone, workers included.
@@ -306,7 +298,7 @@ def test_resumed_training_matches_an_uninterrupted_run(tmp_path, tiny_llama_dir,
     proc = subprocess.Popen(
         [sys.executable, "-m", "reward_plugin", "train", str(config)],
         cwd=ROOT,
-        env=_env(),
+        env=subprocess_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -364,34 +356,10 @@ def test_two_process_training_matches_one_process(tmp_path, tiny_llama_dir, trai
     config = _config(
         tmp_path, tiny_llama_dir, train_data, two, steps=steps, batch=2, save_steps=steps, sampling=sampling
     )
-    # `accelerate launch --cpu --num_processes 2` starts ONE process (accelerate 1.x: --cpu picks the
-    # simple launcher); `--multi_gpu` on a machine without visible GPUs starts two gloo processes.
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
-    command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    command += ["--main_process_port", str(_free_port()), "-m", "reward_plugin", "train", str(config)]
-    env = _env(CUDA_VISIBLE_DEVICES="", ACCELERATE_USE_CPU="true")
-    # Its own session, so a timeout kills the launcher and both workers: a worker left behind keeps
-    # the pipes open and would block the test (and CI) forever.
-    proc = subprocess.Popen(
-        command,
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
     peaks: dict[int, int] = {}
-    watcher = threading.Thread(target=_watch_peak_rss, args=(proc, peaks), daemon=True)
-    watcher.start()
-    try:
-        _, stderr = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        _, stderr = proc.communicate()
-        pytest.fail(f"the two-process run did not finish in 300 s: {stderr[-4000:]}")
-    watcher.join(timeout=5)
-    assert proc.returncode == 0, stderr[-4000:]
+    stderr = launch_two_processes(
+        ["reward_plugin", "train", str(config)], timeout=300, watch=lambda proc: _watch_peak_rss(proc, peaks)
+    )
     # The data was prepared once: the main process converted it, the other one memory-mapped the file.
     assert stderr.count("train data converted from") == 1, stderr[-4000:]
     assert stderr.count("(not converted again)") == 1, stderr[-4000:]
@@ -438,14 +406,6 @@ def _watch_peak_rss(proc: subprocess.Popen, peaks: dict[int, int]) -> None:
                 )
                 peaks[pid] = max(peaks.get(pid, 0), hwm)
         time.sleep(0.2)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # (e) broken third-party plugins, end to end ------------------------------------------------------
@@ -520,7 +480,7 @@ def test_broken_plugin_is_named_and_the_allowlist_runs_without_it(
         {"good_formats_xyz": GOOD_ADAPTER},
     )
     src = write_jsonl(tmp_path / "in.jsonl", [{"good": "Paris.", "bad": "Lyon."}, {"good": "4", "bad": "5"}])
-    env = _env(PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+    env = subprocess_env(PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
     convert = [
         "-m",
         "reward_plugin",

@@ -94,6 +94,40 @@ def test_all_pairs_group_training_equals_the_expanded_pairs(tmp_path, bpe_tokeni
     assert abs(metrics["eval_loss"] - trainer.evaluate(pairs)["eval_loss"]) <= 1e-5
 
 
+@pytest.mark.parametrize("loss", ["bradley_terry", "plackett_luce"])
+def test_group_evaluation_counts_every_pair_once_at_any_batch_size(
+    tmp_path, bpe_tokenizer, rm_bench_tables, loss
+):
+    """Groups of 1 to 9 pairs: evaluating 4 groups per batch (the last batch holds 2), 1 per batch,
+    or without concatenating the batches gives the metrics of the whole set in one batch (1e-6),
+    every pair once, in table order; eval_loss is `group_loss` of the whole set."""
+    groups, _ = rm_bench_tables
+    keep = [1, 9, 3, 5, 2, 7]
+    uneven = groups.map(
+        lambda row, k: {"pairs": row["pairs"][: keep[k]]}, with_indices=True, features=groups.features
+    )
+    args = RewardConfig(output_dir=str(tmp_path), group_loss=loss, per_device_eval_batch_size=6, **FULL_BATCH)
+    trainer = RewardTrainer(model=make_llama(bpe_tokenizer), args=args, processing_class=bpe_tokenizer)
+    whole = trainer.evaluate(uneven)
+    rewards = trainer.predict(uneven).predictions
+    assert whole["eval_num_pairs"] == sum(keep) and rewards.shape == (sum(keep), 2)
+    batch = GroupCollator(pad_token_id=bpe_tokenizer.pad_token_id, layout="standard")(list(uneven))
+    with torch.no_grad():
+        want = trainer.compute_loss(trainer.model, batch).item()
+    assert whole["eval_loss"] == pytest.approx(want, abs=1e-6)
+    for size, concat in ((4, True), (1, True), (4, False)):
+        trainer.args.per_device_eval_batch_size, trainer.args.eval_do_concat_batches = size, concat
+        got = trainer.evaluate(uneven)
+        for key, value in whole.items():
+            if key.startswith("eval_") and not key.endswith(("runtime", "_per_second", "preparation_time")):
+                assert got[key] == pytest.approx(value, abs=1e-6), (size, concat, key)
+        predicted = trainer.predict(uneven).predictions
+        torch.testing.assert_close(torch.as_tensor(predicted), torch.as_tensor(rewards), rtol=0, atol=1e-6)
+    trainer.args.batch_eval_metrics = True
+    with pytest.raises(ConfigError, match="batch_eval_metrics is not supported with a grouped table"):
+        trainer.evaluate(uneven)
+
+
 ISOLATED = "REWARD_PLUGIN_TEST_ISOLATED"
 
 

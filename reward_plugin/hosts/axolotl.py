@@ -264,11 +264,22 @@ def stage_section(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def apply_margin_policy(dataset: Any, margin: bool | float | None) -> Any:
-    """Apply ``reward_margin``: None/true keep the data's margins, false drops them, a number replaces them."""
+    """Apply ``reward_margin``: None/true keep the data's margins, false drops them, a number replaces them.
+
+    On a grouped table the margins are those of the pairs inside each group (``pairs[].margin``).
+    """
+    from dataset_formats.groups import PAIRS_COLUMN, is_group_table
     from dataset_formats.schema import MARGIN_COLUMN
 
     if dataset is None or margin is None or margin is True:
         return dataset
+    if is_group_table(dataset.column_names):
+        value = None if margin is False else float(margin)
+
+        def set_margins(batch: dict[str, list]) -> dict[str, list]:
+            return {PAIRS_COLUMN: [[{**p, "margin": value} for p in pairs] for pairs in batch[PAIRS_COLUMN]]}
+
+        return dataset.map(set_margins, batched=True, features=dataset.features, desc="reward_margin")
     if MARGIN_COLUMN in dataset.column_names:
         dataset = dataset.remove_columns(MARGIN_COLUMN)
     if margin is False:
