@@ -38,7 +38,8 @@ from .layout import PAD, PREFIX
 #: Layouts a :class:`GroupCollator` writes.
 GROUP_LAYOUTS = ("standard", "prefix_shared", "packed")
 #: Batch keys of a group batch. ``pair_better`` comes first so that ``transformers``'
-#: ``find_batch_size`` sees the number of pairs (what evaluation counts and predicts).
+#: ``find_batch_size`` sees the number of pairs; evaluation predicts one row per group and unpacks
+#: the pairs after the gather (``reward_plugin.group_eval``).
 GROUP_KEYS = (
     "pair_better",
     "pair_worse",
