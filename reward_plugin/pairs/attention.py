@@ -148,7 +148,7 @@ def segment_attention(
     if query.device.type == "cpu" and query.dtype in (torch.bfloat16, torch.float16):
         # Attention itself runs in float32 on CPU: every batch brings new segment shapes, and bf16
         # matmuls pay for each new shape in time and in memory that is never returned (200 batches of
-        # SmolLM2-sized segments: 3.3x slower and 1.2 GB more RSS than float32, docs/benchmarks.md).
+        # SmolLM2-sized segments: 3.1x slower and 1.2 GB more RSS than float32, docs/benchmarks.md).
         # The result goes back to the model's compute dtype.
         with torch.autocast("cpu", enabled=False):
             output = attend_segments(
