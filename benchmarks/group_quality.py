@@ -250,7 +250,7 @@ def cell(estimate: dict[str, Any]) -> str:
 def print_table(results: dict[str, Any]) -> None:
     """The markdown table of ``results`` (the ``--json`` content)."""
     facts, runs = results["facts"], results["runs"]
-    base = runs[0]["metrics"]
+    base = runs[0]["metrics"]  # the counts are the same for every run (same held-out prompts)
     print(
         f"MiniLM-L6, RM-Bench chat + safety-response: {facts['train_prompts']} training prompts "
         f"({facts['pairs']} pairs), {facts['held_out_prompts']} held-out prompts "
@@ -291,10 +291,14 @@ def main(argv: list[str] | None = None) -> None:
         "--workdir", type=Path, help="keep the data and models here (default: a temporary folder)"
     )
     parser.add_argument("--json", type=Path, help="write the results here, after every method")
-    parser.add_argument("--table-from", type=Path, help="print the table of a --json file and exit")
+    parser.add_argument("--no-untrained", action="store_true", help="skip evaluating the untrained model")
+    parser.add_argument(
+        "--table-from", type=Path, nargs="+", help="print the table of --json files (runs merged) and exit"
+    )
     args = parser.parse_args(argv)
     if args.table_from:
-        print_table(json.loads(args.table_from.read_text()))
+        parts = [json.loads(path.read_text()) for path in args.table_from]
+        print_table({"facts": parts[0]["facts"], "runs": [run for part in parts for run in part["runs"]]})
         return
     import tempfile
 
@@ -310,7 +314,9 @@ def main(argv: list[str] | None = None) -> None:
     facts.update(vars(args) | {"budget": args.budget_epochs * per_step * steps, "workdir": str(workdir)})
     facts = {k: (str(v) if isinstance(v, Path) else v) for k, v in facts.items()}
     print(json.dumps(facts, indent=1), file=sys.stderr, flush=True)
-    results = {"facts": facts, "runs": [{"name": "untrained", **evaluate(workdir, workdir / "init", args)}]}
+    results: dict[str, Any] = {"facts": facts, "runs": []}
+    if not args.no_untrained:
+        results["runs"].append({"name": "untrained", **evaluate(workdir, workdir / "init", args)})
     for name in args.only or list(METHODS):
         started = time.perf_counter()
         results["runs"].append(run_method(workdir, name, args, facts["budget"]))
