@@ -256,7 +256,7 @@ def print_table(results: dict[str, Any]) -> None:
         f"({facts['pairs']} pairs), {facts['held_out_prompts']} held-out prompts "
         f"(domains {base['domains']}); max_length {facts['max_length']}, lr {facts['lr']:g}, "
         f"{facts['batch_prompts']} prompts per batch, seed {facts['seed']}; budget "
-        f"{facts['budget']:,.0f} input positions ({facts['budget_epochs']:g} epochs of the groups)\n"
+        f"{facts['budget']:,.0f} input positions ({facts['budget_epochs']:g} epoch(s) of the groups)\n"
     )
     counts = [
         f"{key} (n={base[key]['count']})"
