@@ -189,6 +189,52 @@ def expand_groups(table: pa.Table | pa.RecordBatch) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
+def binarize_groups(table: pa.Table | pa.RecordBatch, seed: int = 0) -> pa.Table:
+    """One pair per group, as preference data is usually binarised: a best response vs a random worse one.
+
+    Per group, the candidate pairs are the listed pairs whose better response is a top response
+    (the highest ``scores``; without scores, a response that is never on the worse side of a
+    pair); one of them is drawn uniformly (``numpy.random.default_rng(seed)``, groups in table
+    order). For RM-Bench (every chosen beats every rejected, scores 1 and 0) that is a random
+    chosen response against a random rejected one; for a ranking, the best response against a
+    random lower one (ties for the top drawn among too).
+
+    Args:
+        table: a grouped table (:func:`group_schema`).
+        seed: the seed of the draws.
+
+    Returns:
+        A grouped table of groups of two responses, one pair each (its margin and the two
+        responses' scores kept), ``source_row`` carried over; :func:`expand_groups` turns it into
+        one four-column pair per group.
+
+    Raises:
+        ValueError: a group lists no pairs.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    groups = []
+    for row in table.select([*GROUP_COLUMNS, SCORES_COLUMN, SOURCE_ROW_COLUMN]).to_pylist():
+        links, scores = row[PAIRS_COLUMN], row[SCORES_COLUMN]
+        if not links:
+            raise ValueError(f"group of source row {row[SOURCE_ROW_COLUMN]} lists no pairs to binarise")
+        if scores is not None:
+            top = max(scores)
+            candidates = [link for link in links if scores[link["better"]] == top]
+        else:
+            worse = {link["worse"] for link in links}
+            candidates = [link for link in links if link["better"] not in worse]
+        link = (candidates or links)[int(rng.integers(len(candidates or links)))]
+        prompt, responses = row[PROMPT_IDS_COLUMN], row[RESPONSE_IDS_COLUMN]
+        pair = (prompt + responses[link["better"]], prompt + responses[link["worse"]])
+        score = None if scores is None else (scores[link["better"]], scores[link["worse"]])
+        group = make_group([pair], [link["margin"]], [score])
+        group[SOURCE_ROW_COLUMN] = row[SOURCE_ROW_COLUMN]
+        groups.append(group)
+    return pa.Table.from_pylist(groups, schema=group_schema())
+
+
 __all__ = [
     "GROUP_COLUMNS",
     "MARGIN_COLUMN",
@@ -196,6 +242,7 @@ __all__ = [
     "PROMPT_IDS_COLUMN",
     "RESPONSE_IDS_COLUMN",
     "SCORES_COLUMN",
+    "binarize_groups",
     "build_group_batch",
     "common_prefix_length",
     "expand_groups",
