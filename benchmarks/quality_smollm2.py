@@ -30,31 +30,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality_minilm import DATA, common_args
+from quality_minilm import DATA, common_args, convert_pairs
 from smollm2 import save_reward_folder
 
 RM_BENCH = DATA.parent / "rm-bench"
 RM_BENCH_FILES = ("chat_filtered.json.gz", "safety-response_filtered.json.gz")
-
-
-def convert_pairs(model_dir: str, max_length: int):
-    """The shared hh-rlhf rows tokenized for one model (``dataset_formats.convert``, left truncation)."""
-    from datasets import Dataset
-
-    from dataset_formats import convert
-
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "pairs.parquet"
-        convert(
-            [DATA],
-            out,
-            format="hh-rlhf",
-            tokenizer=model_dir,
-            max_length=max_length,
-            on_error="skip",
-            progress=False,
-        )
-        return Dataset.from_parquet(str(out))
 
 
 def split_rows(tables: dict, train_pairs: int, eval_pairs: int, seed: int) -> tuple[list[int], list[int]]:

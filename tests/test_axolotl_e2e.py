@@ -41,6 +41,11 @@ requires_axolotl = pytest.mark.skipif(
 def run_axolotl(config: dict, workdir: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     path = workdir / "cfg.yml"
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return run_axolotl_file(path, workdir, timeout)
+
+
+def run_axolotl_file(config: Path, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``axolotl train CONFIG --launcher python`` in Axolotl's venv, offline, this checkout first on the path."""
     env = {
         **os.environ,
         "AXOLOTL_DO_NOT_TRACK": "1",
@@ -52,9 +57,9 @@ def run_axolotl(config: dict, workdir: Path, timeout: int = 300) -> subprocess.C
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
     }
     return subprocess.run(
-        [str(AXOLOTL), "train", str(path), "--launcher", "python"],
+        [str(AXOLOTL), "train", str(config), "--launcher", "python"],
         check=False,
-        cwd=workdir,
+        cwd=cwd,
         env=env,
         capture_output=True,
         text=True,

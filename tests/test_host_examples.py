@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import FIXTURES, LLAMAFACTORY_DEMO, ROOT
-from test_axolotl_e2e import AXOLOTL, requires_axolotl
+from test_axolotl_e2e import requires_axolotl, run_axolotl_file
 
 from reward_plugin.hosts.hardware import detect_machine
 
@@ -86,25 +86,6 @@ def llamafactory_data(folder: Path, rows: int = PAIRS) -> Path:
     }
     (folder / "dataset_info.json").write_text(json.dumps({"dpo_en_demo": entry}), encoding="utf-8")
     return folder
-
-
-def run_axolotl_file(config: Path, cwd: Path) -> subprocess.CompletedProcess:
-    """``axolotl train CONFIG --launcher python`` in Axolotl's venv, this checkout first on the path."""
-    env = {
-        **os.environ,
-        "AXOLOTL_DO_NOT_TRACK": "1",
-        "WANDB_DISABLED": "true",
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-    }
-    return subprocess.run(
-        [str(AXOLOTL), "train", str(config), "--launcher", "python"],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
 
 
 def reward_plugin_train(config: Path, cwd: Path) -> subprocess.CompletedProcess:
@@ -230,7 +211,7 @@ def test_axolotl_reward_model_example_trains_with_our_one_line(tmp_path, bpe_tok
         ),
         encoding="utf-8",
     )
-    result = run_axolotl_file(cfg, tmp_path)
+    result = run_axolotl_file(cfg, tmp_path, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     logs = result.stdout + result.stderr
     assert "Axolotl chat_template 'qwen_25': conversations are rendered with the template Axolotl" in logs
