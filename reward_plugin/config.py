@@ -108,8 +108,11 @@ class RewardConfig(TrainingArguments):
             pairs, equal to training on the expanded pairs), ``"plackett_luce"`` (the listwise
             likelihood of each group's ranking by its scores) or ``"best_vs_rest"`` (the top-scored
             responses against the rest, a softmax cross-entropy). Pair tables always use the pairwise loss.
-        save_reward_stats: after ``train()``, save the mean/std of the model's rewards (over the eval
-            set, else the train set) to ``reward_stats.json`` and the model config.
+        save_reward_stats: after ``train()``, save the mean/std of the model's rewards to
+            ``reward_stats.json`` and the model config: from the final evaluation of the eval set, else
+            from the last 512 pairs the training forwards scored (no extra pass).
+        reward_stats_pass: compute those statistics without an eval set from a separate pass over up to
+            512 train pairs with the final weights, instead of from the training forwards.
         save_final_model: after ``train()``, save the final model with its tokenizer, reward statistics
             and model card into ``output_dir``.
 
@@ -277,8 +280,17 @@ class RewardConfig(TrainingArguments):
     save_reward_stats: bool = field(
         default=True,
         metadata={
-            "help": "After training, save the mean/std of the rewards (eval set, else train set) to "
-            "reward_stats.json and to the model config (reward_mean, reward_std)."
+            "help": "After training, save the mean/std of the rewards to reward_stats.json and to the model "
+            "config (reward_mean, reward_std): from the final evaluation of the eval set, else from the last 512 "
+            "pairs the training forwards scored (no extra pass)."
+        },
+    )
+    reward_stats_pass: bool = field(
+        default=False,
+        metadata={
+            "help": "Without an eval set, compute the reward statistics from a separate scoring pass over up to "
+            "512 train pairs with the final weights, instead of from the rewards the training forwards "
+            "already computed."
         },
     )
 

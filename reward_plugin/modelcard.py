@@ -128,11 +128,17 @@ def _usage(peft: bool) -> list[str]:
 
 def _reward_statistics(reward_stats: dict[str, Any]) -> list[str]:
     """The saved reward mean and spread, with their pair count, and how to normalise with them."""
+    where = f"the {reward_stats.get('split', '?')} set ({reward_stats.get('num_pairs', '?')} pairs)"
+    if reward_stats.get("source") == "training_forwards":
+        where = (
+            f"the last {reward_stats.get('num_pairs', '?')} train pairs the training forwards scored "
+            f"(optimizer steps {'-'.join(str(s) for s in reward_stats.get('steps', []))})"
+        )
     return [
         "## Reward statistics",
         "",
         (
-            f"Over the {reward_stats.get('split', '?')} set ({reward_stats.get('num_pairs', '?')} pairs), the rewards "
+            f"Over {where}, the rewards "
             f"have mean {_fmt(reward_stats.get('mean'))} and standard deviation {_fmt(reward_stats.get('std'))}. "
             "They are saved in `reward_stats.json` and as `reward_mean`/`reward_std` in `config.json`; "
             "normalise rewards for RLHF with `(reward - reward_mean) / reward_std`."

@@ -24,7 +24,7 @@ from .data import column_names, pair_lengths, prepare_dataset
 from .errors import ConfigError, DataError
 from .group_eval import group_rows, grouped_evaluation
 from .loss import group_loss, pairwise_loss
-from .metrics import compute_reward_metrics, reward_metrics, reward_statistics, write_reward_stats
+from .metrics import compute_reward_metrics, reward_metrics, write_reward_stats
 from .modelcard import library_versions, write_model_card
 from .modeling import (
     apply_peft,
@@ -47,12 +47,12 @@ from .pairs.attention import supports_segment_attention
 from .pairs.groups import GROUP_KEYS, GroupCollator, group_rewards
 from .sampler import LengthGroupedPairSampler
 from .scoring import ScoreReader, unwrap_model
+from .training.statistics import RECENT_PAIRS, RecentRewards, statistics_from
 
 logger = logging.getLogger(__name__)
 
-#: Pairs sampled from the train set for the reward statistics when there is no eval set: enough
-#: for a mean and std of the rewards (standard error ~ std / 32), and a bounded extra forward pass.
-TRAIN_STATS_PAIRS = 512
+#: Pairs behind the reward statistics without an eval set (see reward_plugin/training/statistics.py).
+TRAIN_STATS_PAIRS = RECENT_PAIRS
 
 
 @dataclass
@@ -257,6 +257,7 @@ class RewardTrainer(Trainer):
         self.can_return_loss = True
         self.label_names = []
         self._train_rewards: list[torch.Tensor] = []  # (pairs, 2) rewards since the last log
+        self._recent_rewards = RecentRewards(TRAIN_STATS_PAIRS)  # the reward statistics without an eval set
         self.reward_stats: dict[str, Any] | None = None
         self._final_eval: _Evaluation | None = None  # the last evaluation of the own eval set
         self._capture_eval_rewards = False
@@ -448,6 +449,7 @@ class RewardTrainer(Trainer):
             else:
                 gathered = self.accelerator.gather(pairs)
             self._train_rewards.append(gathered.float())  # moved to the CPU once per log, not per step
+            self._recent_rewards.add(gathered.float(), self.state.global_step + 1)
         if return_outputs:
             return loss, {"rewards_chosen": rewards_chosen, "rewards_rejected": rewards_rejected}
         return loss
@@ -586,22 +588,31 @@ class RewardTrainer(Trainer):
             self.create_model_card()
         return output
 
-    def compute_reward_stats(self) -> dict[str, Any]:
-        """Mean/std of the current model's rewards, stored in the model config.
+    def compute_reward_stats(self) -> dict[str, Any] | None:
+        """Mean/std of the model's rewards, stored in the model config and ``self.reward_stats``.
 
-        On the eval set (its first entry when a dict), reusing the rewards of the last
-        evaluation when it saw the current weights and evaluating once otherwise (the metrics are
-        logged like any evaluation); without one, on up to :data:`TRAIN_STATS_PAIRS` train pairs.
+        With an eval set (its first entry when a dict): from its final evaluation, reusing the
+        last one when it saw the current weights (the metrics are logged like any evaluation).
+        Without one: from the last :data:`TRAIN_STATS_PAIRS` pairs the training forwards scored,
+        or, when ``args.reward_stats_pass`` asks for it (or training scored nothing), from a
+        separate pass over up to that many train pairs with the final weights.
         """
         split, dataset = "eval", self.eval_dataset
         if isinstance(dataset, dict):
             split, dataset = next(iter(dataset.items()))
-        predictions = None
         if dataset is not None:
             self.final_evaluation()
             predictions = self._final_eval.rewards if self._final_eval is not None else None
+            if predictions is None:  # a custom compute_metrics/prediction_loss_only run kept no rewards
+                predictions = self._score_for_stats(dataset)
+            stats = statistics_from(predictions, split=split, source="evaluation")
+        elif len(self._recent_rewards) and not self.args.reward_stats_pass:
+            recent = self._recent_rewards
+            stats = statistics_from(
+                recent.rewards(), split="train", source="training_forwards", steps=recent.steps
+            )
         else:
-            split, dataset = "train", self.train_dataset
+            dataset = self.train_dataset
             if dataset is None:
                 raise DataError(
                     "no dataset to compute reward statistics on: pass `train_dataset` or `eval_dataset`"
@@ -609,12 +620,10 @@ class RewardTrainer(Trainer):
             if has_length(dataset) and len(dataset) > TRAIN_STATS_PAIRS and hasattr(dataset, "shuffle"):
                 dataset = dataset.shuffle(seed=self.args.seed).select(range(TRAIN_STATS_PAIRS))
             logger.info(
-                "reward statistics: scoring %s train pairs (no eval set; pass one to skip this pass)",
+                "reward statistics: scoring %s train pairs in a separate pass (reward_stats_pass)",
                 len(dataset) if has_length(dataset) else "the",
             )
-        if predictions is None:
-            predictions = self._score_for_stats(dataset)
-        stats = reward_statistics(predictions[:, 0], predictions[:, 1], split=split)
+            stats = statistics_from(self._score_for_stats(dataset), split="train", source="pass")
         config = unwrap_model(self.model).config
         config.reward_mean = stats["mean"]
         config.reward_std = stats["std"]

@@ -24,6 +24,7 @@ REWARD_FIELDS = {
     "pair_batching",
     "center_rewards_coefficient",
     "save_reward_stats",
+    "reward_stats_pass",
     "save_final_model",
     "dataset_format_options",
     "dataset_on_error",

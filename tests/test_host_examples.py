@@ -145,7 +145,8 @@ def test_llamafactory_example_trains_unchanged(tmp_path, bpe_tokenizer_path, exa
     assert lora_b and any(w.abs().sum() > 0 for w in lora_b)
     model = AutoPeftModelForSequenceClassification.from_pretrained(saved, num_labels=1).eval()
     stats = json.loads((saved / "reward_stats.json").read_text())
-    assert stats["num_pairs"] == PAIRS  # every pair, none dropped
+    # Every pair, none dropped, from the training forwards: no scoring pass after the steps.
+    assert (stats["num_pairs"], stats["source"]) == (PAIRS, "training_forwards")
     import torch
 
     with torch.no_grad():

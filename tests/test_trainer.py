@@ -567,7 +567,48 @@ def test_reward_stats_without_scheduled_evaluation_evaluate_once(tmp_path, tiny_
     assert low <= logged[0]["eval_accuracy"] <= high
 
 
-def test_reward_stats_without_eval_set_score_a_bounded_train_sample(
+def test_reward_stats_without_eval_set_come_from_the_training_forwards(tmp_path, tiny_llama, bpe_tokenizer):
+    train = tokenized_pairs(bpe_tokenizer, n=8, max_length=32)
+    trainer = RewardTrainer(
+        model=tiny_llama,
+        args=config(tmp_path, max_steps=1, per_device_train_batch_size=8, bf16=False, save_final_model=False),
+        train_dataset=train,
+        processing_class=bpe_tokenizer,
+    )
+    # The one step scores all 8 pairs with the initial weights (dropout off): scored alone, independently.
+    expected = np.array(reference_rewards(copy.deepcopy(trainer.model), train))
+    loops = count_evaluation_loops(trainer)
+    trainer.train()
+    assert loops == []  # no pass after training
+    stats = trainer.reward_stats
+    assert (stats["split"], stats["source"], stats["num_pairs"], stats["steps"]) == (
+        "train",
+        "training_forwards",
+        8,
+        [1, 1],
+    )
+    assert stats["mean"] == pytest.approx(expected.mean(), abs=1e-5)
+    assert stats["std"] == pytest.approx(expected.std(), abs=1e-5)
+    assert json.loads((tmp_path / "out" / "reward_stats.json").read_text()) == stats
+
+
+def test_reward_stats_keep_only_the_last_pairs_seen(tmp_path, tiny_llama, bpe_tokenizer, monkeypatch):
+    import reward_plugin.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "TRAIN_STATS_PAIRS", 5)
+    train = tokenized_pairs(bpe_tokenizer, n=8, max_length=32)
+    trainer = RewardTrainer(
+        model=tiny_llama,
+        args=config(tmp_path, max_steps=3, bf16=False, save_final_model=False),  # 3 steps of 4 pairs
+        train_dataset=train,
+        processing_class=bpe_tokenizer,
+    )
+    trainer.train()
+    stats = trainer.reward_stats
+    assert (stats["source"], stats["num_pairs"], stats["steps"]) == ("training_forwards", 5, [2, 3])
+
+
+def test_reward_stats_pass_scores_a_bounded_train_sample_when_asked(
     tmp_path, tiny_llama, bpe_tokenizer, monkeypatch
 ):
     import reward_plugin.trainer as trainer_module
@@ -576,9 +617,17 @@ def test_reward_stats_without_eval_set_score_a_bounded_train_sample(
     train = tokenized_pairs(bpe_tokenizer, n=8, max_length=32)
     trainer = RewardTrainer(
         model=tiny_llama,
-        args=config(tmp_path, max_steps=1, bf16=False, save_final_model=False),
+        args=config(tmp_path, max_steps=1, bf16=False, save_final_model=False, reward_stats_pass=True),
         train_dataset=train,
         processing_class=bpe_tokenizer,
     )
+    loops = count_evaluation_loops(trainer)
     trainer.train()
-    assert trainer.reward_stats["split"] == "train" and trainer.reward_stats["num_pairs"] == 5
+    assert loops == ["reward_stats"]
+    stats = trainer.reward_stats
+    assert (stats["split"], stats["source"], stats["num_pairs"]) == ("train", "pass", 5)
+    # The final weights' rewards of the same 5 pairs, scored one sequence at a time.
+    sample = train.shuffle(seed=trainer.args.seed).select(range(5))
+    expected = np.array(reference_rewards(trainer.model, sample))
+    assert stats["mean"] == pytest.approx(expected.mean(), abs=1e-5)
+    assert stats["std"] == pytest.approx(expected.std(), abs=1e-5)
