@@ -12,6 +12,7 @@ from reward_plugin.hosts.runner import (
     BUNDLED_SAMPLE,
     apply_overrides,
     default_config,
+    drop_conflicting_keys,
     load_config,
     parse_overrides,
     prepare_run,
@@ -83,6 +84,27 @@ def test_default_config_validates_and_points_at_the_bundled_sample(tmp_path):
     assert cfg.args.max_steps == 2 and cfg.args.output_dir == str(tmp_path) and cfg.args.learning_rate == 1e-4
     assert cfg.args.trust_remote_code is False
     assert default_config()["model"].endswith(cfg.model.split("/")[-1])
+
+
+def test_command_line_keys_replace_the_conflicting_keys_of_the_config():
+    section = {
+        "train_data": {"path": "a.jsonl", "format": "hh-rlhf"},
+        "eval_size": 0.25,
+        "warmup_steps": 0.1,
+        "learning_rate": 1e-4,
+    }
+    overrides = {"eval_data": "b.jsonl", "train_data": {"dataset_info": "d.json", "dataset": "x"}}
+    kept, notices = drop_conflicting_keys(section, overrides, "cfg.yaml")
+    assert kept == {"train_data": {}, "warmup_steps": 0.1, "learning_rate": 1e-4}
+    assert notices == [
+        (
+            "cfg.yaml: --eval_data replaces `eval_size: 0.25`; --train_data.dataset_info replaces "
+            "`train_data.path: 'a.jsonl'`; --train_data.dataset_info replaces `train_data.format: 'hh-rlhf'`"
+        )
+    ]
+    assert section["eval_size"] == 0.25  # the input is not modified
+    # Both keys of a pair given on the command line: nothing is dropped (the stage names the clash).
+    assert drop_conflicting_keys(section, {"eval_data": "b", "eval_size": 2}, "x") == (section, [])
 
 
 def test_yaml_errors_name_the_file_and_position(tmp_path):

@@ -220,3 +220,25 @@ def test_llamafactory_rm_yaml_trains_with_lora(tmp_path, tiny_llama_dir, capsys)
     model = AutoModelForSequenceClassification.from_pretrained(saved)  # peft installed: adapter + head
     assert model.config.num_labels == 1
     assert (saved / "reward_stats.json").is_file()
+
+
+def test_command_line_data_replaces_the_embedded_defaults_eval_size(
+    tmp_path, monkeypatch, minilm_path, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    rows = read_hh_rows(12)
+    train, held_out = (
+        write_jsonl(tmp_path / "train.jsonl", rows[:8]),
+        write_jsonl(tmp_path / "eval.jsonl", rows[8:]),
+    )
+    argv = ["train", "--train_data", str(train), "--eval_data", str(held_out), "--max_steps", "1"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    # The user's eval_data wins over the default's eval_size (0.25), said once; every eval row is scored.
+    assert err.count("the embedded default: --eval_data replaces `eval_size: 0.25`") == 1
+    assert re.search(r"^eval accuracy \d\.\d{4} \(95% CI \d\.\d{4}-\d\.\d{4}, 4 pairs\)", out, re.MULTILINE)
+    stats = json.loads((tmp_path / "outputs" / "reward-model" / "reward_stats.json").read_text())
+    assert (stats["split"], stats["source"], stats["num_pairs"]) == ("eval", "evaluation", 4)
+    # The same pair of keys given together without a config stays one clean error line.
+    assert main(["train", "--eval_data", str(held_out), "--eval_size", "2", "--check"]) == 1
+    assert capsys.readouterr().err.strip().endswith("give `eval_data` or `eval_size`, not both")

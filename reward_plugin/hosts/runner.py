@@ -173,6 +173,66 @@ def apply_overrides(
     return merged
 
 
+#: Keys of a reward-stage config that exclude others: given on the command line, a key replaces the
+#: config's keys listed for it (a dotted name is a key inside a mapping).
+CONFLICTING_KEYS: dict[str, tuple[str, ...]] = {
+    "eval_data": ("eval_size",),
+    "eval_size": ("eval_data",),
+    "train_data.path": (
+        "train_data.dataset_info",
+        "train_data.dataset",
+        "train_data.format",
+        "train_data.options",
+    ),
+    "train_data.dataset_info": ("train_data.path", "train_data.format", "train_data.options"),
+    "eval_data.path": (
+        "eval_data.dataset_info",
+        "eval_data.dataset",
+        "eval_data.format",
+        "eval_data.options",
+    ),
+    "eval_data.dataset_info": ("eval_data.path", "eval_data.format", "eval_data.options"),
+    "warmup_ratio": ("warmup_steps",),
+    "warmup_steps": ("warmup_ratio",),
+    "fp16": ("bf16",),
+    "bf16": ("fp16",),
+}
+
+
+def _dotted_keys(mapping: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Every key of ``mapping`` and of its nested mappings, as dotted names (``train_data.path``)."""
+    keys = []
+    for key, value in mapping.items():
+        keys.append(f"{prefix}{key}")
+        if isinstance(value, Mapping):
+            keys += _dotted_keys(value, f"{prefix}{key}.")
+    return keys
+
+
+def drop_conflicting_keys(
+    section: Mapping[str, Any], overrides: Mapping[str, Any], where: str
+) -> tuple[dict[str, Any], list[str]]:
+    """``section`` without the keys that the command-line ``overrides`` replace, and one notice saying which.
+
+    ``--eval_data FILE`` over a config with ``eval_size`` drops ``eval_size`` (the two exclude each
+    other), and so on for :data:`CONFLICTING_KEYS`; keys the overrides give themselves stay.
+    """
+    given = set(_dotted_keys(overrides))
+    section = copy.deepcopy(dict(section))
+    replaced = []
+    for key in sorted(given & set(CONFLICTING_KEYS)):
+        for other in CONFLICTING_KEYS[key]:
+            *parents, last = other.split(".")
+            holder: Any = section
+            for parent in parents:
+                holder = holder.get(parent) if isinstance(holder, Mapping) else None
+            if other in given or not isinstance(holder, dict) or last not in holder:
+                continue
+            replaced.append(f"--{key} replaces `{other}: {holder.pop(last)!r}`")
+    notices = [f"{where}: {'; '.join(replaced)}"] if replaced else []
+    return section, notices
+
+
 @dataclass
 class RunPlan:
     """A run after loading, overrides, host mapping and fitting to the machine, before training.
@@ -258,9 +318,11 @@ def plan_run(
         source = str(config)
         section = load_config(config)
     extra = parse_overrides(list(overrides)) if not isinstance(overrides, Mapping) else dict(overrides)
+    section, replaced = drop_conflicting_keys(section, extra, source or "the embedded default")
     section = apply_overrides(section, extra)
     try:
         stage, stage_section, notices = _resolve(section)
+        notices = [*replaced, *notices]
         return RunPlan(stage, stage_section, stage.validate_config(stage_section), notices, source)
     except ConfigError as exc:
         if source is None:
