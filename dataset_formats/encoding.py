@@ -169,7 +169,11 @@ class PairEncoder:
         )
 
     def encode(
-        self, prompts: Sequence[str], chosen: Sequence[str], rejected: Sequence[str]
+        self,
+        prompts: Sequence[str],
+        chosen: Sequence[str],
+        rejected: Sequence[str],
+        groups: Sequence[Any] | None = None,
     ) -> list[EncodedPair]:
         """Encode pairs of full texts; ``chosen[i]`` and ``rejected[i]`` start with ``prompts[i]``.
 
@@ -178,6 +182,9 @@ class PairEncoder:
                 prefix is used instead).
             chosen: the full chosen texts (prompt + chosen response).
             rejected: the full rejected texts (prompt + rejected response).
+            groups: a group key per pair (the source row); pairs with the same key share their
+                prompt, and ``left`` truncation cuts it once for the whole group (by what its
+                longest sequence needs), so every response of the group keeps the same context.
 
         Returns:
             One :class:`EncodedPair` per pair, in order.
@@ -188,14 +195,27 @@ class PairEncoder:
         batch = self.tokenize(list(chosen) + list(rejected))
         ids = batch["input_ids"]
         encodings = batch.encodings
-        out = []
+        sides = []
         for i in range(n):
             ids_c, b_c = self._with_boundary(ids[i], encodings[i], prompts[i], chosen[i])
             ids_r, b_r = self._with_boundary(ids[n + i], encodings[n + i], prompts[i], rejected[i])
             if not prompts[i] or b_c is None or b_r is None:
                 b_c = b_r = self._common_prefix_boundary(ids_c, ids_r)
-            out.append(self._apply_policy(ids_c, b_c, ids_r, b_r))
-        return out
+            sides.append((ids_c, b_c, ids_r, b_r))
+        L = self.policy.max_length
+        if groups is None or L is None or self.policy.truncation != "left":
+            return [self._apply_policy(*pair) for pair in sides]
+        # One cut per group: the prompt ends where the earliest boundary of the group says, and
+        # loses what the group's longest sequence is over the limit.
+        cut: dict[Any, int] = {}
+        boundary: dict[Any, int] = {}
+        for key, (ids_c, b_c, ids_r, b_r) in zip(groups, sides):
+            cut[key] = max(cut.get(key, 0), len(ids_c) - L, len(ids_r) - L)
+            boundary[key] = min(boundary.get(key, b_c), b_c, b_r)
+        return [
+            self._apply_policy(ids_c, boundary[key], ids_r, boundary[key], cut=cut[key])
+            for key, (ids_c, _, ids_r, _) in zip(groups, sides)
+        ]
 
     # boundaries --------------------------------------------------------------------------------
 
@@ -234,10 +254,13 @@ class PairEncoder:
 
     # policy ------------------------------------------------------------------------------------
 
-    def _apply_policy(self, ids_c: list[int], b_c: int, ids_r: list[int], b_r: int) -> EncodedPair:
+    def _apply_policy(
+        self, ids_c: list[int], b_c: int, ids_r: list[int], b_r: int, cut: int | None = None
+    ) -> EncodedPair:
+        """The length policy on one pair; ``cut``: the prompt tokens its group drops (``left`` only)."""
         L = self.policy.max_length
         pair = EncodedPair(ids_c, ids_r)
-        if L is not None and (len(ids_c) > L or len(ids_r) > L):
+        if L is not None and (len(ids_c) > L or len(ids_r) > L or (cut or 0) > 0):
             mode = self.policy.truncation
             if mode == "drop":
                 longer, name = (ids_c, "chosen") if len(ids_c) > L else (ids_r, "rejected")
@@ -252,7 +275,7 @@ class PairEncoder:
                     ),
                 )
             if mode == "left":
-                cut = max(len(ids_c), len(ids_r)) - L
+                cut = max(len(ids_c), len(ids_r)) - L if cut is None else cut
                 pair.ids_chosen, pc, rc = self._cut_left(ids_c, b_c, cut, L)
                 pair.ids_rejected, pr, rr = self._cut_left(ids_r, b_r, cut, L)
             else:

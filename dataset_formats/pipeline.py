@@ -51,6 +51,7 @@ class ConvertStats:
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
     pairs_written: int = 0
     groups_written: int = 0
+    groups_truncated: int = 0
     pairs_rejected: int = 0
     pairs_prompt_truncated: int = 0
     pairs_response_truncated: int = 0
@@ -73,6 +74,7 @@ class ConvertStats:
         "rows_truncated",
         "pairs_written",
         "groups_written",
+        "groups_truncated",
         "pairs_rejected",
         "pairs_prompt_truncated",
         "pairs_response_truncated",
@@ -105,6 +107,8 @@ class ConvertStats:
             written = f"groups written: {self.groups_written}, {written} (in groups)"
         if self.max_length:
             written += f", rows truncated: {self.rows_truncated}"
+            if self.groups_written:
+                written += f" (groups cut once each: {self.groups_truncated})"
         lines = [
             f"rows read: {self.rows_read}, written: {self.rows_written}, rejected: {self.rows_rejected}",
             written,
@@ -306,6 +310,8 @@ class BatchProcessor:
             [rendered[i].prompt for i in prep.good],
             [rendered[i].chosen for i in prep.good],
             [rendered[i].rejected for i in prep.good],
+            # A group is cut once: its prompt shortened alike for every pair, every response kept.
+            groups=[pairs[i].row for i in prep.good] if self.groups else None,
         )
         written: list[int] = []
         kept = []
@@ -358,6 +364,7 @@ class BatchProcessor:
                 [pairs[i].scores for i in written],
             )
             stats.groups_written = batch.num_rows
+            stats.groups_truncated = len(truncated_rows)
         elif written:
             margins = [pairs[i].margin for i in written]
             with_margin = self.adapter.produces_margin or any(m is not None for m in margins)

@@ -41,30 +41,57 @@ def test_make_group_orders_responses_better_sides_first_and_keeps_scores_and_mar
     assert make_group([(a, b), (a, c)], [None, None], [(2.0, 0.0), None])["scores"] is None
 
 
-@pytest.mark.parametrize("max_length", [None, 96])
-def test_rm_bench_groups_expand_to_the_pair_table(minilm_path, max_length):
+def test_rm_bench_groups_expand_to_the_pair_table(minilm_path):
     rows = rm_bench_rows(12)
-    pairs, pair_stats = encode_rows(rows, format="rm-bench", tokenizer=minilm_path, max_length=max_length)
-    groups, group_stats = encode_rows(
-        rows, format="rm-bench", tokenizer=minilm_path, max_length=max_length, groups=True
-    )
+    pairs, pair_stats = encode_rows(rows, format="rm-bench", tokenizer=minilm_path)
+    groups, group_stats = encode_rows(rows, format="rm-bench", tokenizer=minilm_path, groups=True)
     assert groups.schema.remove_metadata() == group_schema()
     assert pair_stats.pairs_written == group_stats.pairs_written == 9 * len(rows)
     assert group_stats.groups_written == groups.num_rows == len(rows) and pair_stats.groups_written == 0
     assert expand_groups(groups).equals(pairs)
     first = groups.slice(0, 1).to_pylist()[0]
-    assert len(first["response_ids"]) == 6 if max_length is None else len(first["response_ids"]) >= 6
-    if max_length is None:
-        assert first["scores"] == [1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
-        assert {(p["better"], p["worse"]) for p in first["pairs"]} == {
-            (i, j) for i in range(3) for j in (3, 4, 5)
-        }
-        # The shared prompt is stored once: the group holds far fewer tokens than its 9 pairs.
-        group_tokens = len(first["prompt_ids"]) + sum(map(len, first["response_ids"]))
-        pair_tokens = sum(
-            len(p) for side in ("input_ids_chosen", "input_ids_rejected") for p in pairs[side][:9].to_pylist()
-        )
-        assert pair_tokens > 2.5 * group_tokens
+    assert len(first["response_ids"]) == 6
+    assert first["scores"] == [1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
+    assert {(p["better"], p["worse"]) for p in first["pairs"]} == {
+        (i, j) for i in range(3) for j in (3, 4, 5)
+    }
+    # The shared prompt is stored once: the group holds far fewer tokens than its 9 pairs.
+    group_tokens = len(first["prompt_ids"]) + sum(map(len, first["response_ids"]))
+    pair_tokens = sum(
+        len(p) for side in ("input_ids_chosen", "input_ids_rejected") for p in pairs[side][:9].to_pylist()
+    )
+    assert pair_tokens > 2.5 * group_tokens
+
+
+def cut_group(sequences: list[list[int]], drop: int, max_length: int) -> list[list[int]]:
+    """Every sequence of a group without the same ``drop`` tokens after [CLS]; one still too long
+    loses its end, keeping the final [SEP]."""
+    cut = [s[:1] + s[1 + drop :] for s in sequences]
+    return [s if len(s) <= max_length else s[: max_length - 1] + s[-1:] for s in cut]
+
+
+@pytest.mark.parametrize("max_length", [96, 512])
+def test_rm_bench_groups_are_cut_once_per_group_and_keep_every_response(minilm_path, max_length):
+    rows = rm_bench_rows(12)
+    whole, _ = encode_rows(rows, format="rm-bench", tokenizer=minilm_path, groups=True)
+    cut, stats = encode_rows(
+        rows, format="rm-bench", tokenizer=minilm_path, max_length=max_length, groups=True
+    )
+    assert cut.num_rows == whole.num_rows == len(rows) and stats.pairs_written == 9 * len(rows)
+    truncated = 0
+    for full, short in zip(whole.to_pylist(), cut.to_pylist()):
+        # Every response kept (RM-Bench: 6, or 5 where two responses are the same text), its pairs unchanged.
+        assert len(short["response_ids"]) == len(full["response_ids"]) and short["pairs"] == full["pairs"]
+        sequences = [full["prompt_ids"] + r for r in full["response_ids"]]
+        got = [short["prompt_ids"] + r for r in short["response_ids"]]
+        # One cut for the whole group: the same leading tokens dropped from every sequence, never
+        # more than its longest sequence is over the limit (fewer only where the prompt ran out).
+        over = max(0, max(map(len, sequences)) - max_length)
+        drops = [d for d in range(over + 1) if cut_group(sequences, d, max_length) == got]
+        assert drops, "the sequences of a group were not cut alike"
+        assert drops[0] == over or max(map(len, got)) == max_length
+        truncated += got != sequences
+    assert truncated > 0 and stats.groups_truncated == stats.rows_truncated == truncated
 
 
 def test_ranking_groups_keep_scores_and_leave_ties_out(minilm_path):
