@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides += ["--seed", str(args.split_seed)]
 
     from reward_plugin.hosts.runner import run_training
-    from reward_plugin.metrics import accuracy_interval
+    from reward_plugin.metrics import wilson_interval
 
     with tempfile.TemporaryDirectory(prefix="default-run-") as tmp:
         start, cpu_start = time.perf_counter(), _cpu_seconds()
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     m = result.eval_metrics or {}
     pairs = int(m.get("eval_num_pairs", 0))
     correct = round(m.get("eval_accuracy", float("nan")) * pairs) if pairs else 0
-    low, high = accuracy_interval(correct, pairs)
+    low, high = wilson_interval(correct / pairs, pairs)
     report = {
         "overrides": overrides,
         "eval_accuracy": m.get("eval_accuracy"),

@@ -137,9 +137,9 @@ def rm_bench_accuracy(model, tokenizer, items: list[dict], max_length: int, pad_
 
 
 def fmt(correct: int, total: int) -> str:
-    from reward_plugin.metrics import accuracy_interval
+    from reward_plugin.metrics import wilson_interval
 
-    low, high = accuracy_interval(correct, total)
+    low, high = wilson_interval(correct / total, total)
     return f"{correct / total:.3f} [{low:.2f}, {high:.2f}] (n={total})"
 
 

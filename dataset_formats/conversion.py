@@ -22,10 +22,11 @@ from .encoding import LengthPolicy, PairEncoder, load_tokenizer
 from .errors import InputFileError, OptionError, OutputExistsError
 from .groups import group_schema
 from .on_error import DEFAULT_ON_ERROR, ON_ERROR_CHOICES
-from .pipeline import BatchProcessor, ConvertStats, run_batches
+from .pipeline import BatchProcessor, ConvertStats
 from .reading import DEFAULT_BATCH_SIZE, count_rows, iter_object_batches, iter_row_batches, peek_rows
 from .registry import detect_format, get_format, list_formats
 from .schema import MARGIN_COLUMN, pair_schema
+from .workers import run_batches
 from .writing import PairWriter, output_kind, remove_stale_temporaries, temporary_path
 
 if TYPE_CHECKING:  # Python 3.11+ has typing.Self; annotations are not evaluated at run time

@@ -1,16 +1,14 @@
-"""One batch through the pipeline (adapter -> render -> encode), its counters, and running batches.
+"""One batch through the pipeline (adapter -> render -> encode) and its counters.
 
-:class:`BatchProcessor` is what each worker process runs; :func:`run_batches` feeds it batches in
-one process or several (results come back in input order, so the output does not depend on the
-number of processes).
+:class:`BatchProcessor` is what each worker process runs;
+:func:`dataset_formats.workers.run_batches` feeds it batches in one process or several (results
+come back in input order, so the output does not depend on the number of processes).
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -372,47 +370,3 @@ class BatchProcessor:
                 kept, [pairs[i].row for i in written], margins if with_margin else None
             )
         return BatchResult(batch, stats, rejects)
-
-
-# running batches -------------------------------------------------------------------------------
-
-
-def run_batches(
-    processor: BatchProcessor, batches: Iterable[tuple[str, RowBatch]], num_proc: int = 1
-) -> Iterator[BatchResult]:
-    """Process ``(path, rows)`` batches in order, in this process or in ``num_proc`` workers.
-
-    With workers (:mod:`dataset_formats.workers`) at most ``2 * num_proc`` batches are in flight,
-    so memory stays bounded on large inputs, and Ctrl-C or SIGTERM stop every worker before the
-    interrupt reaches the caller.
-    """
-    if num_proc <= 1:
-        yield from _run_overlapped(processor, batches)
-        return
-    from .workers import run_in_pool
-
-    yield from run_in_pool(processor, batches, num_proc)
-
-
-def _run_overlapped(
-    processor: BatchProcessor, batches: Iterable[tuple[str, RowBatch]]
-) -> Iterator[BatchResult]:
-    """One process: a helper thread reads, adapts and renders batch k+1 while batch k is tokenized.
-
-    The fast tokenizer releases the GIL while it encodes, so the Python half of the next batch
-    runs alongside it; results stay in input order.
-    """
-    source = iter(batches)
-
-    def prepare_next() -> _Prepared | None:
-        item = next(source, None)
-        return None if item is None else processor.prepare(*item)
-
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="convert-prepare") as pool:
-        future = pool.submit(prepare_next)
-        while True:
-            prepared = future.result()
-            if prepared is None:
-                return
-            future = pool.submit(prepare_next)
-            yield processor.finish(prepared)

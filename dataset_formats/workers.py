@@ -1,4 +1,5 @@
-"""Batches in worker processes, and how an interrupted multi-process conversion stops.
+"""How batches run (:func:`run_batches`: in this process, or in worker processes), and how an
+interrupted multi-process conversion stops.
 
 ``multiprocessing.Pool`` is not safe against an exception raised at an arbitrary point of the
 thread that owns it, and Ctrl-C (or the CLI's SIGTERM handler) raises ``KeyboardInterrupt`` at an
@@ -23,11 +24,12 @@ import signal
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
 
 from .errors import RecordError
-from .pipeline import BatchProcessor, BatchResult, ConvertStats, error_from_entry, reject_entry
+from .pipeline import BatchProcessor, BatchResult, ConvertStats, _Prepared, error_from_entry, reject_entry
 from .reading import RowBatch
 
 #: How often (seconds) the parent looks for a held signal while it waits for a worker.
@@ -173,3 +175,45 @@ def _next(pending: deque, held: InterruptsHeld) -> BatchResult:
     if done.error is not None:
         raise error_from_entry(done.error)
     return done
+
+
+# running batches -------------------------------------------------------------------------------
+
+
+def run_batches(
+    processor: BatchProcessor, batches: Iterable[tuple[str, RowBatch]], num_proc: int = 1
+) -> Iterator[BatchResult]:
+    """Process ``(path, rows)`` batches in order, in this process or in ``num_proc`` workers.
+
+    With workers (:func:`run_in_pool`) at most ``2 * num_proc`` batches are in flight,
+    so memory stays bounded on large inputs, and Ctrl-C or SIGTERM stop every worker before the
+    interrupt reaches the caller.
+    """
+    if num_proc <= 1:
+        yield from _run_overlapped(processor, batches)
+        return
+    yield from run_in_pool(processor, batches, num_proc)
+
+
+def _run_overlapped(
+    processor: BatchProcessor, batches: Iterable[tuple[str, RowBatch]]
+) -> Iterator[BatchResult]:
+    """One process: a helper thread reads, adapts and renders batch k+1 while batch k is tokenized.
+
+    The fast tokenizer releases the GIL while it encodes, so the Python half of the next batch
+    runs alongside it; results stay in input order.
+    """
+    source = iter(batches)
+
+    def prepare_next() -> _Prepared | None:
+        item = next(source, None)
+        return None if item is None else processor.prepare(*item)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="convert-prepare") as pool:
+        future = pool.submit(prepare_next)
+        while True:
+            prepared = future.result()
+            if prepared is None:
+                return
+            future = pool.submit(prepare_next)
+            yield processor.finish(prepared)

@@ -21,28 +21,11 @@ def _as_array(values: Any) -> np.ndarray:
     return np.asarray(values, dtype=np.float64).reshape(-1)
 
 
-def accuracy_interval(correct: int, total: int, z: float = Z_95) -> tuple[float, float]:
-    """The Wilson score interval of an accuracy of ``correct`` out of ``total`` (95% by default).
-
-    Unlike the normal approximation it stays inside [0, 1] and is sensible for small counts and
-    accuracies near 0 or 1. The same interval as :func:`wilson_interval`, from counts.
-
-    Args:
-        correct: the number of pairs ranked right.
-        total: the number of pairs.
-        z: the standard-normal quantile of the confidence level (1.96 for 95%).
-
-    Returns:
-        ``(low, high)``; ``(nan, nan)`` for no pairs.
-    """
-    return wilson_interval(correct / total if total > 0 else 0.0, total, z)
-
-
 def format_accuracy(accuracy: float, num_pairs: int) -> str:
     """``"0.6150 (95% CI 0.5459-0.6797, 200 pairs)"``: an accuracy with its interval and count."""
     if not num_pairs or math.isnan(accuracy):
         return f"nan ({num_pairs} pairs)"
-    low, high = accuracy_interval(round(accuracy * num_pairs), num_pairs)
+    low, high = wilson_interval(accuracy, num_pairs)
     return f"{accuracy:.4f} (95% CI {low:.4f}-{high:.4f}, {num_pairs} pairs)"
 
 
@@ -60,7 +43,7 @@ def reward_metrics(rewards_chosen: Any, rewards_rejected: Any) -> dict[str, floa
         ``{"accuracy", "accuracy_ci_low", "accuracy_ci_high", "num_pairs", "margin",
         "rewards/chosen_mean", "rewards/chosen_std", "rewards/rejected_mean",
         "rewards/rejected_std"}`` as floats (NaN for no pairs); the interval is the 95% Wilson
-        interval (:func:`accuracy_interval`).
+        interval (:func:`wilson_interval`).
     """
     chosen, rejected = _as_array(rewards_chosen), _as_array(rewards_rejected)
     if chosen.shape != rejected.shape:
@@ -70,7 +53,7 @@ def reward_metrics(rewards_chosen: Any, rewards_rejected: Any) -> dict[str, floa
     if chosen.size == 0:
         return {**dict.fromkeys(_METRIC_KEYS, float("nan")), "num_pairs": 0}
     correct = int(np.sum(chosen > rejected))
-    low, high = accuracy_interval(correct, chosen.size)
+    low, high = wilson_interval(correct / chosen.size, chosen.size)
     return {
         "accuracy": correct / chosen.size,
         "accuracy_ci_low": low,

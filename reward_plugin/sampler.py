@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import Sampler
@@ -75,3 +76,26 @@ class LengthGroupedPairSampler(Sampler[int]):
     def order(self) -> list[int]:
         """This epoch's index order (the batches, concatenated)."""
         return [i for batch in self.batches() for i in batch]
+
+
+def pair_sampler(args: Any, dataset: Any) -> LengthGroupedPairSampler | None:
+    """The trainer's length-grouped sampler when ``args`` asks for one (None: Trainer's own).
+
+    Sizes are the longer side of each pair capped at ``max_length``: the same in every layout, so
+    a layout changes the speed, never the batches. Grouped by the batch of one optimizer step
+    across all processes (the loader hands each process its chunk of it), so N processes see the
+    same global batches as one process with N times the per-device batch.
+    """
+    from transformers.trainer_utils import has_length
+
+    from .data import pair_lengths
+
+    grouped = args.group_by_length or args.train_sampling_strategy == "group_by_length"
+    if not (grouped and dataset is not None and has_length(dataset) and hasattr(dataset, "with_format")):
+        return None
+    cap = args.max_length or 2**62
+    lengths = [min(n, cap) for n in pair_lengths(dataset)]
+    seed = args.data_seed if args.data_seed is not None else args.seed
+    return LengthGroupedPairSampler(
+        lengths, batch_size=args.train_batch_size * max(1, args.world_size), seed=seed
+    )

@@ -21,17 +21,29 @@ os.environ.setdefault("WANDB_DISABLED", "true")
 sys._called_from_test = True  # type: ignore[attr-defined]
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-HH_RLHF = SHARED_DATA / "hh-rlhf-harmless-base-test-part1.jsonl.gz"
-LLAMAFACTORY_DEMO = SHARED_DATA / "llamafactory-dpo_en_demo.json"
+#: Real data in the repository (provenance in tests/fixtures/data/README.md): the 800 hh-rlhf rows
+#: the package bundles, and slices of LLaMA-Factory's demo file and of RM-Bench.
+HH_RLHF = ROOT / "reward_plugin" / "sample_data" / "hh_rlhf_sample.jsonl.gz"
+LLAMAFACTORY_DEMO = FIXTURES / "data" / "llamafactory-dpo_en_demo.slice.json"
+RM_BENCH = FIXTURES / "data" / "rm-bench"
+#: Where the whole files live for the tests that want them: $REWARD_PLUGIN_TEST_DATA, else the
+#: workspace's ../shared/data beside the checkout; those tests skip, saying so, when it is absent.
+FULL_DATA = Path(os.environ.get("REWARD_PLUGIN_TEST_DATA") or ROOT.parent / "shared" / "data")
+
+
+def full_data_file(name: str) -> Path:
+    """A whole real data file under :data:`FULL_DATA`; skips the test with the reason when absent."""
+    path = FULL_DATA / name
+    if not path.exists():
+        pytest.skip(f"needs the whole {name} (set REWARD_PLUGIN_TEST_DATA to its folder; {path} is absent)")
+    return path
 
 
 def read_hh_rows(n: int | None = None) -> list[dict]:
-    """The first ``n`` rows of the shared hh-rlhf file (falls back to the bundled sample)."""
-    path = HH_RLHF if HH_RLHF.exists() else ROOT / "reward_plugin" / "sample_data" / "hh_rlhf_sample.jsonl.gz"
+    """The first ``n`` of the 800 hh-rlhf rows (harmless-base test split) the package bundles."""
     rows = []
-    with gzip.open(path, "rt", encoding="utf-8") as fh:
+    with gzip.open(HH_RLHF, "rt", encoding="utf-8") as fh:
         for line in fh:
             rows.append(json.loads(line))
             if n is not None and len(rows) >= n:

@@ -69,8 +69,7 @@ def test_real_rows_round_trip_exactly_and_all_are_kept_by_default():
         if any(not row[k][row[k].rfind(MARKER) + len(MARKER) :].strip() for k in ("chosen", "rejected"))
     ]
     assert flagged == [(i, ["empty_response"]) for i in blank]
-    if HH_RLHF.exists():
-        assert blank == [86, 516]
+    assert blank == [86, 516]
 
 
 def test_real_rows_under_the_strict_options_reject_only_the_empty_answers():
@@ -82,8 +81,7 @@ def test_real_rows_under_the_strict_options_reject_only_the_empty_answers():
             adapter.to_pairs(row, options)
         except RecordError as err:
             rejected.append((i, err.reason, err.field))
-    if HH_RLHF.exists():
-        assert rejected == [(86, "empty_response", "chosen"), (516, "empty_response", "chosen")]
+    assert rejected == [(86, "empty_response", "chosen"), (516, "empty_response", "chosen")]
 
 
 @pytest.mark.parametrize("row", EDGE_ROWS)
@@ -135,8 +133,7 @@ def test_convert_counts_the_flags_and_keeps_every_row(tmp_path, bpe_tokenizer):
     assert strict.pairs_flagged == {}
 
 
-@pytest.mark.skipif(not HH_RLHF.exists(), reason="needs ../shared/data")
-def test_the_shared_file_converts_whole_with_default_options(tmp_path, minilm_path, capsys):
+def test_the_bundled_file_converts_whole_with_default_options(tmp_path, minilm_path, capsys):
     stats_path = tmp_path / "stats.json"
     argv = ["convert", str(HH_RLHF), "--tokenizer", minilm_path, "--max-length", "256"]
     argv += ["--stats-json", str(stats_path), "-o", str(tmp_path / "pairs.parquet")]

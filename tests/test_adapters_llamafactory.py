@@ -6,7 +6,7 @@ import json
 import shutil
 
 import pytest
-from conftest import LLAMAFACTORY_DEMO
+from conftest import LLAMAFACTORY_DEMO, full_data_file
 
 from dataset_formats import InputFileError, OptionError, detect_format, get_format
 from dataset_formats.adapters.llamafactory import resolve_dataset_info
@@ -20,14 +20,19 @@ DEMO_ENTRY = {
 }
 
 
+#: Rows in the repository's slice of dpo_en_demo.json (tests/fixtures/data/README.md), and in the whole file.
+SLICE_ROWS, DEMO_ROWS = 30, 300
+
+
 @pytest.fixture()
 def demo_rows():
-    if not LLAMAFACTORY_DEMO.exists():
-        pytest.skip(f"{LLAMAFACTORY_DEMO} is not available")
     return json.loads(LLAMAFACTORY_DEMO.read_text(encoding="utf-8"))
 
 
-def test_demo_file_converts_every_row(demo_rows):
+@pytest.mark.parametrize("whole", [False, True], ids=["slice", "whole"])
+def test_demo_file_converts_every_row(whole):
+    path = full_data_file("llamafactory-dpo_en_demo.json") if whole else LLAMAFACTORY_DEMO
+    demo_rows = json.loads(path.read_text(encoding="utf-8"))
     assert detect_format(list(demo_rows[0]), demo_rows[:20]) == "llamafactory"
     adapter = get_format("llamafactory")
     options = adapter.make_options({})
@@ -41,7 +46,7 @@ def test_demo_file_converts_every_row(demo_rows):
         assert (pair.chosen, pair.rejected) == (row["chosen"]["value"], row["rejected"]["value"])
         text = render_pair(pair, template)
         assert text.chosen == text.prompt + row["chosen"]["value"] + "<|im_end|>\n"
-    assert len(demo_rows) == 300
+    assert len(demo_rows) == (DEMO_ROWS if whole else SLICE_ROWS)
 
 
 def test_dataset_info_entry_resolves_and_converts(tmp_path, demo_rows):

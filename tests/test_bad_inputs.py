@@ -944,9 +944,7 @@ def test_unreadable_file_for_real_when_not_root(tmp_path, minilm_path, capsys):
 
 def test_real_hh_rlhf_rows_with_an_empty_chosen_answer_are_kept_unless_asked(tmp_path, minilm_path, capsys):
     """Rows 86 and 516 of the harmless-base test split have an empty final chosen answer."""
-    from conftest import HH_RLHF
-
-    n = 520 if HH_RLHF.exists() else 100
+    n = 520
     src = write_jsonl(tmp_path / "hh.jsonl", read_hh_rows(n))
     rejects, stats = tmp_path / "rejects.jsonl", tmp_path / "stats.json"
     argv = ["convert", str(src), *HH, "--tokenizer", minilm_path, "--on-error", "skip"]
@@ -954,12 +952,12 @@ def test_real_hh_rlhf_rows_with_an_empty_chosen_answer_are_kept_unless_asked(tmp
     kept = tmp_path / "kept.parquet"
     assert reward_main([*argv, "-o", str(kept)]) == 0
     assert rejects.read_text() == ""
-    assert json.loads(stats.read_text())["pairs_flagged"] == {"empty_response": 2 if n == 520 else 1}
+    assert json.loads(stats.read_text())["pairs_flagged"] == {"empty_response": 2}
     assert 86 in pq.read_table(kept).column("source_row").to_pylist()
     argv += ["--overwrite", "--option", "allow_empty_response=false"]
     assert reward_main([*argv, "-o", str(tmp_path / "strict.parquet")]) == 0
     empty = [json.loads(l) for l in rejects.read_text().splitlines()]
-    assert [r["row"] for r in empty] == ([86, 516] if n == 520 else [86])
+    assert [r["row"] for r in empty] == [86, 516]
     assert all(r["reason"] == "empty_response" and r["field"] == "chosen" for r in empty)
 
 

@@ -230,11 +230,11 @@ def test_llamafactory_dataset_info(tmp_path, bpe_tokenizer_path, capsys):
         capsys,
     )
     assert code == 0, err
-    assert out.startswith("rows read: 300, written: 300, rejected: 0\n")
+    assert out.startswith("rows read: 30, written: 30, rejected: 0\n")  # the repository's slice
     stats = json.loads((tmp_path / "s.json").read_text())
     assert (
         stats["format"] == "llamafactory"
-        and stats["rows_read"] == 300 == stats["rows_written"] + stats["rows_rejected"]
+        and stats["rows_read"] == 30 == stats["rows_written"] + stats["rows_rejected"]
     )
     assert pq.read_table(out_file).num_rows == stats["pairs_written"]
 

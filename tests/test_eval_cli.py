@@ -11,24 +11,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import RM_BENCH
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from dataset_formats.conversion import encode_rows
 from reward_plugin.cli import main
 
-RM_BENCH = Path("/work/shared/data/rm-bench")
-for parent in Path(__file__).resolve().parents:
-    if (parent / "shared" / "data" / "rm-bench").is_dir():
-        RM_BENCH = parent / "shared" / "data" / "rm-bench"
-        break
 MAX_LENGTH = 64
 
 
 def rm_bench_slice(n: int) -> list[dict]:
-    """The first ``n`` prompts of the chat and of the safety-response file."""
+    """The first ``n`` (at most 3) prompts of the chat and of the safety-response file."""
     rows = []
     for name in ("chat_filtered", "safety-response_filtered"):
-        with gzip.open(RM_BENCH / f"{name}.json.gz", "rt", encoding="utf-8") as fh:
+        with gzip.open(RM_BENCH / f"{name}.slice.json.gz", "rt", encoding="utf-8") as fh:
             rows += json.load(fh)[:n]
     return rows
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from reward_plugin.errors import ConfigError
-from reward_plugin.evaluation.groups import (
+from reward_plugin.evaluation.length_bias import length_bias_report, ranks
+from reward_plugin.evaluation.prompts import (
     PromptRewards,
     best_of_n_accuracy,
     cross_product_sides,
@@ -17,7 +18,6 @@ from reward_plugin.evaluation.groups import (
     pairwise_accuracy,
     write_predictions,
 )
-from reward_plugin.evaluation.length_bias import length_bias_report, ranks
 from reward_plugin.evaluation.rm_bench import difficulty_accuracies, prompt_domain, rm_bench_report
 from reward_plugin.metrics import accuracy_estimate, wilson_interval
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from conftest import read_hh_rows, write_jsonl
@@ -46,7 +48,11 @@ def test_a_run_saves_the_final_model_once(tmp_path, tiny_llama_dir, monkeypatch)
     result = run_training(_config(tmp_path, tiny_llama_dir))
     assert saves == [str(result.output_dir)]
     assert (result.output_dir / "model.safetensors").is_file()
-    assert (result.output_dir / "reward_stats.json").is_file()
+    stats = json.loads((result.output_dir / "reward_stats.json").read_text())
+    config = json.loads((result.output_dir / "config.json").read_text())
+    assert (config["reward_mean"], config["reward_std"]) == (stats["mean"], stats["std"]) and stats[
+        "num_pairs"
+    ] > 0
 
 
 def _rewards(model, dataset) -> torch.Tensor:

@@ -264,6 +264,29 @@ def _config(
     return path
 
 
+#: ``reward-plugin train CONFIG`` whose run, once its first checkpoint is saved (``on_save``), writes
+#: the step to the file ``argv[1]`` and waits there for a signal.
+HOLD_AFTER_FIRST_SAVE = """
+import signal, sys
+from pathlib import Path
+from transformers import TrainerCallback
+from reward_plugin import trainer
+from reward_plugin.cli import main
+
+class HoldAfterSave(TrainerCallback):
+    def on_save(self, args, state, control, **kwargs):
+        Path(sys.argv[1]).write_text(str(state.global_step))
+        signal.pause()
+
+init = trainer.RewardTrainer.__init__
+def init_and_hold(self, *args, **kwargs):
+    init(self, *args, **kwargs)
+    self.add_callback(HoldAfterSave())
+trainer.RewardTrainer.__init__ = init_and_hold
+sys.exit(main(["train", sys.argv[2]]))
+"""
+
+
 def _losses(state_file: Path) -> list[tuple[int, float]]:
     history = json.loads(state_file.read_text())["log_history"]
     return [(entry["step"], entry["loss"]) for entry in history if "loss" in entry]
@@ -292,18 +315,21 @@ def test_resumed_training_matches_an_uninterrupted_run(tmp_path, tiny_llama_dir,
         == 0
     )
 
-    # the same run in a subprocess, killed (SIGKILL) once its first checkpoint is complete
+    # the same run in a subprocess, killed (SIGKILL) once its first checkpoint is complete: the run
+    # holds after that save until the kill, so the kill never comes too late (after the last step)
     out = tmp_path / "killed"
     config = _config(tmp_path, tiny_llama_dir, train_data, out, steps=steps, save_steps=save_steps)
+    saved = tmp_path / "saved"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "reward_plugin", "train", str(config)],
+        [sys.executable, "-c", HOLD_AFTER_FIRST_SAVE, str(saved), str(config)],
         cwd=ROOT,
         env=subprocess_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    _wait_for(lambda: (out / f"checkpoint-{save_steps}" / "trainer_state.json").exists(), proc, timeout=240)
+    _wait_for(saved.exists, proc, timeout=240)
+    assert saved.read_text() == str(save_steps)
     proc.kill()
     proc.wait(timeout=60)
     assert not (out / "model.safetensors").exists(), (
@@ -533,18 +559,29 @@ def test_broken_plugin_is_named_and_the_allowlist_runs_without_it(
 def test_a_stuck_pool_clean_up_is_bounded(monkeypatch):
     """Pool.terminate() that never returns (a worker killed mid-message): the workers are killed."""
     import multiprocessing
+    import threading
 
     from dataset_formats import workers
 
+    release = threading.Event()
+
     class StuckPool:
         def terminate(self):
-            time.sleep(60)
+            release.wait()  # never returns on its own
 
     others = set(multiprocessing.active_children())
-    worker = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,), daemon=True)
+    worker = multiprocessing.get_context("fork").Process(
+        target=signal.pause, daemon=True
+    )  # waits for a signal
     worker.start()
     monkeypatch.setattr(workers, "STOP_SECONDS", 0.5)
     started = time.monotonic()
-    workers._stop(StuckPool(), others)
-    assert time.monotonic() - started < 10
-    assert not worker.is_alive() and worker.exitcode == -signal.SIGKILL
+    try:
+        workers._stop(StuckPool(), others)
+        assert time.monotonic() - started < 10
+        worker.join(10)
+        assert not worker.is_alive() and worker.exitcode == -signal.SIGKILL
+    finally:
+        release.set()  # let the stuck clean-up thread end
+        if worker.is_alive():
+            worker.kill()

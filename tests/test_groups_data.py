@@ -6,23 +6,22 @@ import gzip
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import RM_BENCH
 
 import dataset_formats as df
 from dataset_formats.conversion import encode_rows
 from dataset_formats.groups import expand_groups, group_schema, make_group
 
-RM_BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "rm-bench" / "chat_filtered.json.gz"
-if not RM_BENCH.exists():  # the worktree may sit elsewhere than beside shared/
-    RM_BENCH = Path("/work/shared/data/rm-bench/chat_filtered.json.gz")
-
 
 def rm_bench_rows(n: int) -> list[dict]:
-    with gzip.open(RM_BENCH, "rt", encoding="utf-8") as fh:
-        return json.load(fh)[:n]
+    """The first ``n`` (at most 12) prompts of RM-Bench's chat file (tests/fixtures/data/README.md)."""
+    with gzip.open(RM_BENCH / "chat_filtered.slice.json.gz", "rt", encoding="utf-8") as fh:
+        rows = json.load(fh)
+    assert n <= len(rows), f"the repository's RM-Bench slice holds {len(rows)} prompts"
+    return rows[:n]
 
 
 def test_make_group_orders_responses_better_sides_first_and_keeps_scores_and_margins():

@@ -11,12 +11,12 @@ import torch
 from transformers import EvalPrediction
 
 from reward_plugin.metrics import (
-    accuracy_interval,
     compute_reward_metrics,
     format_accuracy,
     read_reward_stats,
     reward_metrics,
     reward_statistics,
+    wilson_interval,
     write_reward_stats,
 )
 
@@ -56,16 +56,16 @@ def test_statistics_pool_chosen_and_rejected(tmp_path):
     assert read_reward_stats(tmp_path / "missing") is None
 
 
-def test_accuracy_interval_is_the_wilson_interval():
+def test_wilson_interval_of_counts():
     # 95% Wilson intervals worked out by hand: 0/10 -> upper 1.96^2 / (10 + 1.96^2); 5/10 -> 0.5 -+ 0.2634.
-    assert accuracy_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
-    assert accuracy_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
-    low, high = accuracy_interval(63, 100)
-    assert (1 - high, 1 - low) == pytest.approx(accuracy_interval(37, 100), abs=1e-12)
-    assert all(math.isnan(v) for v in accuracy_interval(0, 0))
+    assert wilson_interval(0 / 10, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert wilson_interval(5 / 10, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    low, high = wilson_interval(63 / 100, 100)
+    assert (1 - high, 1 - low) == pytest.approx(wilson_interval(37 / 100, 100), abs=1e-12)
+    assert all(math.isnan(v) for v in wilson_interval(0.0, 0))
     assert format_accuracy(0.63, 100) == "0.6300 (95% CI 0.5322-0.7182, 100 pairs)"
 
 
 def test_metrics_carry_the_pair_count_and_interval():
     m = reward_metrics([1.0, 2.0, 0.5, 3.0], [0.0, 2.0, 1.0, 1.0])
-    assert m["num_pairs"] == 4 and (m["accuracy_ci_low"], m["accuracy_ci_high"]) == accuracy_interval(2, 4)
+    assert m["num_pairs"] == 4 and (m["accuracy_ci_low"], m["accuracy_ci_high"]) == wilson_interval(2 / 4, 4)

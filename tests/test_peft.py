@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -59,7 +60,9 @@ def train_lora(tmp_path, model, tokenizer, target_modules, head, **overrides):
     trainer.save_model()
     out = tmp_path / "out"
     assert (out / "adapter_config.json").exists() and (out / "adapter_model.safetensors").exists()
-    assert (out / "reward_stats.json").exists() and "library_name: peft" in (out / "README.md").read_text()
+    stats = json.loads((out / "reward_stats.json").read_text())
+    assert stats == trainer.reward_stats and stats["num_pairs"] > 0
+    assert "library_name: peft" in (out / "README.md").read_text()
 
     predicted = trainer.predict(data).predictions
     bare_base = copy.deepcopy(base)

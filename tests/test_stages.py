@@ -115,7 +115,12 @@ def test_host_snippet_runs_the_reward_stage(tmp_path, tiny_llama_dir):
         "save_strategy": "no",
     }
     out = Path(namespace["run_reward_stage"](section))
-    assert (out / "model.safetensors").is_file() and (out / "reward_stats.json").is_file()
+    assert (out / "model.safetensors").is_file()
+    stats = json.loads((out / "reward_stats.json").read_text())
+    config = json.loads((out / "config.json").read_text())
+    assert (config["reward_mean"], config["reward_std"]) == (stats["mean"], stats["std"]) and stats[
+        "num_pairs"
+    ] > 0
 
 
 @pytest.fixture(scope="module")

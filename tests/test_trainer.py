@@ -89,7 +89,10 @@ def test_tiny_llama_trains_end_to_end(tmp_path, tiny_llama, bpe_tokenizer):
     assert len(train_logs) == 4 and len(eval_logs) == 2
     for entry in train_logs:
         assert TRAIN_KEYS <= set(entry)
-        assert 0.0 <= entry["accuracy"] <= 1.0 and entry["rewards/chosen_std"] >= 0
+        # Each log covers one step of 4 pairs: the accuracy is a count of them, inside its interval.
+        assert entry["num_pairs"] == 4 and (entry["accuracy"] * 4).is_integer()
+        assert entry["accuracy_ci_low"] <= entry["accuracy"] <= entry["accuracy_ci_high"]
+        assert entry["rewards/chosen_std"] >= 0
     for entry in eval_logs:
         assert {f"eval_{k}" for k in TRAIN_KEYS} <= set(entry)
 
@@ -144,7 +147,11 @@ def test_minilm_trains_end_to_end(tmp_path, minilm_path):
     assert_all_changed(before, trainer.model)
     train_logs = [e for e in trainer.state.log_history if "loss" in e]
     assert len(train_logs) == 2 and all(TRAIN_KEYS <= set(e) for e in train_logs)
-    assert (tmp_path / "out" / "reward_stats.json").exists()
+    stats = json.loads((tmp_path / "out" / "reward_stats.json").read_text())
+    assert stats == trainer.reward_stats and (stats["source"], stats["num_pairs"]) == ("evaluation", 8)
+    assert (
+        trainer.model.config.reward_mean == stats["mean"] and trainer.model.config.reward_std == stats["std"]
+    )
     assert all(m.p == 0.0 for m in trainer.model.modules() if isinstance(m, torch.nn.Dropout))
 
 

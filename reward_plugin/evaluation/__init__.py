@@ -1,7 +1,7 @@
 """Evaluation of a trained reward model (``reward-plugin eval``).
 
-- :mod:`.scoring`: the model's rewards for every prompt of the data (pairs or groups);
-- :mod:`.groups`: rewards grouped by prompt, pairwise and best-of-N accuracy, the predictions file;
+- :mod:`.predict`: the model's rewards for every prompt of the data (pairs or groups);
+- :mod:`.prompts`: rewards grouped by prompt, pairwise and best-of-N accuracy, the predictions file;
 - :mod:`.rm_bench`: RM-Bench's style matrix and easy / normal / hard accuracies;
 - :mod:`.length_bias`: accuracy by length difference, reward-length correlation;
 - :mod:`.buckets`: accuracy by buckets of a per-pair key;

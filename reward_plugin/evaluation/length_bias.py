@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..metrics import accuracy_estimate
 from .buckets import accuracy_by_bucket
-from .groups import PromptRewards, pair_outcomes
+from .prompts import PromptRewards, pair_outcomes
 
 
 def has_lengths(groups: Sequence[PromptRewards]) -> bool:

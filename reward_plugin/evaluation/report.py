@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
-from ..metrics import accuracy_interval, format_accuracy
+from ..metrics import format_accuracy, wilson_interval
 from .buckets import accuracy_by_bucket, format_number
-from .groups import PromptRewards, best_of_n_accuracy, pairwise_accuracy, write_predictions
 from .length_bias import has_lengths, length_bias_report
+from .prompts import PromptRewards, best_of_n_accuracy, pairwise_accuracy, write_predictions
 from .rm_bench import is_rm_bench, rm_bench_report
 
 #: Percentiles reported for the reward distributions.
@@ -64,7 +64,9 @@ def summarize_rewards(
     report: dict[str, Any] = {
         "num_pairs": int(chosen.size),
         "accuracy": float(correct.mean()),
-        "accuracy_ci95": list(accuracy_interval(int(correct.sum()), int(correct.size))),
+        "accuracy_ci95": list(
+            wilson_interval(float(correct.mean()) if correct.size else 0.0, int(correct.size))
+        ),
         "ties": int((gap == 0).sum()),
         "margin": _distribution(gap),
         "rewards": {
@@ -148,7 +150,7 @@ def evaluate_model(
         dataset_formats.DatasetFormatError: the data cannot be read or converted.
     """
     from .plot import plot_evaluation, require_matplotlib
-    from .scoring import predict_groups
+    from .predict import predict_groups
 
     if plot is not None:
         require_matplotlib()

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..metrics import accuracy_estimate
-from .groups import PromptRewards
+from .prompts import PromptRewards
 
 #: The response styles of each side, in the order the data lists them.
 STYLES = ("concise", "detailed_plain", "detailed_markdown")

@@ -240,14 +240,10 @@ class RewardStage(Stage):
 
     def build_tokenizer(self, cfg: RewardStageConfig) -> Any:
         """The tokenizer from ``cfg.tokenizer`` or the model's folder (None when it has none)."""
-        if cfg.tokenizer is not None:
-            from dataset_formats.encoding import load_tokenizer
+        from ..model.loading import load_tokenizer_for
 
-            return load_tokenizer(cfg.tokenizer, trust_remote_code=cfg.args.trust_remote_code)
-        from ..modeling import model_tokenizer
-
-        return model_tokenizer(
-            cfg.model, trust_remote_code=cfg.args.trust_remote_code, gguf_file=cfg.gguf_file
+        return load_tokenizer_for(
+            cfg.model, cfg.tokenizer, trust_remote_code=cfg.args.trust_remote_code, gguf_file=cfg.gguf_file
         )
 
     def build_datasets(self, cfg: RewardStageConfig, tokenizer: Any) -> dict[str, Any]:
@@ -282,17 +278,10 @@ class RewardStage(Stage):
 
     def build_model(self, cfg: RewardStageConfig, tokenizer: Any = None) -> Any:
         """Load the model as a one-output sequence classifier; wrap it with PEFT when ``cfg.peft`` is set."""
-        from transformers import set_seed
+        from ..model.loading import load_model
+        from ..modeling import apply_peft, ensure_pad_token
 
-        from ..modeling import apply_peft, ensure_pad_token, load_reward_model
-
-        set_seed(cfg.args.seed)  # the new score head is random: make runs reproducible
-        init_kwargs = dict(cfg.args.model_init_kwargs or {})
-        if cfg.gguf_file is not None:
-            init_kwargs["gguf_file"] = cfg.gguf_file
-        model = load_reward_model(
-            cfg.model, trust_remote_code=cfg.args.trust_remote_code, init_kwargs=init_kwargs
-        )
+        model = load_model(cfg.model, cfg.args, gguf_file=cfg.gguf_file)
         if tokenizer is not None:
             ensure_pad_token(model, tokenizer)  # before PEFT: it may resize the embeddings
         peft_config = self.peft_config(cfg)

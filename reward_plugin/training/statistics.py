@@ -12,12 +12,17 @@ order of preference, from:
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..metrics import reward_statistics
+from ..errors import DataError
+from ..metrics import reward_metrics, reward_statistics
+
+logger = logging.getLogger(__name__)
 
 #: Pairs behind the statistics without an eval set: enough for a mean and std of the rewards
 #: (standard error ~ std / 32), few enough that a separate pass, when asked for, stays short.
@@ -28,19 +33,30 @@ SOURCES = ("evaluation", "training_forwards", "pass")
 
 
 class RecentRewards:
-    """The ``(chosen, rejected)`` rewards of the last ``capacity`` pairs the training forwards scored.
+    """The ``(chosen, rejected)`` rewards the training forwards scored: those since the last log
+    (the train metrics) and those of the last ``capacity`` pairs (the statistics).
 
-    Tensors stay where they were computed (no device sync per step); old rows are dropped once
-    the newer ones alone fill the capacity.
+    Tensors stay where they were computed (no device sync per step; moved to the CPU once per log);
+    old rows are dropped once the newer ones alone fill the capacity.
     """
 
     def __init__(self, capacity: int = RECENT_PAIRS):
         self.capacity = capacity
         self._chunks: list[tuple[torch.Tensor, int]] = []  # (rewards, optimizer step)
         self._rows = 0
+        self._since_log: list[torch.Tensor] = []
+
+    def log_metrics(self) -> dict[str, float]:
+        """:func:`reward_metrics` of the pairs since the last call ({} when none)."""
+        if not self._since_log:
+            return {}
+        rewards = torch.cat(self._since_log).cpu()
+        self._since_log.clear()
+        return reward_metrics(rewards[:, 0], rewards[:, 1])
 
     def add(self, pairs: torch.Tensor, step: int) -> None:
         """Record ``(n, 2)`` rewards scored while taking optimizer step ``step`` (1-based)."""
+        self._since_log.append(pairs.detach())
         if pairs.shape[0] == 0:
             return
         self._chunks.append((pairs.detach(), step))
@@ -70,3 +86,101 @@ def statistics_from(rewards: np.ndarray, *, split: str, source: str, **extra: An
     stats["source"] = source
     stats.update(extra)
     return stats
+
+
+@dataclass
+class Evaluation:
+    """The outcome of one evaluation of the trainer's own eval set, and the model state it saw."""
+
+    metrics: dict[str, float]
+    rewards: np.ndarray | None  # (pairs, 2): chosen, rejected
+    model_state: tuple[int, int, int]
+
+
+def model_state(trainer: Any) -> tuple[int, int, int]:
+    """Changes whenever the weights may have: the step, the model object, the parameters' in-place versions.
+
+    ``Tensor._version`` is torch's counter of in-place writes (what autograd checks saved tensors
+    with); every optimizer step and every manual ``param.add_()`` bumps it.
+    """
+    versions = sum(p._version for p in trainer.model.parameters())
+    return (trainer.state.global_step, id(trainer.model), versions)
+
+
+def train_sample(dataset: Any, pairs: int, seed: int) -> Any:
+    """Up to ``pairs`` train pairs drawn with ``seed`` (all of them when there are fewer)."""
+    if dataset is None:
+        raise DataError("no dataset to compute reward statistics on: pass `train_dataset` or `eval_dataset`")
+    if hasattr(dataset, "__len__") and len(dataset) > pairs and hasattr(dataset, "shuffle"):
+        dataset = dataset.shuffle(seed=seed).select(range(pairs))
+    logger.info(
+        "reward statistics: scoring %s train pairs in a separate pass (reward_stats_pass)",
+        len(dataset) if hasattr(dataset, "__len__") else "the",
+    )
+    return dataset
+
+
+def gather_pairs(accelerator: Any, pairs: torch.Tensor, *, uneven: bool) -> torch.Tensor:
+    """``(n, 2)`` rewards of this process, gathered from every process.
+
+    ``uneven``: processes may hold different numbers of pairs (groups), which gather cannot
+    take: rows are padded with a third column (1 = real) that is 0 on padding, dropped after.
+    """
+    if not uneven:
+        return accelerator.gather(pairs)
+    pairs = torch.cat([pairs, torch.ones_like(pairs[:, :1])], dim=1)
+    pairs = accelerator.gather(accelerator.pad_across_processes(pairs, dim=0))
+    return pairs[pairs[:, 2] == 1, :2]
+
+
+def own_eval_set(trainer: Any) -> tuple[str, Any]:
+    """``(split name, dataset)`` the statistics and the final evaluation use: the eval set, or its
+    first entry when it is a dict (``(\"eval\", None)`` without one)."""
+    dataset = trainer.eval_dataset
+    if isinstance(dataset, dict):
+        return next(iter(dataset.items())) if dataset else ("eval", None)
+    return "eval", dataset
+
+
+def is_own_eval_set(trainer: Any, eval_dataset: Any) -> bool:
+    """Whether ``trainer.evaluate(eval_dataset)`` scores :func:`own_eval_set` (``Trainer.evaluate``
+    calls itself once per key of a dict eval set, with the key as ``eval_dataset``)."""
+    if isinstance(trainer.eval_dataset, dict):
+        name, dataset = own_eval_set(trainer)
+        return dataset is not None and isinstance(eval_dataset, str) and eval_dataset == name
+    return eval_dataset is None and trainer.eval_dataset is not None
+
+
+def compute_reward_stats(trainer: Any, pairs: int) -> dict[str, Any]:
+    """The statistics of :mod:`this module <reward_plugin.training.statistics>` for ``trainer``'s model.
+
+    With an eval set: from its final evaluation (``trainer.final_evaluation()``, reused when it saw
+    the current weights). Without one: from the training forwards' last ``pairs`` pairs, or, when
+    ``reward_stats_pass`` asks for it (or training scored nothing), from a separate pass over up to
+    ``pairs`` train pairs with the final weights.
+    """
+    split, dataset = own_eval_set(trainer)
+    recent = trainer._train_rewards
+    if dataset is not None:
+        trainer.final_evaluation()
+        predictions = trainer._final_eval.rewards if trainer._final_eval is not None else None
+        if predictions is None:  # a custom compute_metrics/prediction_loss_only run kept no rewards
+            predictions = score_quietly(trainer, dataset)
+        return statistics_from(predictions, split=split, source="evaluation")
+    if len(recent) and not trainer.args.reward_stats_pass:
+        return statistics_from(
+            recent.rewards(), split="train", source="training_forwards", steps=recent.steps
+        )
+    sample = train_sample(trainer.train_dataset, pairs, trainer.args.seed)
+    return statistics_from(score_quietly(trainer, sample), split="train", source="pass")
+
+
+def score_quietly(trainer: Any, dataset: Any) -> np.ndarray:
+    """``(n, 2)`` rewards of ``dataset`` through the eval loop (gathered across processes), not logged as a run."""
+    from transformers import Trainer
+
+    compute_metrics, trainer.compute_metrics = trainer.compute_metrics, None
+    try:
+        return np.asarray(Trainer.predict(trainer, dataset, metric_key_prefix="reward_stats").predictions)
+    finally:
+        trainer.compute_metrics = compute_metrics

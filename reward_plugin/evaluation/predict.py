@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..scoring import ScoreReader
-from .groups import PromptRewards, groups_from_pairs
+from .prompts import PromptRewards, groups_from_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -197,20 +197,7 @@ def group_collator(trainer: Any) -> Any:
     each response attending to it and to itself) for a causal model that runs the fast layouts,
     one padded row per response otherwise (encoders).
     """
-    from ..pairs.groups import GroupCollator
-
-    pairs = trainer.data_collator
-    fast = trainer.pair_batching in ("prefix_shared", "packed")
-    return GroupCollator(
-        pad_token_id=pairs.pad_token_id,
-        pad_to_multiple_of=pairs.pad_to_multiple_of,
-        max_length=pairs.max_length,
-        truncation=pairs.truncation,
-        keep_token_ids=pairs.keep_token_ids,
-        padding_side="right",
-        layout=trainer.pair_batching if fast else "standard",
-        attention_cost_tokens=getattr(pairs, "attention_cost_tokens", None),
-    )
+    return trainer.plan.for_groups().collator()
 
 
 def score_groups(trainer: Any, table: Any, batch_size: int) -> list[np.ndarray]:
@@ -221,11 +208,8 @@ def score_groups(trainer: Any, table: Any, batch_size: int) -> list[np.ndarray]:
     """
     import torch
 
-    from ..pairs.groups import group_rewards
-
     rows = table.select(["prompt_ids", "response_ids", "pairs"]).to_pylist()
     collator = group_collator(trainer)
-    segments = trainer.args.pair_attention == "segments"
     device = trainer.args.device
     model = trainer.model
     model.eval()
@@ -239,7 +223,7 @@ def score_groups(trainer: Any, table: Any, batch_size: int) -> list[np.ndarray]:
                 chunk = order[start : start + batch_size]
                 batch = collator([rows[k] for k in chunk])
                 batch = {key: value.to(device) for key, value in batch.items()}
-                rewards = group_rewards(reader, model, batch, segments=segments).float().cpu().numpy()
+                rewards = trainer.plan.response_rewards(reader, model, batch).float().cpu().numpy()
                 owner = batch["response_group"].cpu().numpy()
                 for position, k in enumerate(chunk):
                     out[k] = rewards[owner == position].astype(np.float64)

@@ -1,0 +1,1 @@
+"""What a training run leaves next to the weights: reward statistics and the model card."""

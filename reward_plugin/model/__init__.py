@@ -1,0 +1,1 @@
+"""The reward model: the one place a model and its tokenizer are loaded and prepared for training."""
