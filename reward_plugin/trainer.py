@@ -43,7 +43,7 @@ from .pairs import (
     packed_rewards,
     resolve_pair_batching,
 )
-from .pairs.attention import supports_segment_attention
+from .pairs.backends import resolve_pair_attention
 from .pairs.groups import GROUP_KEYS, GroupCollator, group_rewards
 from .sampler import LengthGroupedPairSampler
 from .scoring import ScoreReader, unwrap_model
@@ -339,8 +339,8 @@ class RewardTrainer(Trainer):
         return RewardDataCollatorWithPadding(**options)
 
     def _segment_attention(self, model: nn.Module) -> bool:
-        """Whether the fast layouts run segment attention (``pair_attention='segments'`` and sdpa/eager)."""
-        return self.args.pair_attention == "segments" and supports_segment_attention(model)
+        """Whether the fast layouts attend without a dense mask (rows then need no length cap)."""
+        return resolve_pair_attention(self.args.pair_attention, model, self.args.device).name != "mask"
 
     def _set_signature_columns_if_needed(self) -> None:
         if self._signature_columns is None:
@@ -398,7 +398,7 @@ class RewardTrainer(Trainer):
         """
         if "packed_input_ids" in inputs:
             return packed_rewards(
-                self._score_reader, model, inputs, segments=self.args.pair_attention == "segments"
+                self._score_reader, model, inputs, attention=self.args.pair_attention
             )
         if "input_ids_chosen" not in inputs and "input_ids" in inputs:
             # TRL's DataCollatorForPreference layout: chosen rows, then rejected rows, in one tensor.
@@ -457,7 +457,7 @@ class RewardTrainer(Trainer):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(rewards of the better, of the worse response of each pair, loss)`` of a group batch."""
         rewards = group_rewards(
-            self._score_reader, model, inputs, segments=self.args.pair_attention == "segments"
+            self._score_reader, model, inputs, attention=self.args.pair_attention
         )
         better, worse = inputs["pair_better"], inputs["pair_worse"]
         loss = group_loss(
@@ -477,7 +477,7 @@ class RewardTrainer(Trainer):
         if "pair_better" in inputs:  # one row per group, unpacked after the loop (group_eval.py)
             with torch.no_grad(), self.compute_loss_context_manager():
                 rewards = group_rewards(
-                    self._score_reader, model, inputs, segments=self.args.pair_attention == "segments"
+                    self._score_reader, model, inputs, attention=self.args.pair_attention
                 )
             return None, group_rows(inputs, rewards, self.args.group_loss), None
         with torch.no_grad(), self.compute_loss_context_manager():

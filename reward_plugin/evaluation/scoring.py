@@ -225,7 +225,6 @@ def score_groups(trainer: Any, table: Any, batch_size: int) -> list[np.ndarray]:
 
     rows = table.select(["prompt_ids", "response_ids", "pairs"]).to_pylist()
     collator = group_collator(trainer)
-    segments = trainer.args.pair_attention == "segments"
     device = trainer.args.device
     model = trainer.model
     model.eval()
@@ -239,7 +238,7 @@ def score_groups(trainer: Any, table: Any, batch_size: int) -> list[np.ndarray]:
                 chunk = order[start : start + batch_size]
                 batch = collator([rows[k] for k in chunk])
                 batch = {key: value.to(device) for key, value in batch.items()}
-                rewards = group_rewards(reader, model, batch, segments=segments).float().cpu().numpy()
+                rewards = group_rewards(reader, model, batch, attention=trainer.args.pair_attention).float().cpu().numpy()
                 owner = batch["response_group"].cpu().numpy()
                 for position, k in enumerate(chunk):
                     out[k] = rewards[owner == position].astype(np.float64)
