@@ -85,7 +85,7 @@ class RewardPluginArgs(BaseModel):
     reward_pair_batching: Literal["standard", "prefix_shared", "packed", "auto"] | None = Field(
         None, description="forward-pass layout of a pair (RewardConfig.pair_batching)"
     )
-    reward_pair_attention: Literal["auto", "segments", "mask"] | None = Field(
+    reward_pair_attention: Literal["auto", "segments", "mask", "varlen", "flex"] | None = Field(
         None, description="attention of the fast layouts (RewardConfig.pair_attention)"
     )
     reward_group_loss: Literal["bradley_terry", "plackett_luce", "best_vs_rest"] | None = Field(

@@ -11,9 +11,16 @@ from torch import nn
 
 from ..errors import UnsupportedModelError
 from ..scoring import ScoreReader, unwrap_model
-from .attention import SPANS_KWARG, spans_from_batch, supports_segment_attention, use_segment_attention
+from .attention import (
+    SPANS_KWARG,
+    spans_from_batch,
+    supports_segment_attention,
+    use_pair_attention,
+    use_segment_attention,
+)
 from .backends import resolve_pair_attention
 from .masks import attention_masks
+from .varlen import PLAN_KWARG, varlen_plan
 
 
 def packed_rewards(
@@ -71,11 +78,21 @@ def packed_scores(
     if attention is None:
         attention = "segments" if segments else "mask"
     backend = resolve_pair_attention(attention, model, batch["packed_input_ids"].device)
-    if backend.name == "segments" and supports_segment_attention(model):
+    rows, length = batch["packed_input_ids"].shape
+    if backend.name in ("varlen", "flex"):
+        use_pair_attention(model)
+        # The sequences' offsets and the key gather index, once per batch for every layer.
+        plan = varlen_plan(
+            spans_from_batch(batch), rows, length, batch["packed_input_ids"].device, backend.kernel
+        )
+        inputs[PLAN_KWARG] = plan
+        inputs["attention_mask"] = torch.ones(
+            rows, 1, 1, 1, dtype=torch.bool, device=batch["packed_input_ids"].device
+        )
+    elif backend.name == "segments" and supports_segment_attention(model):
         use_segment_attention(model)
         inputs[SPANS_KWARG] = spans_from_batch(batch)
         # A 4D mask is taken as given, so the model builds none of its own; segment attention ignores it.
-        rows = batch["packed_input_ids"].shape[0]
         inputs["attention_mask"] = torch.ones(
             rows, 1, 1, 1, dtype=torch.bool, device=batch["packed_input_ids"].device
         )
