@@ -198,7 +198,10 @@ def bundled_pairs(tokenizer, n=40, max_length=40):
     )
 
 
-@pytest.mark.parametrize("arch", ["llama", "mistral"])
+@pytest.mark.parametrize(
+    "arch",
+    ["llama", pytest.param("mistral", marks=pytest.mark.slow)],  # mistral: a sliding window
+)
 def test_training_the_bundled_data_with_varlen_gives_the_segment_losses(tmp_path, arch, bpe_tokenizer):
     torch.manual_seed(0)
     config = make_config(arch, vocab_size=len(bpe_tokenizer), pad_token_id=bpe_tokenizer.pad_token_id)
