@@ -11,6 +11,7 @@ on CPU). All in float32, 1e-5.
 from __future__ import annotations
 
 import copy
+import functools
 import gzip
 import json
 import warnings
@@ -226,3 +227,113 @@ def test_training_the_bundled_data_with_varlen_gives_the_segment_losses(tmp_path
     for step, (a, b) in enumerate(zip(losses["varlen"], losses["segments"]), start=1):
         assert abs(a - b) <= 1e-5, f"{arch} step {step}: varlen {a!r} vs segments {b!r}"
     assert len({round(x, 5) for x in losses["segments"]}) > 1  # it trained
+
+
+def documented_kernel(q, k, v, cu_q, cu_k, *, scale, left, gqa):
+    """What the CUDA kernels document, computed by the reference: causal, queries at the end of their keys,
+    keys at most ``left`` positions back (``-1``: no limit), KV heads shared by query groups only when asked."""
+    if not gqa:
+        assert k.shape[1] == q.shape[1], "KV heads must be repeated for a kernel without grouped queries"
+    return reference_varlen_attention(q, k, v, cu_q, cu_k, scale=scale, window=None if left < 0 else left + 1)
+
+
+@pytest.mark.parametrize("signature", ["torch 2.13 (enable_gqa)", "torch 2.11 (no enable_gqa)"])
+def test_torch_varlen_attn_is_called_as_documented(monkeypatch, signature):
+    """The CUDA call's arguments (int32 offsets, window_size=(window - 1, 0), GQA or repeated heads) on a stand-in."""
+    import torch.nn.attention.varlen as torch_varlen
+
+    from reward_plugin.pairs import varlen
+
+    calls = []
+
+    def varlen_attn(
+        query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, scale=None, window_size=(-1, -1), **kw
+    ):
+        assert cu_seq_q.dtype == cu_seq_k.dtype == torch.int32 and window_size[1] == 0
+        assert max_q == int((cu_seq_q[1:] - cu_seq_q[:-1]).max()) and max_k == int(
+            (cu_seq_k[1:] - cu_seq_k[:-1]).max()
+        )
+        calls.append(kw)
+        return documented_kernel(
+            query, key, value, cu_seq_q, cu_seq_k, scale=scale, left=window_size[0], gqa=bool(kw)
+        )
+
+    if signature.startswith("torch 2.11"):
+        stand_in = varlen_attn
+    else:
+
+        def stand_in(
+            query,
+            key,
+            value,
+            cu_seq_q,
+            cu_seq_k,
+            max_q,
+            max_k,
+            *,
+            scale=None,
+            window_size=(-1, -1),
+            enable_gqa=False,
+        ):
+            kw = {"enable_gqa": True} if enable_gqa else {}
+            return varlen_attn(
+                query,
+                key,
+                value,
+                cu_seq_q,
+                cu_seq_k,
+                max_q,
+                max_k,
+                scale=scale,
+                window_size=window_size,
+                **kw,
+            )
+
+    monkeypatch.setattr(torch_varlen, "varlen_attn", stand_in)
+    varlen._torch_varlen_has_gqa.cache_clear()
+    monkeypatch.setattr(
+        varlen, "_torch_varlen_has_gqa", functools.cache(varlen._torch_varlen_has_gqa.__wrapped__)
+    )
+    batch = pair_batch(None)
+    q, k, v = qkv(batch, 6, 2)
+    rows, length = batch["packed_input_ids"].shape
+    plan = varlen_plan(spans_from_batch(batch), rows, length, "cpu", "torch")
+    for window in (None, 4):
+        got = varlen_pair_attention(q, k, v, plan, sliding_window=window) * real_tokens(batch)
+        torch.testing.assert_close(got, dense_reference(q, k, v, batch, window), rtol=0, atol=1e-5)
+    assert calls and all(
+        c == ({} if signature.startswith("torch 2.11") else {"enable_gqa": True}) for c in calls
+    )
+
+
+def test_flash_attn_varlen_func_is_called_as_documented(monkeypatch):
+    """flash-attn's call (causal=True, window_size=(window - 1, window - 1), native GQA) on a stand-in module."""
+    import sys
+    import types
+
+    def flash_attn_varlen_func(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p=0.0, softmax_scale=None, causal=False,
+                               window_size=(-1, -1)):  # fmt: skip
+        assert causal and dropout_p == 0.0
+        return documented_kernel(q, k, v, cu_q, cu_k, scale=softmax_scale, left=window_size[0], gqa=True)
+
+    monkeypatch.setitem(
+        sys.modules, "flash_attn", types.SimpleNamespace(flash_attn_varlen_func=flash_attn_varlen_func)
+    )
+    batch = group_batch(None)
+    q, k, v = qkv(batch, 4, 1)
+    rows, length = batch["packed_input_ids"].shape
+    plan = varlen_plan(spans_from_batch(batch), rows, length, "cpu", "flash_attn_2")
+    for window in (None, 3):
+        got = varlen_pair_attention(q, k, v, plan, sliding_window=window) * real_tokens(batch)
+        torch.testing.assert_close(got, dense_reference(q, k, v, batch, window), rtol=0, atol=1e-5)
+
+
+def test_dropout_under_a_kernel_without_it_is_a_one_line_error():
+    from reward_plugin.errors import UnsupportedModelError
+
+    batch = pair_batch(None)
+    q, k, v = qkv(batch)
+    rows, length = batch["packed_input_ids"].shape
+    plan = varlen_plan(spans_from_batch(batch), rows, length, "cpu", "reference")
+    with pytest.raises(UnsupportedModelError, match="no attention dropout"):
+        varlen_pair_attention(q, k, v, plan, dropout=0.1)
