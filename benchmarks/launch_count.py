@@ -15,7 +15,7 @@ excluded; the batches are random pairs (a shared prompt of 8-40 tokens, tails of
 random-weight models: a 4-layer Llama and SmolLM2-135M's shape (30 layers, hidden 576, 9 heads / 3
 KV heads, intermediate 1536, vocab 49152).
 
-    python benchmarks/launch_count.py [--json FILE] [--models llama smollm2] [--pairs 4 8 16 32]
+    python benchmarks/launch_count.py [--json FILE] [--models llama smollm2] [--pairs 4 8 16 32] [--systems ...]
 """
 
 from __future__ import annotations
@@ -115,11 +115,36 @@ def count_step(system: str, model, pairs: list[dict]) -> tuple[int, Counter]:
     return sum(counter.ops.values()), counter.ops
 
 
+def markdown(rows: list[dict]) -> str:
+    """The rows as a table: one line per model and pairs per batch, the systems side by side."""
+    lines = [
+        "| model | pairs/batch | TRL 1.16 padded | segments | varlen | varlen / TRL |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name in dict.fromkeys(r["model"] for r in rows):
+        for n in sorted({r["pairs_per_batch"] for r in rows if r["model"] == name}):
+            got = {
+                r["system"]: r["ops_per_step"]
+                for r in rows
+                if r["model"] == name and r["pairs_per_batch"] == n
+            }
+            ratio = f"{got['varlen'] / got['trl']:.2f}x" if "varlen" in got and "trl" in got else ""
+            cells = " | ".join(str(got.get(system, "")) for system in SYSTEMS)
+            lines.append(f"| {name} | {n} | {cells} | {ratio} |")
+        varlen = [r["ops_per_step"] for r in rows if r["model"] == name and r["system"] == "varlen"]
+        if varlen:
+            lines.append(
+                f"| {name} | varlen max / min over the pairs per batch | | | {max(varlen) / min(varlen):.3f} | |"
+            )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="write the rows as JSON to this file")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--pairs", nargs="+", type=int, default=[4, 8, 16, 32])
+    parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=list(SYSTEMS))
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -131,7 +156,7 @@ def main() -> None:
         count_step("varlen", model, random_pairs(2, vocab, seed=99))  # first-use registration off the count
         for pairs_per_batch in args.pairs:
             pairs = random_pairs(pairs_per_batch, vocab, seed=pairs_per_batch)
-            for system in SYSTEMS:
+            for system in args.systems:
                 ops, _ = count_step(system, model, pairs)
                 rows.append(
                     {"model": name, "system": system, "pairs_per_batch": pairs_per_batch, "ops_per_step": ops}
@@ -140,21 +165,7 @@ def main() -> None:
         del model
 
     print()
-    print("| model | pairs/batch | TRL 1.16 padded | segments | varlen | varlen / TRL |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    for name in args.models:
-        for n in args.pairs:
-            got = {
-                r["system"]: r["ops_per_step"]
-                for r in rows
-                if r["model"] == name and r["pairs_per_batch"] == n
-            }
-            print(
-                f"| {name} | {n} | {got['trl']} | {got['segments']} | {got['varlen']} | "
-                f"{got['varlen'] / got['trl']:.2f}x |"
-            )
-        varlen = [r["ops_per_step"] for r in rows if r["model"] == name and r["system"] == "varlen"]
-        print(f"| {name} | varlen max/min over pairs per batch | | | {max(varlen) / min(varlen):.3f} | |")
+    print(markdown(rows))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(rows, fh, indent=1)
