@@ -290,6 +290,7 @@ def test_torch_varlen_attn_is_called_as_documented(monkeypatch, signature):
             )
 
     monkeypatch.setattr(torch_varlen, "varlen_attn", stand_in)
+    monkeypatch.setattr(varlen, "HALF_PRECISION_KERNELS", ())  # the stand-in computes in float32
     varlen._torch_varlen_has_gqa.cache_clear()
     monkeypatch.setattr(
         varlen, "_torch_varlen_has_gqa", functools.cache(varlen._torch_varlen_has_gqa.__wrapped__)
@@ -314,11 +315,16 @@ def test_flash_attn_varlen_func_is_called_as_documented(monkeypatch):
     def flash_attn_varlen_func(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p=0.0, softmax_scale=None, causal=False,
                                window_size=(-1, -1)):  # fmt: skip
         assert causal and dropout_p == 0.0
+        calls.append(window_size)
         return documented_kernel(q, k, v, cu_q, cu_k, scale=softmax_scale, left=window_size[0], gqa=True)
 
+    from reward_plugin.pairs import varlen
+
+    calls = []
     monkeypatch.setitem(
         sys.modules, "flash_attn", types.SimpleNamespace(flash_attn_varlen_func=flash_attn_varlen_func)
     )
+    monkeypatch.setattr(varlen, "HALF_PRECISION_KERNELS", ())  # the stand-in computes in float32
     batch = group_batch(None)
     q, k, v = qkv(batch, 4, 1)
     rows, length = batch["packed_input_ids"].shape
@@ -326,6 +332,22 @@ def test_flash_attn_varlen_func_is_called_as_documented(monkeypatch):
     for window in (None, 3):
         got = varlen_pair_attention(q, k, v, plan, sliding_window=window) * real_tokens(batch)
         torch.testing.assert_close(got, dense_reference(q, k, v, batch, window), rtol=0, atol=1e-5)
+    assert calls == [(-1, -1), (2, 2)]
+
+
+def test_float32_under_a_half_precision_kernel_runs_the_reference_kernel(monkeypatch):
+    import torch.nn.attention.varlen as torch_varlen
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("varlen_attn takes float16/bfloat16 only")
+
+    monkeypatch.setattr(torch_varlen, "varlen_attn", refuse)
+    batch = pair_batch(None)
+    q, k, v = qkv(batch)
+    rows, length = batch["packed_input_ids"].shape
+    plan = varlen_plan(spans_from_batch(batch), rows, length, "cpu", "torch")
+    got = varlen_pair_attention(q, k, v, plan) * real_tokens(batch)
+    torch.testing.assert_close(got, dense_reference(q, k, v, batch), rtol=0, atol=1e-5)
 
 
 def test_dropout_under_a_kernel_without_it_is_a_one_line_error():

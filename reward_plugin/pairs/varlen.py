@@ -17,6 +17,8 @@ Kernels (same arguments, same alignment; :data:`KERNELS`):
   with ``flash_attention_2``/``3``); grouped queries and sliding windows native.
 - ``torch``: ``torch.nn.attention.varlen.varlen_attn`` (CUDA); causal as ``window_size=(-1, 0)``.
   Releases without its ``enable_gqa`` argument (torch 2.11) get the KV heads repeated.
+  It and flash-attn take float16/bfloat16 only: float32 attention (a float32 model without
+  autocast) runs the reference kernel instead, with a one-time warning.
 - ``flex``: flex attention with a ``BlockMask`` over the same sequences (compiled on GPU; on CPU
   its forward only: torch has no flex backward on CPU).
 - ``reference``: a portable kernel (float32 matmul + softmax per sequence, with its own backward),
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +44,11 @@ from ..errors import UnsupportedModelError
 PLAN_KWARG = "reward_pair_varlen"
 #: Kernel names, in the order ``auto`` prefers them.
 KERNELS = ("flash_attn_3", "flash_attn_2", "torch", "flex", "reference")
+#: Kernels that run float16/bfloat16 only (float32 inputs go to the reference kernel, with a warning).
+HALF_PRECISION_KERNELS = ("flash_attn_3", "flash_attn_2", "torch")
+
+logger = logging.getLogger(__name__)
+_WARNED: set[str] = set()
 
 
 @dataclass
@@ -186,6 +194,16 @@ def run_kernel(
 ) -> torch.Tensor:
     """One variable-length causal call: ``q`` ``(Tq, heads, d)``, ``k``/``v`` ``(Tk, kv_heads, d)`` -> ``(Tq, heads, d)``."""
     gqa = k.shape[1] != q.shape[1]
+    if kernel in HALF_PRECISION_KERNELS and q.dtype not in (torch.float16, torch.bfloat16):
+        if kernel not in _WARNED:
+            _WARNED.add(kernel)
+            logger.warning(
+                "the %s varlen kernel takes float16/bfloat16 only; %s attention runs the reference kernel (exact, "
+                "one call per sequence): train in bf16 for the fast kernel",
+                kernel,
+                str(q.dtype).removeprefix("torch."),
+            )
+        kernel = "reference"
     if kernel == "reference":
         return reference_varlen_attention(q, k, v, plan.cu_q, plan.cu_k, scale=scale, window=window)
     if kernel == "torch":
