@@ -2,7 +2,8 @@
 
 Part 1: every backend available on the machine (segments, mask, varlen with the reference kernel,
 PyTorch's ``varlen_attn``, flash-attn if installed, flex attention) against the dense-mask
-reference, on one packed batch of pairs (grouped queries, a sliding window), in float32 and bf16:
+reference, on one packed batch of pairs (grouped queries, a sliding window), in float32 and bf16
+(``varlen_attn`` and flash-attn in bf16 only: they take no float32):
 outputs and gradients of q, k, v (largest absolute difference). Part 2: the training loop
 (forward, backward, AdamW step; bf16 weights; random weights of SmolLM2-135M's and Qwen2-1.5B's
 shapes) on the bundled hh-rlhf rows at ``max_length`` 1024: pairs per second and peak GPU memory of
@@ -124,7 +125,7 @@ def check_backends(pairs: list[dict], device: torch.device, dtypes: list[torch.d
     from reward_plugin.pairs.attention import segment_attention, spans_from_batch
     from reward_plugin.pairs.collators import PrefixSharedPairCollator
     from reward_plugin.pairs.masks import allowed_pairs
-    from reward_plugin.pairs.varlen import varlen_pair_attention, varlen_plan
+    from reward_plugin.pairs.varlen import HALF_PRECISION_KERNELS, varlen_pair_attention, varlen_plan
 
     batch = PrefixSharedPairCollator(pad_token_id=0, pack=True, max_length=256)(pairs[:12])
     batch = {k: v.to(device) for k, v in batch.items()}
@@ -149,6 +150,8 @@ def check_backends(pairs: list[dict], device: torch.device, dtypes: list[torch.d
                 "segments": lambda q, k, v, w=window: segment_attention(q, k, v, spans, sliding_window=w)
             }
             for kernel in available_kernels(device):
+                if kernel in HALF_PRECISION_KERNELS and dtype == torch.float32:
+                    continue  # fp16/bf16 kernels: float32 would run the reference kernel
                 plan = varlen_plan(spans, rows, length, device, kernel)
                 candidates[f"varlen ({kernel})"] = lambda q, k, v, plan=plan, w=window: varlen_pair_attention(
                     q, k, v, plan, sliding_window=w
