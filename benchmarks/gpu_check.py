@@ -160,7 +160,7 @@ def check_backends(pairs: list[dict], device: torch.device, dtypes: list[torch.d
                 backward = not (name == "varlen (flex)" and device.type == "cpu")  # no flex backward on CPU
                 try:
                     got = run(q, k, v) * real if backward else run(*(t.detach() for t in leaves)) * real
-                    error = float((got.float() - want.float()).abs().max())
+                    error = float((got.detach().float() - want.detach().float()).abs().max())
                     grads = torch.autograd.grad((got * weights).float().sum(), leaves) if backward else None
                     grad_error = (
                         max(float((a.float() - b.float()).abs().max()) for a, b in zip(grads, want_grads))
@@ -185,8 +185,11 @@ def build_model(shape: str, device: torch.device, dtype: torch.dtype):
     options = dict(SHAPES[shape])
     config = AutoConfig.for_model(options.pop("model_type"), **options, num_labels=1, pad_token_id=0)
     torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_config(config, attn_implementation="sdpa", dtype=dtype)
-    return model.to(device).train()
+    with device:  # initialized where it runs (a 1.5B model initializes slowly on the CPU)
+        model = AutoModelForSequenceClassification.from_config(
+            config, attn_implementation="sdpa", dtype=dtype
+        )
+    return model.train()
 
 
 def train_speed(
@@ -236,22 +239,28 @@ def train_speed(
 
 
 def measure(shapes, systems, sizes, pairs, steps, device, dtype) -> list[dict]:
+    """One model per shape (random weights), trained on by every system in turn with a fresh optimizer."""
+    import gc
+
     rows = []
     for shape in shapes:
+        model = build_model(shape, device, dtype)
         for per_batch in sizes:
             for system in systems:
                 if system == "segments" and per_batch > 8 and device.type == "cuda":
                     continue  # launches grow with the pairs: measured at 8 only
-                model = build_model(shape, device, dtype)
                 try:
                     found = train_speed(model, system, pairs, per_batch, steps, device)
                 except torch.OutOfMemoryError:
                     found = {"error": "out of GPU memory"}
-                rows.append({"shape": shape, "system": system, "pairs_per_batch": per_batch, **found})
-                print(json.dumps(rows[-1]), flush=True)
-                del model
+                model.zero_grad(set_to_none=True)
+                gc.collect()
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
+                rows.append({"shape": shape, "system": system, "pairs_per_batch": per_batch, **found})
+                print(json.dumps(rows[-1]), flush=True)
+        del model
+        gc.collect()
     return rows
 
 
@@ -304,6 +313,7 @@ def main() -> None:
         return
     started = time.perf_counter()
     if args.dry_run:
+        torch.set_num_threads(1)  # a tiny model: more threads only wait on each other
         device, dtype, shapes, sizes, steps = torch.device("cpu"), torch.float32, ["tiny"], [4], 1
         systems = ["trl", "varlen", "segments"]
         pairs = load_pairs(128, byte_tokens=True)
