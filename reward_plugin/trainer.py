@@ -397,9 +397,7 @@ class RewardTrainer(Trainer):
         head's per-token scores (:func:`reward_plugin.pairs.forward.packed_rewards`).
         """
         if "packed_input_ids" in inputs:
-            return packed_rewards(
-                self._score_reader, model, inputs, attention=self.args.pair_attention
-            )
+            return packed_rewards(self._score_reader, model, inputs, attention=self.args.pair_attention)
         if "input_ids_chosen" not in inputs and "input_ids" in inputs:
             # TRL's DataCollatorForPreference layout: chosen rows, then rejected rows, in one tensor.
             rewards = self._score_reader.rewards(
@@ -456,9 +454,7 @@ class RewardTrainer(Trainer):
         self, model: nn.Module, inputs: dict[str, Any]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(rewards of the better, of the worse response of each pair, loss)`` of a group batch."""
-        rewards = group_rewards(
-            self._score_reader, model, inputs, attention=self.args.pair_attention
-        )
+        rewards = group_rewards(self._score_reader, model, inputs, attention=self.args.pair_attention)
         better, worse = inputs["pair_better"], inputs["pair_worse"]
         loss = group_loss(
             rewards,
@@ -476,9 +472,7 @@ class RewardTrainer(Trainer):
         inputs = self._prepare_inputs(inputs)
         if "pair_better" in inputs:  # one row per group, unpacked after the loop (group_eval.py)
             with torch.no_grad(), self.compute_loss_context_manager():
-                rewards = group_rewards(
-                    self._score_reader, model, inputs, attention=self.args.pair_attention
-                )
+                rewards = group_rewards(self._score_reader, model, inputs, attention=self.args.pair_attention)
             return None, group_rows(inputs, rewards, self.args.group_loss), None
         with torch.no_grad(), self.compute_loss_context_manager():
             loss, outputs = self.compute_loss(model, inputs, return_outputs=True)

@@ -238,7 +238,12 @@ def score_groups(trainer: Any, table: Any, batch_size: int) -> list[np.ndarray]:
                 chunk = order[start : start + batch_size]
                 batch = collator([rows[k] for k in chunk])
                 batch = {key: value.to(device) for key, value in batch.items()}
-                rewards = group_rewards(reader, model, batch, attention=trainer.args.pair_attention).float().cpu().numpy()
+                rewards = (
+                    group_rewards(reader, model, batch, attention=trainer.args.pair_attention)
+                    .float()
+                    .cpu()
+                    .numpy()
+                )
                 owner = batch["response_group"].cpu().numpy()
                 for position, k in enumerate(chunk):
                     out[k] = rewards[owner == position].astype(np.float64)
