@@ -17,7 +17,7 @@ from .loss import GROUP_LOSSES
 #: Values of ``RewardConfig.pair_batching``.
 PAIR_BATCHING_MODES = ("standard", "prefix_shared", "packed", "auto")
 #: Values of ``RewardConfig.pair_attention``.
-PAIR_ATTENTION_MODES = ("segments", "mask")
+PAIR_ATTENTION_MODES = ("auto", "segments", "mask", "varlen", "flex")
 #: Values of ``RewardConfig.truncation``.
 TRUNCATION_SIDES = ("left", "right")
 
@@ -94,11 +94,14 @@ class RewardConfig(TrainingArguments):
             rejected tail]`` per pair), ``"packed"`` (several such pairs per row) or ``"auto"`` (default:
             ``packed`` where the model supports it exactly, else ``standard``); see
             :mod:`reward_plugin.pairs`.
-        pair_attention: how the prefix-shared/packed layouts attend: ``"segments"`` (default: each
-            pair block's attention as its own small calls, so cost grows with the pairs, not the
+        pair_attention: how the prefix-shared/packed layouts attend: ``"auto"`` (default: the fastest
+            exact backend for the machine, see :mod:`reward_plugin.pairs.backends`), ``"segments"``
+            (each pair block's attention as its own small calls, so cost grows with the pairs, not the
             square of the row, and a packed batch is one padding-free row; sdpa/eager models) or
             ``"mask"`` (one dense 4D mask per row; a flex-attention ``BlockMask`` under
-            ``flex_attention``, which segments also fall back to). Both give the same rewards.
+            ``flex_attention``, which segments also fall back to), ``"varlen"`` (one variable-length
+            kernel call per layer for the whole batch) or ``"flex"`` (flex attention over the same
+            sequences). All give the same rewards.
 
     Parameters that control the training:
         center_rewards_coefficient: weight of the ``mean((r_chosen + r_rejected)^2)`` term that keeps
@@ -244,11 +247,13 @@ class RewardConfig(TrainingArguments):
         },
     )
     pair_attention: str = field(
-        default="segments",
+        default="auto",
         metadata={
-            "help": "Attention of the prefix_shared/packed layouts: 'segments' (each pair block attends on its "
+            "help": "Attention of the prefix_shared/packed layouts: 'auto' (default: segments on CPU, varlen on "
+            "CUDA and for flash-attention models), 'segments' (each pair block attends on its "
             "own, no dense mask; packed batches become one padding-free row; used with sdpa/eager attention) or "
-            "'mask' (a dense 4D mask per row, or a flex-attention BlockMask). Both give the same rewards.",
+            "'mask' (a dense 4D mask per row, or a flex-attention BlockMask), 'varlen' (one variable-length kernel call per layer) or 'flex' (flex attention "
+            "over the same sequences). All give the same rewards.",
             "choices": list(PAIR_ATTENTION_MODES),
         },
     )

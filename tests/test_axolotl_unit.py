@@ -337,3 +337,30 @@ def test_documented_axolotl_yaml_and_runner_yaml_are_the_same_run():
         runner.learning_rate,
         runner.logging_steps,
     ) == (8, 2, 1, 1e-5, 10)
+
+
+def test_flash_attention_keeps_pairs_packed_through_the_varlen_backend(monkeypatch):
+    import importlib.util
+
+    from test_pair_batching import make_model
+
+    from reward_plugin.pairs import backends, resolve_pair_batching
+
+    assert host.stage_settings({"flash_attention": True}) == {"pair_attention": "varlen"}
+    assert host.stage_settings({"attn_implementation": "flash_attention_2"}) == {"pair_attention": "varlen"}
+    assert host.stage_settings({"flash_attention": True, "reward_pair_attention": "auto"}) == {
+        "pair_attention": "auto"
+    }
+    assert host.stage_settings({"flash_attention": False}) == {}
+    # The model Axolotl loads for `flash_attention: true` packs, through flash-attn's varlen function.
+    model = make_model("llama")
+    model.config._attn_implementation = "flash_attention_2"
+    assert resolve_pair_batching("auto", model) == "packed"
+    found = importlib.util.find_spec  # flash-attn is not installed here: pretend it is
+    monkeypatch.setattr(
+        backends.importlib.util,
+        "find_spec",
+        lambda name, *a: object() if name == "flash_attn" else found(name, *a),
+    )
+    backend = backends.resolve_pair_attention("varlen", model, "cuda")
+    assert backend == backends.AttentionBackend("varlen", "flash_attn_2")

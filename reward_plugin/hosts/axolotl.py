@@ -85,7 +85,7 @@ class RewardPluginArgs(BaseModel):
     reward_pair_batching: Literal["standard", "prefix_shared", "packed", "auto"] | None = Field(
         None, description="forward-pass layout of a pair (RewardConfig.pair_batching)"
     )
-    reward_pair_attention: Literal["segments", "mask"] | None = Field(
+    reward_pair_attention: Literal["auto", "segments", "mask", "varlen", "flex"] | None = Field(
         None, description="attention of the fast layouts (RewardConfig.pair_attention)"
     )
     reward_group_loss: Literal["bradley_terry", "plackett_luce", "best_vs_rest"] | None = Field(
@@ -141,7 +141,9 @@ def stage_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The :class:`~reward_plugin.RewardConfig` fields an Axolotl config sets through the plugin.
 
     ``reward_max_length`` defaults to ``sequence_len``; ``reward_center_rewards_coefficient``
-    falls back to Axolotl's own ``center_rewards_coefficient``.
+    falls back to Axolotl's own ``center_rewards_coefficient``; ``flash_attention: true`` (or a
+    flash ``attn_implementation``) sets ``pair_attention`` to ``varlen`` unless
+    ``reward_pair_attention`` says otherwise.
 
     Args:
         cfg: the Axolotl config (a mapping, validated or not).
@@ -158,6 +160,13 @@ def stage_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
         value = _get(cfg, key)
         if value is not None:
             settings[name] = value
+    if "pair_attention" not in settings and (
+        _get(cfg, "flash_attention")
+        or _get(cfg, "attn_implementation") in ("flash_attention_2", "flash_attention_3")
+    ):
+        # Axolotl loads the model with flash attention, which ignores masks: pairs stay packed through
+        # flash-attn's variable-length function (the varlen backend).
+        settings["pair_attention"] = "varlen"
     if "chat_template" not in settings and _get(cfg, "chat_template"):
         settings["chat_template"] = "tokenizer"  # Axolotl attaches its chat_template to the tokenizer
     if "center_rewards_coefficient" not in settings and _get(cfg, "center_rewards_coefficient") is not None:

@@ -16,7 +16,8 @@ Wiring: transformers looks the attention function up by ``config._attn_implement
 layer call (also when gradient checkpointing recomputes a layer in the backward pass), and passes
 the model's extra keyword arguments through to it. :func:`use_segment_attention` registers, once,
 an implementation per base implementation (``reward_pairs_sdpa``, ``reward_pairs_eager``) that
-runs segment attention when the forward got :data:`SPANS_KWARG`, and the base implementation
+runs segment attention when the forward got :data:`SPANS_KWARG` (the varlen backend of :mod:`.varlen`
+when it got :data:`.varlen.PLAN_KWARG`), and the base implementation
 (with its own mask construction) otherwise, and sets it on the model's config. Plain forwards of
 the model therefore behave exactly as before; the name is a runtime attribute that is not saved
 with the config.
@@ -38,6 +39,7 @@ from ..hf_internals import (
     set_attn_implementation,
 )
 from ..scoring import unwrap_model
+from .varlen import PLAN_KWARG, varlen_pair_attention
 
 #: The forward keyword argument that carries the pair spans to the attention function.
 SPANS_KWARG = "reward_pair_spans"
@@ -226,6 +228,13 @@ def _make_attention_function(base: str):
         module: nn.Module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs: Any
     ):
         spans = kwargs.pop(SPANS_KWARG, None)
+        plan = kwargs.pop(PLAN_KWARG, None)
+        if plan is not None:
+            window = kwargs.get("sliding_window", getattr(module, "sliding_window", None))
+            output = varlen_pair_attention(
+                query, key, value, plan, scaling=scaling, dropout=dropout, sliding_window=window or None
+            )
+            return output, None
         if spans is None:
             return attention_function(base, module)(
                 module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
@@ -260,6 +269,15 @@ def base_implementation(model: nn.Module) -> str:
 def supports_segment_attention(model: nn.Module) -> bool:
     """Whether the model's attention can run as segment attention (``sdpa`` or ``eager``)."""
     return base_implementation(model) in BASE_IMPLEMENTATIONS
+
+
+def use_pair_attention(model: nn.Module) -> None:
+    """Route the model's attention through the pair backends (segments or varlen) when a forward carries their argument.
+
+    Like :func:`use_segment_attention`, for any base implementation (flash-attention models run the
+    varlen backend only). Idempotent.
+    """
+    set_attn_implementation(unwrap_model(model), _register(base_implementation(model)))
 
 
 def use_segment_attention(model: nn.Module) -> None:

@@ -223,7 +223,12 @@ class GroupCollator(RewardDataCollatorWithPadding):
 
 
 def group_rewards(
-    reader: ScoreReader, model: nn.Module, batch: dict[str, torch.Tensor], *, segments: bool = True
+    reader: ScoreReader,
+    model: nn.Module,
+    batch: dict[str, torch.Tensor],
+    *,
+    segments: bool = True,
+    attention: str | None = None,
 ) -> torch.Tensor:
     """One reward per response of a :class:`GroupCollator` batch, ``(m,)``, from one forward.
 
@@ -233,12 +238,15 @@ def group_rewards(
         batch: a batch from :class:`GroupCollator` (any layout).
         segments: fast layouts: segment attention where the model allows it (see
             :func:`~.forward.packed_scores`).
+        attention: a ``RewardConfig.pair_attention`` value (see :func:`~.forward.packed_scores`).
 
     Returns:
         The rewards in the batch's response order (``pair_better``/``pair_worse`` index them).
     """
     if "packed_input_ids" in batch:
-        return packed_scores(reader, model, batch, segments=segments)[batch["response_index"]]
+        return packed_scores(reader, model, batch, segments=segments, attention=attention)[
+            batch["response_index"]
+        ]
     return reader.rewards(
         model, input_ids=batch["group_input_ids"], attention_mask=batch["group_attention_mask"]
     )

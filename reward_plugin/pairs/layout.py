@@ -37,6 +37,8 @@ FAST_MODES = ("prefix_shared", "packed")
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral", "gemma", "gpt2")
 #: Attention implementations that honour a custom 4D mask (flash-attention kernels ignore it).
 MASKED_ATTENTION = ("sdpa", "eager", "flex_attention")
+#: Flash-attention implementations, packed through the varlen backend (``pair_attention`` auto/varlen/flex).
+FLASH_ATTENTION = ("flash_attention_2", "flash_attention_3")
 
 #: Segment codes of the ``packed_segments`` batch tensor.
 PAD, PREFIX, CHOSEN, REJECTED = -1, 0, 1, 2
@@ -72,8 +74,9 @@ def unsupported_reason(model: nn.Module) -> str | None:
             f"4D mask ({', '.join(SUPPORTED_MODEL_TYPES)}); encoders attend in both directions and cannot share a prompt"
         )
     impl = base_implementation(base)
-    if impl not in MASKED_ATTENTION:
-        return f"{name} uses attn_implementation={impl!r}, which ignores custom 4D masks; load it with 'sdpa' or 'eager'"
+    # Flash-attention kernels ignore custom masks; the varlen backend runs them with their own varlen function.
+    if impl not in MASKED_ATTENTION and impl not in FLASH_ATTENTION:
+        return f"{name} uses attn_implementation={impl!r}, which ignores custom 4D masks; load it with 'sdpa', 'eager' or a flash-attention implementation"
     found = find_head(model)
     if found is None or found[0] != "score":
         return f"{name} has no per-token `score` head to read both rewards from"

@@ -31,7 +31,7 @@ from ..pairs import (
     packed_rewards,
     resolve_pair_batching,
 )
-from ..pairs.attention import supports_segment_attention
+from ..pairs.backends import resolve_pair_attention
 from ..pairs.groups import GROUP_KEYS, GroupCollator, group_rewards
 from ..scoring import ScoreReader
 
@@ -58,15 +58,18 @@ class BatchPlan:
         layout: ``standard``, ``prefix_shared`` or ``packed`` (``RewardConfig.pair_batching``
             resolved for the model).
         grouped: the data is a grouped table: groups are collated (pair rows too, as groups of two).
-        segments: the fast layouts run segment attention (``pair_attention='segments'`` and a model
-            whose attention supports it); otherwise a block mask.
-        attention_cost: the ``packed`` collator's row-length cost (infinite under segment
-            attention, where a token costs the same in any row); None for the other layouts.
+        attention: ``RewardConfig.pair_attention`` (resolved per device by
+            :func:`~reward_plugin.pairs.backends.resolve_pair_attention`).
+        segments: the fast layouts attend without a dense mask (segments, varlen or flex: rows then
+            need no length cap); False for the dense 4D mask.
+        attention_cost: the ``packed`` collator's row-length cost (infinite without a dense mask,
+            where a token costs the same in any row); None for the other layouts.
         options: cutting and padding, shared by every collator of the plan.
     """
 
     layout: str = "standard"
     grouped: bool = False
+    attention: str = "auto"
     segments: bool = False
     attention_cost: float | None = None
     options: dict[str, Any] = field(default_factory=dict, compare=False)
@@ -77,9 +80,12 @@ class BatchPlan:
     ) -> BatchPlan:
         """The plan for ``args`` (a ``RewardConfig``), this model (None: not built yet) and tokenizer."""
         layout = resolve_pair_batching(args.pair_batching, model) if model is not None else "standard"
-        segments = (
-            model is not None and args.pair_attention == "segments" and supports_segment_attention(model)
+        backend = (
+            resolve_pair_attention(args.pair_attention, model, args.device)
+            if model is not None and layout in FAST_MODES
+            else None
         )
+        segments = backend is not None and backend.name != "mask"
         cost = None
         if layout == "packed" and model is not None:
             cost = math.inf if segments else attention_cost_tokens(model)
@@ -92,7 +98,7 @@ class BatchPlan:
             "keep_token_ids": {i for i in keep if isinstance(i, int)} if tokenizer is not None else set(),
             "padding_side": "right",
         }
-        return cls(layout, grouped, segments, cost, options)
+        return cls(layout, grouped, args.pair_attention, segments, cost, options)
 
     def for_groups(self) -> BatchPlan:
         """The same plan for a grouped table."""
@@ -100,7 +106,7 @@ class BatchPlan:
 
     def describe(self) -> str:
         """One line for the log."""
-        attention = ", segment attention" if self.segments and self.layout in FAST_MODES else ""
+        attention = f", pair_attention={self.attention}" if self.layout in FAST_MODES else ""
         data = "groups" if self.grouped else "pairs"
         return f"batch plan: {data} in the {self.layout} layout{attention}"
 
@@ -154,7 +160,7 @@ class BatchPlan:
 
     def response_rewards(self, reader: ScoreReader, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         """One reward per response of a group batch, ``(m,)``."""
-        return group_rewards(reader, model, batch, segments=self.segments)
+        return group_rewards(reader, model, batch, attention=self.attention)
 
     def pair_rewards(
         self, reader: ScoreReader, model: nn.Module, batch: dict[str, Any]
@@ -166,7 +172,7 @@ class BatchPlan:
         chosen and rejected rows stacked along the batch dimension, padded to one length.
         """
         if "packed_input_ids" in batch:
-            return packed_rewards(reader, model, batch, segments=self.segments)
+            return packed_rewards(reader, model, batch, attention=self.attention)
         if "input_ids_chosen" not in batch and "input_ids" in batch:
             rewards = reader.rewards(
                 model, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
