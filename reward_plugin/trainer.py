@@ -654,9 +654,14 @@ class RewardTrainer(Trainer):
         )
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        super()._save(output_dir, state_dict)
+        from .serving.export import plain_scoring_save, write_scoring_settings
+
+        # Saved with a pad token plain pooling reads correctly, and the scoring settings (serving/export.py).
+        with plain_scoring_save(self.model, self.processing_class, self.args) as scoring:
+            super()._save(output_dir, state_dict)
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         if self.args.should_save:
+            write_scoring_settings(scoring, output_dir)
             if self.reward_stats is not None:
                 write_reward_stats(self.reward_stats, output_dir)
             self._write_card(output_dir)
