@@ -1,0 +1,111 @@
+"""Prompts and completions to token ids, rendered and truncated the way training encoded its pairs.
+
+Plain-text prompts and completions are concatenated (``prompt + completion``); conversational ones
+(lists of ``{"role", "content"}`` messages, as TRL passes them) go through the chat template saved
+with the model, in the sandbox of :mod:`dataset_formats.rendering`, exactly as
+:func:`dataset_formats.rendering.render_pair` renders a training pair. Tokenization, the response
+boundary and the length policy are those of :class:`dataset_formats.encoding.PairEncoder`: with
+``truncation="left"`` the prompt gives way first and the completion is kept (cut from the right
+only when it alone is too long); ``"right"`` cuts the end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from dataset_formats.encoding import LengthPolicy, PairEncoder
+from dataset_formats.records import PreferencePair
+from dataset_formats.rendering import ChatTemplate, render_pair
+
+from ..errors import DataError
+
+#: A prompt or completion: text or a list of ``{"role", "content"}`` messages.
+Content = str | list[dict[str, Any]] | None
+
+
+def _check(value: Any, name: str, index: int) -> None:
+    if value is None or isinstance(value, str):
+        return
+    if isinstance(value, (list, tuple)) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+        for m in value
+    ):
+        return
+    raise DataError(
+        f"{name}[{index}] must be a string or a list of {{'role', 'content'}} messages with string values, "
+        f"got {type(value).__name__}"
+    )
+
+
+class ScoringEncoder:
+    """Renders and tokenizes ``(prompt, completion)`` items.
+
+    Args:
+        tokenizer: the model's (fast) tokenizer.
+        template: the chat template for conversational items (None: the plain hh-rlhf style).
+        max_length: the length limit (None: none).
+        truncation: ``left`` (the prompt gives way) or ``right``.
+    """
+
+    def __init__(
+        self, tokenizer: Any, template: ChatTemplate | None, max_length: int | None, truncation: str
+    ):
+        self.tokenizer = tokenizer
+        self.template = template
+        self.max_length = max_length
+        self.truncation = truncation if truncation in ("left", "right") else "left"
+        self._encoder = PairEncoder(tokenizer, LengthPolicy(max_length, self.truncation))
+
+    def render(self, prompt: Content, completion: Content, index: int = 0) -> tuple[str, str]:
+        """``(prompt text, full text)`` of one item; the full text starts with the prompt text."""
+        _check(prompt, "prompts", index)
+        _check(completion, "completions", index)
+        if completion is None:
+            raise DataError(f"completions[{index}] is missing")
+        pair = PreferencePair(
+            prompt if not isinstance(prompt, tuple) else list(prompt),
+            completion if not isinstance(completion, tuple) else list(completion),
+            completion if not isinstance(completion, tuple) else list(completion),
+        )
+        rendered = render_pair(
+            pair,
+            self.template,
+            bos_token=getattr(self.tokenizer, "bos_token", None),
+            eos_token=getattr(self.tokenizer, "eos_token", None),
+        )
+        return rendered.prompt, rendered.chosen
+
+    def encode_texts(self, prompts: Sequence[str], texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of full texts (each starting with its prompt text, "" when unknown), length policy applied."""
+        if not texts:
+            return []
+        batch = self._encoder.tokenize(list(texts))
+        out = []
+        for k, (ids, encoding) in enumerate(zip(batch["input_ids"], batch.encodings)):
+            ids, boundary = self._encoder._with_boundary(ids, encoding, prompts[k], texts[k])
+            out.append(self._cut(ids, boundary))
+        return out
+
+    def encode(
+        self, prompts: Sequence[Content], completions: Sequence[Content]
+    ) -> tuple[list[str], list[list[int]]]:
+        """``(rendered prompt texts, token ids)`` of each item."""
+        if len(prompts) != len(completions):
+            raise DataError(
+                f"got {len(prompts)} prompts but {len(completions)} completions; pass one prompt per completion"
+            )
+        rendered = [self.render(p, c, k) for k, (p, c) in enumerate(zip(prompts, completions))]
+        prompt_texts = [r[0] for r in rendered]
+        return prompt_texts, self.encode_texts(prompt_texts, [r[1] for r in rendered])
+
+    def _cut(self, ids: list[int], boundary: int | None) -> list[int]:
+        limit = self.max_length
+        if limit is None or len(ids) <= limit:
+            return ids
+        enc = self._encoder
+        if self.truncation == "right":
+            return enc._cut_right(ids, boundary if boundary is not None else enc.n_lead, limit)[0]
+        if boundary is None:  # no known prompt: the text gives way from the left, its end is kept
+            boundary = len(ids) - enc.n_trail
+        return enc._cut_left(ids, boundary, len(ids) - limit, limit)[0]
