@@ -154,4 +154,7 @@ def run_serve(args: argparse.Namespace) -> int:
         max_wait_ms=args.max_wait_ms,
     )
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
-    return serve(load_scorer(args), host=args.host, port=args.port, api_key=api_key, limits=limits)
+    name = os.path.basename(os.path.normpath(args.model))
+    return serve(
+        load_scorer(args), host=args.host, port=args.port, api_key=api_key, limits=limits, model_name=name
+    )

@@ -24,6 +24,14 @@ from ..errors import DataError
 Content = str | list[dict[str, Any]] | None
 
 
+class ItemTooLongError(DataError):
+    """An item over the server's token limit; ``field`` names the request field."""
+
+    def __init__(self, message: str, field: str):
+        super().__init__(message)
+        self.field = field
+
+
 def _check(value: Any, name: str, index: int) -> None:
     if value is None or isinstance(value, str):
         return
@@ -76,19 +84,34 @@ class ScoringEncoder:
         )
         return rendered.prompt, rendered.chosen
 
-    def encode_texts(self, prompts: Sequence[str], texts: Sequence[str]) -> list[list[int]]:
-        """Token ids of full texts (each starting with its prompt text, "" when unknown), length policy applied."""
+    def encode_texts(
+        self,
+        prompts: Sequence[str],
+        texts: Sequence[str],
+        *,
+        max_tokens: int | None = None,
+        field: str = "items",
+    ) -> list[list[int]]:
+        """Token ids of full texts (each starting with its prompt text, "" when unknown), length policy applied.
+
+        Raises:
+            ItemTooLongError: an item has more than ``max_tokens`` tokens before truncation.
+        """
         if not texts:
             return []
         batch = self._encoder.tokenize(list(texts))
         out = []
         for k, (ids, encoding) in enumerate(zip(batch["input_ids"], batch.encodings)):
+            if max_tokens is not None and len(ids) > max_tokens:
+                raise ItemTooLongError(
+                    f"{field}[{k}] has {len(ids)} tokens, more than the limit of {max_tokens}", field=field
+                )
             ids, boundary = self._encoder._with_boundary(ids, encoding, prompts[k], texts[k])
             out.append(self._cut(ids, boundary))
         return out
 
     def encode(
-        self, prompts: Sequence[Content], completions: Sequence[Content]
+        self, prompts: Sequence[Content], completions: Sequence[Content], *, max_tokens: int | None = None
     ) -> tuple[list[str], list[list[int]]]:
         """``(rendered prompt texts, token ids)`` of each item."""
         if len(prompts) != len(completions):
@@ -97,7 +120,10 @@ class ScoringEncoder:
             )
         rendered = [self.render(p, c, k) for k, (p, c) in enumerate(zip(prompts, completions))]
         prompt_texts = [r[0] for r in rendered]
-        return prompt_texts, self.encode_texts(prompt_texts, [r[1] for r in rendered])
+        texts = [r[1] for r in rendered]
+        return prompt_texts, self.encode_texts(
+            prompt_texts, texts, max_tokens=max_tokens, field="completions"
+        )
 
     def _cut(self, ids: list[int], boundary: int | None) -> list[int]:
         limit = self.max_length
