@@ -437,8 +437,18 @@ def serve(
     import uvicorn
 
     app = create_app(scorer, api_key=api_key, limits=limits, model_name=model_name)
+
+    class _Server(uvicorn.Server):
+        # uvicorn re-raises a captured SIGTERM after its graceful shutdown (the process then dies of
+        # it); a drained shutdown is a clean exit here, so the signal is consumed.
+        @contextlib.contextmanager
+        def capture_signals(self):
+            with super().capture_signals():
+                yield
+                self._captured_signals.clear()
+
     config = uvicorn.Config(app, host=host, port=port, log_level="info", access_log=False, lifespan="on")
-    server = uvicorn.Server(config)
+    server = _Server(config)
     logger.info("serving on http://%s:%d (POST /score, /get_reward, /classify; GET /health)", host, port)
     server.run()
     return 0
