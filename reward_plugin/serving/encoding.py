@@ -3,7 +3,7 @@
 Plain-text prompts and completions are concatenated (``prompt + completion``); conversational ones
 (lists of ``{"role", "content"}`` messages, as TRL passes them) go through the chat template saved
 with the model, in the sandbox of :mod:`dataset_formats.rendering`, exactly as
-:func:`dataset_formats.rendering.render_pair` renders a training pair. Tokenization, the response
+:func:`dataset_formats.rendering.render_pair` renders a training pair (its helpers are reused). Tokenization, the response
 boundary and the length policy are those of :class:`dataset_formats.encoding.PairEncoder`: with
 ``truncation="left"`` the prompt gives way first and the completion is kept (cut from the right
 only when it alone is too long); ``"right"`` cuts the end.
@@ -11,12 +11,12 @@ only when it alone is too long); ``"right"`` cuts the end.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
 from dataset_formats.encoding import LengthPolicy, PairEncoder
-from dataset_formats.records import PreferencePair
-from dataset_formats.rendering import ChatTemplate, render_pair
+from dataset_formats.rendering import ChatTemplate, _as_messages, _hh_render, _text
 
 from ..errors import DataError
 
@@ -65,24 +65,47 @@ class ScoringEncoder:
         self.truncation = truncation if truncation in ("left", "right") else "left"
         self._encoder = PairEncoder(tokenizer, LengthPolicy(max_length, self.truncation))
 
-    def render(self, prompt: Content, completion: Content, index: int = 0) -> tuple[str, str]:
-        """``(prompt text, full text)`` of one item; the full text starts with the prompt text."""
+    def render(
+        self, prompt: Content, completion: Content, index: int = 0, cache: dict[str, str] | None = None
+    ) -> tuple[str, str]:
+        """``(prompt text, full text)`` of one item; the full text starts with the prompt text ("" if unknown).
+
+        As :func:`dataset_formats.rendering.render_pair` renders a pair's side: plain text is
+        concatenated, conversations go through the template (or the plain hh-rlhf style without
+        one). ``cache`` keeps rendered prompts across the items of one call.
+        """
         _check(prompt, "prompts", index)
         _check(completion, "completions", index)
         if completion is None:
             raise DataError(f"completions[{index}] is missing")
-        pair = PreferencePair(
-            prompt if not isinstance(prompt, tuple) else list(prompt),
-            completion if not isinstance(completion, tuple) else list(completion),
-            completion if not isinstance(completion, tuple) else list(completion),
-        )
-        rendered = render_pair(
-            pair,
-            self.template,
+        prompt = list(prompt) if isinstance(prompt, tuple) else prompt
+        completion = list(completion) if isinstance(completion, tuple) else completion
+        if not any(isinstance(x, list) for x in (prompt, completion)):
+            text = _text(prompt)
+            return text, text + _text(completion)
+        answer = _as_messages(completion)
+        if prompt is None or prompt == [] or prompt == "":
+            return "", self._render(answer, False)
+        turns = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        full = self._render(turns + answer, False)
+        key = json.dumps(turns, sort_keys=True)
+        head = cache.get(key) if cache is not None else None
+        if head is None:
+            head = self._render(turns, True)
+            if cache is not None:
+                cache[key] = head
+        # Some templates rewrite earlier turns once an answer follows: the prompt is then unknown.
+        return (head if full.startswith(head) else ""), full
+
+    def _render(self, messages: list[dict[str, Any]], generation_prompt: bool) -> str:
+        if self.template is None:
+            return _hh_render(messages, generation_prompt)
+        return self.template.render(
+            messages,
+            add_generation_prompt=generation_prompt,
             bos_token=getattr(self.tokenizer, "bos_token", None),
             eos_token=getattr(self.tokenizer, "eos_token", None),
         )
-        return rendered.prompt, rendered.chosen
 
     def encode_texts(
         self,
@@ -118,7 +141,8 @@ class ScoringEncoder:
             raise DataError(
                 f"got {len(prompts)} prompts but {len(completions)} completions; pass one prompt per completion"
             )
-        rendered = [self.render(p, c, k) for k, (p, c) in enumerate(zip(prompts, completions))]
+        cache: dict[str, str] = {}
+        rendered = [self.render(p, c, k, cache) for k, (p, c) in enumerate(zip(prompts, completions))]
         prompt_texts = [r[0] for r in rendered]
         texts = [r[1] for r in rendered]
         return prompt_texts, self.encode_texts(
