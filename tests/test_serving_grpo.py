@@ -11,6 +11,8 @@ from reward_plugin import RewardScorer
 
 pytest.importorskip("trl")
 
+pytestmark = pytest.mark.slow  # two GRPO steps with generation: ~40 s on two cores
+
 
 def test_grpo_trains_two_steps_with_the_scorer_as_reward_function(tmp_path, tiny_llama_dir, bpe_tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM
