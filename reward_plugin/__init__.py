@@ -13,6 +13,7 @@ _LAZY = {
     "RewardTrainer": ".trainer",
     "RewardDataCollatorWithPadding": ".pairs.collators",
     "pairwise_loss": ".loss",
+    "RewardScorer": ".serving.scorer",
 }
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "RewardConfig",
     "RewardDataCollatorWithPadding",
     "RewardPluginError",
+    "RewardScorer",
     "RewardTrainer",
     "UnknownStageError",
     "hookimpl",

@@ -33,6 +33,7 @@ from .model.loading import load_model_and_tokenizer, prepare_model
 from .modeling import ensure_pad_token
 from .sampler import pair_sampler
 from .scoring import ScoreReader, unwrap_model
+from .serving.export import plain_scoring_save, write_scoring_settings
 from .training.arguments import all_datasets, dataset_options, reward_args
 from .training.plan import PAIR_COLLATORS, PLAN_COLUMNS, BatchPlan
 from .training.statistics import (
@@ -356,5 +357,10 @@ class RewardTrainer(Trainer):
         write_model_card_of(self, self.args.output_dir, model_name)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        super()._save(output_dir, state_dict)
-        write_artifacts(self, output_dir if output_dir is not None else self.args.output_dir)
+        # Saved with a pad token plain pooling reads correctly, and the scoring settings (serving/export.py).
+        with plain_scoring_save(self.model, self.processing_class, self.args) as scoring:
+            super()._save(output_dir, state_dict)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if self.args.should_save:
+            write_scoring_settings(scoring, output_dir)
+        write_artifacts(self, output_dir)

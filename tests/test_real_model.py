@@ -183,10 +183,20 @@ def test_a_few_steps_lower_the_loss_and_the_model_saves_as_safetensors(tmp_path,
     out = tmp_path / "out"
     assert (out / "model.safetensors").is_file() and not list(out.glob("*.gguf"))
     config = json.loads((out / "config.json").read_text())
-    assert "quantization_config" not in config and config["pad_token_id"] == tok.eos_token_id
+    # Trained with pad == EOS, saved with a pad token that ends no row (plain pooling, below).
+    assert "quantization_config" not in config and config["pad_token_id"] != tok.eos_token_id
+    assert tok.pad_token == "<|im_end|>"  # the trainer's tokenizer is unchanged
     reloaded = AutoModelForSequenceClassification.from_pretrained(out).eval()
     reloaded_tok = AutoTokenizer.from_pretrained(out)
-    assert reloaded_tok.chat_template == tok.chat_template and reloaded_tok.pad_token == "<|im_end|>"
+    assert reloaded_tok.chat_template == tok.chat_template
+    assert reloaded_tok.pad_token_id == config["pad_token_id"] != reloaded_tok.eos_token_id
+    # Plain AutoModelForSequenceClassification pooling on a right-padded batch of rows ending in EOS.
+    sequences = [row[f"input_ids_{side}"] for row in eos_pairs for side in ("chosen", "rejected")]
+    padded = reloaded_tok.pad({"input_ids": sequences}, return_tensors="pt", padding_side="right")
+    with torch.no_grad():
+        pooled = reloaded(**padded).logits[:, 0].numpy()
+    expected = [reference_reward(reloaded, ids) for ids in sequences]
+    np.testing.assert_allclose(pooled, expected, atol=FP32_TOLERANCE, rtol=0)
     row = eos_pairs[0]
     trained = trainer.model.eval()
     for side in ("chosen", "rejected"):
