@@ -199,7 +199,7 @@ def test_rewardbench2_best_of_n_ties_and_predictions(tmp_path, tiny_llama_dir, c
     assert ties["ref_accuracy"]["count"] == ties["tied_accuracy"]["count"] == 3
     scores.append(expected_ties)
     assert rb2["score"]["score"] == pytest.approx(np.mean(scores), abs=1e-9)
-    assert rb2["score"]["complete"] and rb2["score"]["prompts"] == len(rows)
+    assert rb2["score"]["complete"] and rb2["score"]["rows"] == len(rows)
     assert "RewardBench 2" in text and f"score (mean of the subsets): {np.mean(scores):.4f}" in text
 
 

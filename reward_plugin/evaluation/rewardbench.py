@@ -258,7 +258,7 @@ def rewardbench2_report(groups: Sequence[PromptRewards]) -> dict[str, Any]:
     """RewardBench 2 scores: per subset (best-of-N accuracy; Ties by :func:`ties_score`) and their mean.
 
     Returns:
-        ``{"subsets": {name: estimate | ties}, "score": {"score", "subsets", "prompts", "complete"}}``;
+        ``{"subsets": {name: estimate | ties}, "score": {"score", "subsets", "rows", "complete"}}``;
         ``complete`` says whether all six benchmark subsets are present.
 
     Raises:
@@ -282,7 +282,7 @@ def rewardbench2_report(groups: Sequence[PromptRewards]) -> dict[str, Any]:
         "score": {
             "score": float(np.mean(scores)),
             "subsets": len(scores),
-            "prompts": len(groups),
+            "rows": len(groups),
             "complete": set(V2_SUBSETS) <= set(by_subset),
         },
     }
@@ -333,5 +333,5 @@ def format_rewardbench(report: dict[str, Any], key: str) -> list[str]:
             lines.append(f"  {name}: {est(e)}")
     s = report["score"]
     note = "" if s["complete"] else f"; only {s['subsets']} of the 6 subsets present"
-    lines.append(f"  score (mean of the subsets): {s['score']:.4f} ({s['prompts']} prompts{note})")
+    lines.append(f"  score (mean of the subsets): {s['score']:.4f} ({s['rows']} rows{note})")
     return lines
