@@ -21,10 +21,14 @@ from .errors import RecordError
 MESSAGE_EXTRA_KEYS = ("tool_calls", "tool_call_id", "name", "reasoning_content", "reasoning", "thinking")
 
 #: Keys a row's ``chat_template_kwargs`` may not set: they are arguments of
-#: ``apply_chat_template`` (or of our renderer), not template variables, and a dataset row must
-#: not change how the conversation is rendered or tokenized.
+#: ``apply_chat_template`` (or of our renderer) or the sandbox's helper functions, not template
+#: variables, and a dataset row must not change how the conversation is rendered or tokenized.
 RESERVED_KWARGS = frozenset(
     {
+        "range",
+        "raise_exception",
+        "strftime_now",
+        "namespace",
         "messages",
         "conversation",
         "tools",

@@ -142,13 +142,16 @@ def trl_ids(tokenizer, rows: list[dict], tmp_path: Path) -> list[tuple[list[int]
     return out
 
 
-def our_ids(tokenizer, rows: list[dict], tmp_path: Path, template: str) -> list[tuple[list[int], list[int]]]:
-    """The rows through ``reward-plugin convert --format preference`` (the public CLI)."""
+def our_ids(
+    tokenizer, rows: list[dict], tmp_path: Path, template: str, fmt: str = "preference"
+) -> list[tuple[list[int], list[int]]]:
+    """The rows through ``reward-plugin convert --format FMT`` (the public CLI)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     folder = tmp_path / "tok"
     tokenizer.save_pretrained(folder)
     source = write_jsonl(tmp_path / "rows.jsonl", rows)
     out = tmp_path / "pairs.parquet"
-    argv = ["convert", str(source), "--format", "preference", "--tokenizer", str(folder)]
+    argv = ["convert", str(source), "--format", fmt, "--tokenizer", str(folder)]
     argv += ["--chat-template", template, "-o", str(out), "--no-progress", "--overwrite"]
     assert reward_main(argv) == 0
     table = pq.read_table(out).to_pylist()
@@ -171,6 +174,19 @@ def test_token_ids_equal_trl_preprocessing(tmp_path, bpe_tokenizer_path, templat
     assert '"name": "get_weather"' in text and "<tool_call>" in text and "<tool_response>" in text
     assert "# Tools" in tokenizer.decode(ours[1][1]) and '"search"' in tokenizer.decode(ours[1][1])
     assert "# Tools" not in tokenizer.decode(ours[2][0])
+
+
+def test_chat_format_rows_carry_tools_too(tmp_path, bpe_tokenizer_path):
+    """The ``chat`` layout (``messages`` + replies) with the same tools gives the same ids as the
+    TRL preference rows (explicit-prompt rows only: ``chat`` has no implicit prompt)."""
+    tokenizer = qwen_tokenizer(
+        bpe_tokenizer_path, (templates_dir() / "qwen3.jinja").read_text(encoding="utf-8")
+    )
+    rows = [r for r in ROWS if "prompt" in r]
+    chat_rows = [{"messages": r["prompt"], **{k: v for k, v in r.items() if k != "prompt"}} for r in rows]
+    preference = our_ids(tokenizer, rows, tmp_path / "p", "qwen3")
+    chat = our_ids(tokenizer, chat_rows, tmp_path / "c", "qwen3", fmt="chat")
+    assert chat == preference
 
 
 def test_chat_template_kwargs_reach_the_template(tmp_path, bpe_tokenizer_path):
@@ -222,6 +238,17 @@ def test_enable_thinking_false_closes_the_think_block_of_the_prompt():
             {"chat_template_kwargs": {"add_generation_prompt": True}},
             "chat_template_kwargs.add_generation_prompt",
             "may not set 'add_generation_prompt'",
+        ),
+        ({"chat_template_kwargs": {"range": [1, 2]}}, "chat_template_kwargs.range", "may not set 'range'"),
+        (
+            {"chosen": [{"role": "assistant", "content": None, "tool_calls": [{"arguments": {}}]}]},
+            "chosen[0].tool_calls[0]",
+            "a tool call needs a function name",
+        ),
+        (
+            {"chosen": [{"role": "user", "content": None, "tool_calls": [{"name": "f"}]}]},
+            "chosen[0]",
+            "message has a null 'content' key",
         ),
     ],
 )
