@@ -176,6 +176,25 @@ def test_token_ids_equal_trl_preprocessing(tmp_path, bpe_tokenizer_path, templat
     assert "# Tools" not in tokenizer.decode(ours[2][0])
 
 
+def test_shipped_qwen3_renders_tool_rows_like_the_real_qwen3_template():
+    from dataset_formats.registry import get_format
+    from dataset_formats.rendering import ChatTemplate
+
+    real = ChatTemplate(
+        "real-qwen3", (FIXTURES / "chat_templates" / "qwen3.jinja").read_text(encoding="utf-8")
+    )
+    shipped = load_chat_template("qwen3")
+    adapter = get_format("preference")
+    for row in ROWS:
+        for pair in adapter.to_pairs(row, adapter.make_options({})):
+            ours, theirs = render_pair(pair, shipped), render_pair(pair, real)
+            assert (ours.prompt, ours.chosen, ours.rejected) == (
+                theirs.prompt,
+                theirs.chosen,
+                theirs.rejected,
+            )
+
+
 def test_chat_format_rows_carry_tools_too(tmp_path, bpe_tokenizer_path):
     """The ``chat`` layout (``messages`` + replies) with the same tools gives the same ids as the
     TRL preference rows (explicit-prompt rows only: ``chat`` has no implicit prompt)."""
