@@ -190,6 +190,7 @@ def test_rewardbench2_best_of_n_ties_and_predictions(tmp_path, tiny_llama_dir, c
         assert got["count"] == len(outcomes)
         assert got["accuracy"] == pytest.approx(np.mean(outcomes), abs=1e-9)
         assert got["ci95"] == pytest.approx(list(wilson(np.mean(outcomes), len(outcomes))), abs=1e-9)
+        assert got["exact_ties"] == 0
         scores.append(np.mean(outcomes))
     ties_rows = [(r, w) for r, w in zip(rows, rewards) if r["subset"] == "Ties"]
     expected_ties = ties_reference([r for r, _ in ties_rows], [w for _, w in ties_rows])
@@ -226,6 +227,7 @@ def test_ties_score_matches_its_definition_on_chosen_rewards():
                 PromptRewards.bipartite(chosen, rejected, meta={"id": f"{kind}:{prompt}", "subset": "Ties"})
             )
     groups.append(PromptRewards.bipartite([1.0], [0.0, 2.0], meta={"id": "9", "subset": "Math"}))
+    groups.append(PromptRewards.bipartite([1.0], [1.0, 0.0], meta={"id": "10", "subset": "Math"}))
     report = rewardbench2_report(groups)
     ties = report["subsets"]["Ties"]
     with np.errstate(divide="ignore"):
@@ -235,7 +237,9 @@ def test_ties_score_matches_its_definition_on_chosen_rewards():
     assert ties["tied_accuracy"]["accuracy"] == pytest.approx(3 / 5)
     assert 0 < ties["correctness_preferred"]["accuracy"] < 1
     assert 0 < ties["correctness_preferred_hard"]["accuracy"] < 1
-    assert report["subsets"]["Math"]["accuracy"] == 0.0  # 1.0 does not beat the rejected 2.0
+    # 1.0 beats neither the rejected 2.0 nor, strictly, the rejected 1.0 (an exact tie, counted)
+    assert report["subsets"]["Math"]["accuracy"] == 0.0
+    assert report["subsets"]["Math"]["count"] == 2 and report["subsets"]["Math"]["exact_ties"] == 1
     assert report["score"]["score"] == pytest.approx((expected + 0.0) / 2)
     assert report["score"]["subsets"] == 2 and not report["score"]["complete"]
 

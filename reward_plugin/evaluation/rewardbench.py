@@ -259,7 +259,8 @@ def rewardbench2_report(groups: Sequence[PromptRewards]) -> dict[str, Any]:
 
     Returns:
         ``{"subsets": {name: estimate | ties}, "score": {"score", "subsets", "rows", "complete"}}``;
-        ``complete`` says whether all six benchmark subsets are present.
+        ``complete`` says whether all six benchmark subsets are present; each non-Ties estimate
+        also counts ``exact_ties``, prompts whose (worst) chosen reward equals the best rejected one.
 
     Raises:
         ConfigError: no prompts, a prompt without a subset, or bad Ties ids.
@@ -276,6 +277,9 @@ def rewardbench2_report(groups: Sequence[PromptRewards]) -> dict[str, Any]:
         else:
             correct = np.array([best_of_n_correct(g) for g in gs], dtype=np.float64)
             subsets[name] = accuracy_estimate(correct.mean(), correct.size, correct.size)
+            # Prompts lost only by an exact tie with the best rejected answer, which the benchmark's
+            # script counts as right: the gap between the two numbers, made visible.
+            subsets[name]["exact_ties"] = sum(bool(g.chosen.min() == g.rejected.max()) for g in gs)
             scores.append(subsets[name]["accuracy"])
     return {
         "subsets": subsets,
@@ -330,7 +334,8 @@ def format_rewardbench(report: dict[str, Any], key: str) -> list[str]:
                 parts.append(f"margin score {e['margin_score']:.4f}")
             lines.append(f"  {name}: " + "; ".join(parts))
         else:
-            lines.append(f"  {name}: {est(e)}")
+            ties = f"; {e['exact_ties']} lost by an exact tie" if e["exact_ties"] else ""
+            lines.append(f"  {name}: {est(e)}{ties}")
     s = report["score"]
     note = "" if s["complete"] else f"; only {s['subsets']} of the 6 subsets present"
     lines.append(f"  score (mean of the subsets): {s['score']:.4f} ({s['rows']} rows{note})")
