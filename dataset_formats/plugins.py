@@ -29,6 +29,7 @@ DEFAULT_PLUGINS = (
     "dataset_formats.adapters.scores",
     "dataset_formats.adapters.ranking",
     "dataset_formats.adapters.rm_bench",
+    "dataset_formats.adapters.rewardbench",
     "dataset_formats.adapters.detect",
 )
 

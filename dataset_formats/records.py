@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-#: A chat message: ``{"role": "system" | "user" | "assistant", "content": str}``.
+#: A chat message: ``{"role": "system" | "user" | "assistant" | "tool", "content": str}``, plus
+#: tool-call fields (``tool_calls``, ``tool_call_id``, ``name``) and reasoning text when the source has them.
 Message = dict[str, Any]
 #: Text, or a list of messages.
 Content = str | list[Message]
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 
 
 @dataclass
@@ -30,6 +31,8 @@ class PreferencePair:
         scores: ``(chosen score, rejected score)`` when the source scores each response (higher is
             better; a rank is given as its negative), else None. The grouped table
             (:mod:`dataset_formats.groups`) keeps them as per-response ``scores``.
+        tools: the row's tool schemas, given to the chat template as ``tools`` (None: no tools).
+        chat_template_kwargs: the row's extra chat-template variables (e.g. ``enable_thinking``).
     """
 
     prompt: Content | None
@@ -39,6 +42,8 @@ class PreferencePair:
     row: int = -1
     meta: dict[str, Any] = field(default_factory=dict)
     scores: tuple[float, float] | None = None
+    tools: list[dict[str, Any]] | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
 
     def is_conversational(self) -> bool:
         """True when the pair holds messages rather than plain text."""

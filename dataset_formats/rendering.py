@@ -22,6 +22,7 @@ import jinja2.ext
 import jinja2.nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
+from .chat_inputs import has_tool_calls, template_messages
 from .errors import RecordError, TemplateError, UnsafeTemplateError
 from .records import Content, Message, PreferencePair
 
@@ -245,13 +246,25 @@ class ChatTemplate:
         return (ChatTemplate, (self.name, self.source))
 
     def render(
-        self, messages: list[Message], add_generation_prompt: bool = False, **special_tokens: Any
+        self,
+        messages: list[Message],
+        add_generation_prompt: bool = False,
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        template_kwargs: Mapping[str, Any] | None = None,
+        **special_tokens: Any,
     ) -> str:
         """Render ``messages`` to text.
 
+        The template sees what transformers' ``apply_chat_template`` gives it: ``messages`` (reasoning
+        text under all the names templates read), ``tools``, ``add_generation_prompt``, the special
+        tokens, and then ``template_kwargs``, which may override the special tokens.
+
         Args:
-            messages: ``{"role", "content"}`` dicts.
+            messages: ``{"role", "content"}`` dicts (plus tool-call fields).
             add_generation_prompt: end with the header that starts an assistant turn.
+            tools: tool schemas, the template's ``tools`` (None when there are none).
+            template_kwargs: extra template variables (a row's ``chat_template_kwargs``).
             **special_tokens: template variables such as ``bos_token``/``eos_token`` (default "").
 
         Returns:
@@ -265,13 +278,17 @@ class ChatTemplate:
         """
         variables = {"bos_token": "", "eos_token": "", **special_tokens}
         variables = {k: ("" if v is None and k.endswith("_token") else v) for k, v in variables.items()}
+        variables.update(template_kwargs or {})
         budget = _Budget(self.name)
         token = _budget.set(budget)
         try:
             out: list[str] = []
             size = 0
             for chunk in self._template.generate(
-                messages=messages, add_generation_prompt=add_generation_prompt, **variables
+                messages=template_messages(messages),
+                tools=tools,
+                add_generation_prompt=add_generation_prompt,
+                **variables,
             ):
                 size += len(chunk)
                 if size > MAX_OUTPUT_CHARS:
@@ -395,6 +412,14 @@ def _hh_render(messages: list[Message], add_generation_prompt: bool) -> str:
     parts = []
     for m in messages:
         role = m["role"]
+        if has_tool_calls(m):
+            raise RecordError(
+                "an assistant message calls tools, which the plain hh-rlhf style cannot show; "
+                "pass --chat-template (a template that renders tool calls, e.g. qwen3 or tokenizer)",
+                field="tool_calls",
+                reason="needs_chat_template",
+                value=m["tool_calls"],
+            )
         if role == "user":
             parts.append("\n\nHuman: " + m["content"])
         elif role == "assistant":
@@ -421,7 +446,7 @@ def _text(value: Content | None) -> str:
         return ""
     if isinstance(value, str):
         return value
-    return "".join(str(m.get("content", "")) for m in value)
+    return "".join(str(m.get("content") or "") for m in value)
 
 
 def _common_prefix(a: str, b: str) -> str:
@@ -459,6 +484,14 @@ def render_pair(
         return RenderedPair(prompt, prompt + _text(pair.chosen), prompt + _text(pair.rejected))
 
     tokens = {"bos_token": bos_token, "eos_token": eos_token}
+    if template is None and (pair.tools or pair.chat_template_kwargs):
+        field = "tools" if pair.tools else "chat_template_kwargs"
+        raise RecordError(
+            f"the row gives {field}, which only a chat template can use, but the plain hh-rlhf style is "
+            "rendering it; pass --chat-template (e.g. tokenizer)",
+            field=field,
+            reason="needs_chat_template",
+        )
     if template is None:
 
         def render(msgs: list[Message], gen: bool) -> str:
@@ -466,7 +499,13 @@ def render_pair(
     else:
 
         def render(msgs: list[Message], gen: bool) -> str:
-            return template.render(msgs, add_generation_prompt=gen, **tokens)
+            return template.render(
+                msgs,
+                add_generation_prompt=gen,
+                tools=pair.tools,
+                template_kwargs=pair.chat_template_kwargs,
+                **tokens,
+            )
 
     chosen_msgs = _as_messages(pair.chosen)
     rejected_msgs = _as_messages(pair.rejected)

@@ -153,7 +153,10 @@ def _add_eval(subparsers: argparse._SubParsersAction) -> None:
         help="write reward histograms, accuracy by gap and the length bias (matplotlib)",
     )
     evaluate.add_argument(
-        "--format", default="auto", metavar="NAME|auto", help="format of raw data (default: auto)"
+        "--format",
+        default="auto",
+        metavar="NAME|auto",
+        help="format of raw data (default: auto); rewardbench / rewardbench2 add the benchmark's scores",
     )
     evaluate.add_argument("--max-length", type=int, metavar="N", help="cut longer sequences, as in training")
     evaluate.add_argument(

@@ -25,6 +25,8 @@ BUILT_INS = {
     "helpsteer2",
     "ranking",
     "rm-bench",
+    "rewardbench",
+    "rewardbench2",
 }
 FORMAT_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "formats"
 

@@ -7,6 +7,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from ..chat_inputs import has_tool_calls, message_extras
 from ..errors import RecordError
 from ..records import ROLES, Message
 
@@ -112,7 +113,11 @@ def messages(
     content_key: str = "content",
     role_map: Mapping[str, str] | None = None,
 ) -> list[Message]:
-    """Validate a list of message objects and return plain ``{"role", "content"}`` dicts.
+    """Validate a list of message objects and return ``{"role", "content"}`` dicts.
+
+    Tool-call fields (``tool_calls``, ``tool_call_id``, ``name``) and reasoning text are kept when a
+    message has them (:data:`dataset_formats.chat_inputs.MESSAGE_EXTRA_KEYS`); an assistant message
+    that calls tools may have a null content.
 
     Args:
         value: the raw list.
@@ -150,7 +155,10 @@ def message(
             reason="wrong_type",
             value=m,
         )
-    for key in (role_key, content_key):
+    role = m.get(role_key)
+    mapped = role_map.get(role, None) if role_map is not None and isinstance(role, str) else role
+    calls_only = mapped == "assistant" and has_tool_calls(m) and m.get(content_key) is None
+    for key in (role_key,) if calls_only else (role_key, content_key):
         if key not in m or m[key] is None:
             what = "no" if key not in m else "a null"
             raise RecordError(
@@ -160,8 +168,7 @@ def message(
                 reason="missing_field",
                 value=m,
             )
-    role, content = m[role_key], m[content_key]
-    mapped = role_map.get(role, None) if role_map is not None and isinstance(role, str) else role
+    content = m.get(content_key)
     if mapped not in ROLES:
         valid = ", ".join(role_map) if role_map is not None else ", ".join(ROLES)
         raise RecordError(
@@ -178,7 +185,7 @@ def message(
             reason="wrong_type",
             value=content,
         )
-    if not isinstance(content, str):
+    if not isinstance(content, str) and not calls_only:
         raise RecordError(
             f"message {content_key} must be a string, got {type(content).__name__} {_short(content)}; "
             "give the message text as a string",
@@ -186,7 +193,8 @@ def message(
             reason="wrong_type",
             value=content,
         )
-    return {"role": mapped, "content": content}
+    # An assistant turn that only calls tools may have no text (content null, as OpenAI writes it).
+    return {"role": mapped, "content": content, **message_extras(m, field, mapped)}
 
 
 def check_responses(
@@ -220,7 +228,12 @@ def check_responses(
 
 def _content(value: Any) -> str:
     if isinstance(value, list):
-        return "".join(str(m.get("content", "")) for m in value if isinstance(m, Mapping))
+        # A tool call is a response even when the turn has no text.
+        return "".join(
+            str(m.get("tool_calls")) if has_tool_calls(m) else str(m.get("content") or "")
+            for m in value
+            if isinstance(m, Mapping)
+        )
     return value if isinstance(value, str) else str(value)
 
 
@@ -228,7 +241,11 @@ def _flat(value: Any) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, list):
-        return "\x00".join(f"{m.get('role')}\x01{m.get('content')}" for m in value if isinstance(m, Mapping))
+        return "\x00".join(
+            f"{m.get('role')}\x01{m.get('content')}\x01{m.get('tool_calls')}"
+            for m in value
+            if isinstance(m, Mapping)
+        )
     return str(value)
 
 

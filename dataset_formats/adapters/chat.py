@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..adapter import FormatAdapter
+from ..chat_inputs import read_chat_template_kwargs, read_tools
 from ..errors import RecordError
 from ..hookspecs import hookimpl
 from ..records import Message, PreferencePair
@@ -43,7 +44,10 @@ def read_messages(value: Any, field: str) -> list[Message]:
 
 
 def read_reply(value: Any, field: str) -> list[Message]:
-    """A reply given as a string, one message object, or a list of messages (all assistant turns)."""
+    """A reply given as a string, one message object, or a list of messages.
+
+    A reply is assistant turns, and ``tool`` results after an assistant turn (an agent's tool
+    calls, their results, then its answer)."""
     if isinstance(value, str):
         return [{"role": "assistant", "content": value}]
     if isinstance(value, Mapping):
@@ -54,7 +58,7 @@ def read_reply(value: Any, field: str) -> list[Message]:
             "the reply is an empty list of messages", field=field, reason="empty_response", value=value
         )
     for i, m in enumerate(msgs):
-        if m["role"] != "assistant":
+        if m["role"] != "assistant" and not (m["role"] == "tool" and i > 0):
             raise RecordError(
                 f"a reply must consist of assistant messages, got role {m['role']!r}; "
                 "put the earlier turns in the conversation field",
@@ -71,7 +75,8 @@ class ChatAdapter(FormatAdapter):
     ``messages`` is the conversation so far (``{role, content}`` or ShareGPT ``{from, value}``
     objects); each reply is a string, an assistant message object, or a list of assistant
     messages. Rendering uses ``--chat-template`` (a shipped name, a ``.jinja`` path or
-    ``tokenizer``); without one the plain hh-rlhf style is used.
+    ``tokenizer``); without one the plain hh-rlhf style is used. Optional ``tools`` (a list of tool
+    schemas, or it as a JSON string) and ``chat_template_kwargs`` (an object) go to the template.
     """
 
     name = "chat"
@@ -84,7 +89,9 @@ class ChatAdapter(FormatAdapter):
         chosen = read_reply(_fields.require(row, "chosen"), "chosen")
         rejected = read_reply(_fields.require(row, "rejected"), "rejected")
         _fields.check_responses(chosen, rejected, allow_empty=options.allow_empty_response)
-        return [PreferencePair(prompt or None, chosen, rejected)]
+        pair = PreferencePair(prompt or None, chosen, rejected)
+        pair.tools, pair.chat_template_kwargs = read_tools(row), read_chat_template_kwargs(row)
+        return [pair]
 
 
 @hookimpl(trylast=True)

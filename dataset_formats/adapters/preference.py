@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..adapter import FormatAdapter
+from ..chat_inputs import read_chat_template_kwargs, read_tools
 from ..errors import RecordError
 from ..hookspecs import hookimpl
 from ..records import Message, PreferencePair
@@ -111,6 +112,9 @@ class PreferenceAdapter(FormatAdapter):
     * conversational: the same keys holding lists of ``{role, content}`` messages; an implicit
       conversational prompt is recovered as the messages both conversations share.
     * optional ``margin`` (a number) on any of them.
+    * optional ``tools`` (tool schemas, a list or a JSON string) and ``chat_template_kwargs`` (an
+      object, e.g. ``{"enable_thinking": false}``) on conversational rows: they reach the chat
+      template as in TRL's ``RewardTrainer``.
     """
 
     name = "preference"
@@ -125,7 +129,9 @@ class PreferenceAdapter(FormatAdapter):
         margin = None
         if options.margin_field:
             margin = _fields.number(row, options.margin_field, optional=True)
-        return [PreferencePair(prompt, chosen, rejected, margin=margin)]
+        pair = PreferencePair(prompt, chosen, rejected, margin=margin)
+        pair.tools, pair.chat_template_kwargs = read_tools(row), read_chat_template_kwargs(row)
+        return [pair]
 
     def detect(self, columns: list[str], sample: list[dict[str, Any]]) -> bool:
         return super().detect(columns, sample)

@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 #: Raw-row fields copied into each prompt's metadata (and the predictions file) when present.
 META_FIELDS = ("id", "subset", "domain")
+#: Formats always scored as groups (one forward per prompt), even with one pair per row.
+GROUP_FORMATS = ("rewardbench", "rewardbench2")
 
 
 @contextlib.contextmanager
@@ -300,7 +302,8 @@ def predict_groups(
                 chat_template=chat_template,
                 format_options=format_options,
             )
-            if all(len(links) == 1 for links in table.column("pairs").to_pylist()):
+            one_pair_rows = all(len(links) == 1 for links in table.column("pairs").to_pylist())
+            if one_pair_rows and format not in GROUP_FORMATS:
                 table = None  # one pair per row: evaluate it as training does, with its length policy
         if table is not None and is_group_table(table.column_names):
             return groups_from_table(table, score_groups(trainer, table, batch_size), data), group_margins(

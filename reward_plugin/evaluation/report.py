@@ -19,6 +19,7 @@ from ..metrics import format_accuracy, wilson_interval
 from .buckets import accuracy_by_bucket, format_number
 from .length_bias import has_lengths, length_bias_report
 from .prompts import PromptRewards, best_of_n_accuracy, pairwise_accuracy, write_predictions
+from .rewardbench import BENCHMARK_REPORTS, format_rewardbench
 from .rm_bench import is_rm_bench, rm_bench_report
 
 #: Percentiles reported for the reward distributions.
@@ -130,7 +131,8 @@ def evaluate_model(
             PEFT adapter folder, with its tokenizer.
         data: a tokenized table (pairs or groups: ``.parquet``/``.arrow``/``datasets`` folder) or
             raw preference data in a dataset-toolkit format (converted with the tokenizer).
-        format: the format of raw data (``"auto"`` detects it).
+        format: the format of raw data (``"auto"`` detects it); ``rewardbench`` and
+            ``rewardbench2`` add the benchmark's scores (:mod:`.rewardbench`).
         tokenizer: the tokenizer folder or name (default: the model's).
         max_length: cut longer sequences (on the ``truncation`` side), as in training.
         truncation: ``"left"`` or ``"right"``.
@@ -143,7 +145,7 @@ def evaluate_model(
 
     Returns:
         The :func:`group_report` plus ``model`` and ``data`` (and ``plot``/``predictions`` when
-        written).
+        written, and ``rewardbench``/``rewardbench2`` for those formats).
 
     Raises:
         ConfigError: the model folder is missing, no pairs, or ``plot`` without matplotlib.
@@ -167,6 +169,8 @@ def evaluate_model(
     )
     report: dict[str, Any] = {"model": str(model_dir), "data": str(data)}
     report.update(group_report(groups, margins))
+    if format in BENCHMARK_REPORTS:  # RewardBench v1 / 2: the benchmark's own scores
+        report[format] = BENCHMARK_REPORTS[format](groups)
     if predictions is not None:
         report["predictions"] = str(write_predictions(groups, predictions))
     if plot is not None:
@@ -212,6 +216,9 @@ def format_report(report: dict[str, Any]) -> str:
                 lines.append(f"  {b['low']:.4g} .. {b['high']:.4g}: {_estimate(b)} ({b['count']} pairs)")
     if "rm_bench" in report:
         lines += _format_rm_bench(report["rm_bench"])
+    for key in BENCHMARK_REPORTS:
+        if key in report:
+            lines += format_rewardbench(report[key], key)
     if "length_bias" in report:
         lines += _format_length_bias(report["length_bias"])
     for key in ("predictions", "plot"):
