@@ -175,7 +175,9 @@ class RewardTrainer(Trainer):
         train_dataset, eval_dataset = self._prepare_datasets(train_dataset, eval_dataset)
         # The layout needs the model; a `model_init` model only exists once Trainer.__init__ built it.
         self.pair_batching = (
-            resolve_pair_batching(self.args.pair_batching, model) if model is not None else "standard"
+            resolve_pair_batching(self.args.pair_batching, model, self.args.pair_attention)
+            if model is not None
+            else "standard"
         )
         self._layout_model = model
         default_collator = data_collator is None
@@ -250,7 +252,9 @@ class RewardTrainer(Trainer):
         # The loss never goes through the model, so the model's loss kwargs must not change GA scaling.
         self.model_accepts_loss_kwargs = False
         if model_built_by_trainer:
-            self.pair_batching = resolve_pair_batching(self.args.pair_batching, self.model)
+            self.pair_batching = resolve_pair_batching(
+                self.args.pair_batching, self.model, self.args.pair_attention
+            )
             self._layout_model = self.model
             if default_collator:
                 self.data_collator = self._default_collator()
