@@ -119,6 +119,12 @@ def test_the_readme_runs_the_three_commands_on_the_bundled_sample():
     assert "python -m reward_plugin.sample_data" in code
 
 
+def test_the_readme_shows_an_install_command_on_its_first_screen():
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    first = next(n for n, line in enumerate(lines, 1) if line.startswith("pip install"))
+    assert first <= 30, f"the first install command is on line {first}"
+
+
 def commands(code: str) -> list[list[str]]:
     """The ``reward-plugin ...`` command lines of a shell block (continuations joined, comments cut)."""
     joined = re.sub(r"\\\n\s*", " ", code)
