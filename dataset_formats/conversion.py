@@ -26,6 +26,7 @@ from .pipeline import BatchProcessor, ConvertStats
 from .reading import DEFAULT_BATCH_SIZE, count_rows, iter_object_batches, iter_row_batches, peek_rows
 from .registry import detect_format, get_format, list_formats
 from .schema import MARGIN_COLUMN, pair_schema
+from .tokenizer_identity import IDENTITY_KEY, tokenizer_identity
 from .workers import run_batches
 from .writing import PairWriter, output_kind, remove_stale_temporaries, temporary_path
 
@@ -204,6 +205,7 @@ def convert(
         "format": format_name,
         "format_options": format_options or {},
         "tokenizer": stats.tokenizer,
+        IDENTITY_KEY: tokenizer_identity(tok, stats.tokenizer),
         "chat_template": chat_template if isinstance(chat_template, str) else None,
         "max_length": max_length,
         "truncation": truncation,

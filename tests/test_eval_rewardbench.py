@@ -207,7 +207,7 @@ def test_rewardbench2_best_of_n_ties_and_predictions(tmp_path, tiny_llama_dir, c
 def test_ties_score_matches_its_definition_on_chosen_rewards():
     """The Ties score on hand-picked rewards where every term is neither 0 nor 1 (a random model
     gets every Ties prompt wrong, so the end-to-end test alone would leave terms untested)."""
-    from reward_plugin.evaluation.groups import PromptRewards
+    from reward_plugin.evaluation.prompts import PromptRewards
     from reward_plugin.evaluation.rewardbench import rewardbench2_report
 
     rows, rewards = [], []

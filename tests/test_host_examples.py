@@ -131,6 +131,8 @@ def test_llamafactory_example_trains_unchanged(tmp_path, bpe_tokenizer_path, exa
     assert err.count("LLaMA-Factory keys without effect here: ") == 1
     assert err.count(template_line) == 1
     assert "Traceback" not in err
+    # Both families are proven exact on the fast layouts (docs/models.md): no fallback to the padded one.
+    assert "uses the standard layout" not in err
     if os.cpu_count() and os.cpu_count() < 16:
         assert err.count("more workers than the") == 1 and "preprocessing_num_workers 16 ->" in err
 

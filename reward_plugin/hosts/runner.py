@@ -33,7 +33,7 @@ BUNDLED_SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "hh_rlhf_
 
 
 def default_config() -> dict[str, Any]:
-    """The embedded default run: MiniLM-L6 on the bundled hh-rlhf rows, 598 train / 200 held-out pairs.
+    """The embedded default run: MiniLM-L6 on the bundled hh-rlhf rows, 600 train / 200 held-out pairs.
 
     Two epochs at batch 8 (150 steps), ``max_length`` 128 (the left cut keeps the final
     responses, where chosen and rejected differ), length-grouped batches, learning rate 5e-5 and

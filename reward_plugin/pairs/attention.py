@@ -85,18 +85,33 @@ def _hidden_keys(q_len: int, k_len: int, window: int | None, device: torch.devic
     return (k_pos > q_pos) | (q_pos - k_pos >= window)
 
 
-def _attend(query, key, value, *, window: int | None, scaling, dropout: float, gqa: bool) -> torch.Tensor:
+def _attend(
+    query,
+    key,
+    value,
+    *,
+    window: int | None,
+    scaling,
+    dropout: float,
+    gqa: bool,
+    softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Causal attention of one segment's queries (the last ``q`` of its keys), ``(1, heads, q, head_dim)``.
 
     On CPU, segments of pair-block size run as matmul + softmax: PyTorch's fused CPU kernel is no
     faster there and keeps memory per new segment shape, which a stream of differently sized pairs
     grows without bound. Longer segments, and other devices, use ``scaled_dot_product_attention``.
+    Logit soft-capping (``softcap``: ``tanh(s / c) * c``, Gemma 2) and attention sinks (``sinks``:
+    one extra logit per head that takes part in the softmax and is dropped, gpt-oss) are applied
+    as the models' eager attention applies them, always on the matmul path.
     """
     q_len, k_len = query.shape[2], key.shape[2]
     if window is not None and k_len <= window:
         window = None  # every key is inside the window
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    if query.device.type != "cpu" or q_len * k_len > CPU_MATH_MAX_SCORES:
+    plain = softcap is None and sinks is None
+    if plain and (query.device.type != "cpu" or q_len * k_len > CPU_MATH_MAX_SCORES):
         plain_causal = window is None and q_len == k_len
         mask = None if plain_causal else ~_hidden_keys(q_len, k_len, window, query.device)
         return F.scaled_dot_product_attention(
@@ -115,8 +130,14 @@ def _attend(query, key, value, *, window: int | None, scaling, dropout: float, g
     # Scaling the queries (q x d) is cheaper than scaling the scores (q x k); matmul saves its
     # inputs, not its output, so the mask can be written into the scores in place.
     scores = (query * scale) @ key.transpose(-1, -2)
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
     scores.masked_fill_(_hidden_keys(q_len, k_len, window, query.device), float("-inf"))
-    probs = scores.softmax(dim=-1)
+    if sinks is not None:
+        sink = sinks.reshape(1, -1, 1, 1).expand(1, -1, q_len, 1).to(scores.dtype)
+        probs = torch.cat([scores, sink], dim=-1).softmax(dim=-1)[..., :-1]
+    else:
+        probs = scores.softmax(dim=-1)
     if dropout:
         probs = F.dropout(probs, p=dropout)
     return probs @ value
@@ -131,6 +152,8 @@ def segment_attention(
     scaling: float | None = None,
     dropout: float = 0.0,
     sliding_window: int | None = None,
+    softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attention over packed pair (or group) blocks, block by block.
 
@@ -143,6 +166,8 @@ def segment_attention(
         scaling: softmax scale (default ``head_dim ** -0.5``).
         dropout: attention dropout probability.
         sliding_window: keys more than ``sliding_window - 1`` positions back are not seen.
+        softcap: attention logit soft-cap (Gemma 2), or None.
+        sinks: ``(heads,)`` attention-sink logits (gpt-oss), or None.
 
     Returns:
         ``(rows, T, heads, head_dim)``, the layout transformers' attention functions return.
@@ -155,12 +180,14 @@ def segment_attention(
         with torch.autocast("cpu", enabled=False):
             output = attend_segments(
                 query.float(), key.float(), value.float(), spans,
-                scaling=scaling, dropout=dropout, sliding_window=sliding_window,
+                scaling=scaling, dropout=dropout, sliding_window=sliding_window, softcap=softcap,
+                sinks=None if sinks is None else sinks.float(),
             )  # fmt: skip
         return output.to(query.dtype)
     return attend_segments(
-        query, key, value, spans, scaling=scaling, dropout=dropout, sliding_window=sliding_window
-    )
+        query, key, value, spans, scaling=scaling, dropout=dropout, sliding_window=sliding_window,
+        softcap=softcap, sinks=sinks,
+    )  # fmt: skip
 
 
 def attend_segments(
@@ -172,6 +199,8 @@ def attend_segments(
     scaling: float | None,
     dropout: float,
     sliding_window: int | None,
+    softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """:func:`segment_attention` in the inputs' own dtype (no float32 upcast on CPU)."""
     rows, heads, length, head_dim = query.shape
@@ -208,7 +237,10 @@ def attend_segments(
                 continue
             prefix, count = block
             q_head, k_head, v_head = q_parts[part], k_parts[part], v_parts[part]
-            options = {"window": sliding_window, "scaling": scaling, "dropout": dropout, "gqa": gqa}
+            options = {
+                "window": sliding_window, "scaling": scaling, "dropout": dropout, "gqa": gqa,
+                "softcap": softcap, "sinks": sinks,
+            }  # fmt: skip
             pieces.append(_attend(q_head, k_head, v_head, **options))
             # Every further tail (the rejected one of a pair) continues the prefix (positions
             # prefix..prefix+tail-1) and never sees the other tails.
@@ -241,8 +273,9 @@ def _make_attention_function(base: str):
             )
         window = kwargs.get("sliding_window", getattr(module, "sliding_window", None))
         output = segment_attention(
-            query, key, value, spans, scaling=scaling, dropout=dropout, sliding_window=window or None
-        )
+            query, key, value, spans, scaling=scaling, dropout=dropout, sliding_window=window or None,
+            softcap=kwargs.get("softcap"), sinks=kwargs.get("s_aux"),
+        )  # fmt: skip
         return output, None
 
     attention.__name__ = f"reward_pairs_{base}_attention"

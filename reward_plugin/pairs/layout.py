@@ -1,4 +1,4 @@
-"""The prefix-shared and packed pair layouts: which models can use them, and how long their blocks are.
+"""The prefix-shared and packed pair layouts: whether a model can use them, and how long their blocks are.
 
 A decoder's hidden state at a token depends only on the tokens before it, so chosen and rejected,
 which usually share a long prompt, can run as one sequence ``[shared prefix | chosen tail |
@@ -32,9 +32,6 @@ logger = logging.getLogger(__name__)
 
 #: Pair-batching modes that lay a pair out as one prefix-shared block.
 FAST_MODES = ("prefix_shared", "packed")
-#: ``config.model_type`` of the decoders whose attention takes a custom 4D mask and position ids
-#: exactly (checked against the standard two-sequence forward by the tests).
-SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral", "gemma", "gpt2")
 #: Attention implementations that honour a custom 4D mask (flash-attention kernels ignore it).
 MASKED_ATTENTION = ("sdpa", "eager", "flex_attention")
 #: Flash-attention implementations, packed through the varlen backend (``pair_attention`` auto/varlen/flex).
@@ -55,11 +52,16 @@ PACKED_KEYS = (
 )
 
 
-def unsupported_reason(model: nn.Module) -> str | None:
+def unsupported_reason(model: nn.Module, attention: str = "segments") -> str | None:
     """Why the prefix-shared layout cannot be exact for ``model``, or None when it can.
+
+    Which model types are exact, with which attention implementation and ``attention`` path, is
+    proven per type on a tiny random instance (:mod:`.coverage`, docs/models.md), not listed here.
 
     Args:
         model: the reward model (PEFT/DDP wrappers included).
+        attention: ``RewardConfig.pair_attention`` (``mask`` is judged by the dense-mask result, the
+            block-wise backends by the segment result).
 
     Returns:
         A short explanation, or None for a supported decoder.
@@ -68,15 +70,19 @@ def unsupported_reason(model: nn.Module) -> str | None:
     config = getattr(base, "config", None)
     model_type = getattr(config, "model_type", None)
     name = type(base).__name__
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        return (
-            f"{name} (model_type={model_type!r}) is not one of the causal decoders whose attention takes a custom "
-            f"4D mask ({', '.join(SUPPORTED_MODEL_TYPES)}); encoders attend in both directions and cannot share a prompt"
-        )
     impl = base_implementation(base)
     # Flash-attention kernels ignore custom masks; the varlen backend runs them with their own varlen function.
     if impl not in MASKED_ATTENTION and impl not in FLASH_ATTENTION:
         return f"{name} uses attn_implementation={impl!r}, which ignores custom 4D masks; load it with 'sdpa', 'eager' or a flash-attention implementation"
+    from .coverage import model_type_reason  # imported here: `python -m reward_plugin.pairs.coverage` runs it
+
+    # The coverage table records the sdpa/eager paths: the block-wise backends (segments, varlen, flex)
+    # run each block through the model's own attention function as segments do; flash models are
+    # judged by their sdpa result (same modules, another kernel).
+    checked_impl = "sdpa" if impl in FLASH_ATTENTION else impl
+    reason = model_type_reason(model_type, checked_impl, "mask" if attention == "mask" else "segments")
+    if reason is not None:
+        return f"{name}: {reason}"
     found = find_head(model)
     if found is None or found[0] != "score":
         return f"{name} has no per-token `score` head to read both rewards from"
@@ -88,7 +94,7 @@ def unsupported_reason(model: nn.Module) -> str | None:
     return None
 
 
-def resolve_pair_batching(mode: str, model: nn.Module | None) -> str:
+def resolve_pair_batching(mode: str, model: nn.Module | None, attention: str = "segments") -> str:
     """The layout a trainer uses for ``RewardConfig.pair_batching=mode`` and this model.
 
     ``auto`` picks ``packed`` (the fastest exact layout) where the model supports it and otherwise
@@ -98,6 +104,8 @@ def resolve_pair_batching(mode: str, model: nn.Module | None) -> str:
     Args:
         mode: ``standard``, ``prefix_shared``, ``packed`` or ``auto``.
         model: the reward model, or None (not built yet: ``standard`` for ``auto``).
+        attention: ``RewardConfig.pair_attention`` (``mask`` is judged by the dense-mask result, the
+            block-wise backends by the segment result).
 
     Returns:
         ``standard``, ``prefix_shared`` or ``packed``.
@@ -107,7 +115,7 @@ def resolve_pair_batching(mode: str, model: nn.Module | None) -> str:
     """
     if mode == "standard":
         return mode
-    reason = unsupported_reason(model) if model is not None else "no model yet"
+    reason = unsupported_reason(model, attention) if model is not None else "no model yet"
     if mode == "auto":
         if reason is None:
             return "packed"

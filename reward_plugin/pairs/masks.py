@@ -27,6 +27,8 @@ def _mask_plan(config: Any) -> list[tuple[str | None, int | None]]:
     layer_types = getattr(config, "layer_types", None) or []
     if "sliding_attention" in layer_types and window is not None:
         return [("full_attention", None), ("sliding_attention", int(window))]
+    if not layer_types and window is not None:  # one window for every layer (Mistral-style configs)
+        return [(None, int(window))]
     return [(None, None)]
 
 

@@ -9,6 +9,7 @@ stage keys below plus any :class:`~reward_plugin.RewardConfig` field (``learning
                                         # or a .gguf file, or smollm2-135m-instruct (the bundled GGUF)
     gguf_file: model.Q4_1.gguf          # optional: the GGUF file inside the `model` folder
     tokenizer: path                     # optional, default: the model's
+    accept_tokenizer_mismatch: false    # optional: train on tables converted with another tokenizer
     train_data: data/train.parquet      # or raw data: {path: raw.jsonl.gz, format: hh-rlhf}
     eval_data: data/eval.parquet        # optional
     eval_size: 0.1                      # optional: hold out this fraction (or count) of train pairs
@@ -51,6 +52,7 @@ STAGE_KEYS = (
     "eval_size",
     "peft",
     "merge_adapter",
+    "accept_tokenizer_mismatch",
 )
 
 
@@ -67,6 +69,7 @@ class RewardStageConfig:
         eval_size: a fraction in (0, 1) or a number of train pairs held out for evaluation.
         peft: keyword arguments of a ``peft`` config (``peft_type`` defaults to ``LORA``), or None.
         merge_adapter: export the merged model (with ``peft``) instead of the adapter alone.
+        accept_tokenizer_mismatch: train on converted tables whose stored tokenizer differs from the run's.
         args: the :class:`~reward_plugin.RewardConfig` of the trainer.
     """
 
@@ -79,6 +82,7 @@ class RewardStageConfig:
     peft: dict[str, Any] | None = None
     merge_adapter: bool = False
     gguf_file: str | None = None
+    accept_tokenizer_mismatch: bool = False
 
 
 @functools.lru_cache(maxsize=1)
@@ -190,6 +194,9 @@ class RewardStage(Stage):
         merge = section.get("merge_adapter", False)
         if not isinstance(merge, bool):
             raise ConfigError(f"`merge_adapter` must be true or false, got {merge!r}")
+        accept = section.get("accept_tokenizer_mismatch", False)
+        if not isinstance(accept, bool):
+            raise ConfigError(f"`accept_tokenizer_mismatch` must be true or false, got {accept!r}")
         cfg = RewardStageConfig(
             model=str(section["model"]),
             tokenizer=str(section["tokenizer"]) if section.get("tokenizer") else None,
@@ -200,6 +207,7 @@ class RewardStage(Stage):
             merge_adapter=merge,
             args=args,
             gguf_file=str(section["gguf_file"]) if section.get("gguf_file") else None,
+            accept_tokenizer_mismatch=accept,
         )
         if peft is not None:
             self.peft_config(cfg)  # fail now, not after the model has loaded
@@ -256,6 +264,7 @@ class RewardStage(Stage):
             "truncation": cfg.args.truncation,
             "num_proc": cfg.args.dataset_num_proc,
             "prepared_dir": Path(cfg.args.output_dir) / PREPARED_DIR,
+            "accept_tokenizer_mismatch": cfg.accept_tokenizer_mismatch,
         }
         # The main process converts and splits; the others wait, then memory-map what it wrote
         # (prepared.py) and find the split's index files in datasets' cache next to the data.

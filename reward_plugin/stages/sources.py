@@ -131,6 +131,7 @@ def load_sources(
     num_proc: int | None = None,
     name: str = "train",
     prepared_dir: str | os.PathLike | None = None,
+    accept_tokenizer_mismatch: bool = False,
 ) -> Any:
     """Load ``sources`` as one ``datasets.Dataset`` of tokenized pairs (four columns, ``margin`` if any).
 
@@ -145,6 +146,8 @@ def load_sources(
             files that are memory-mapped and reused by the other processes of a run and by later
             runs with the same inputs (:mod:`reward_plugin.stages.prepared`); None converts into
             a temporary file and loads the pairs into memory.
+        accept_tokenizer_mismatch: load converted tables whose stored tokenizer identity differs
+            from ``tokenizer`` (otherwise a :class:`DataError` naming both).
 
     Returns:
         The concatenated dataset.
@@ -167,6 +170,7 @@ def load_sources(
             num_proc=num_proc,
             name=name,
             prepared_dir=None if prepared_dir is None else Path(prepared_dir),
+            accept_tokenizer_mismatch=accept_tokenizer_mismatch,
         )
         if source.max_samples is not None and len(part) > source.max_samples:
             part = part.select(range(source.max_samples))
@@ -203,10 +207,15 @@ def _load_source(
     num_proc: int | None,
     name: str,
     prepared_dir: Path | None,
+    accept_tokenizer_mismatch: bool = False,
 ) -> Any:
     tables = [_load_table(Path(p), prepared_dir, name) for p in source.paths]
     if all(t is not None for t in tables):
         import datasets
+
+        if tokenizer is not None and not accept_tokenizer_mismatch:
+            for path in source.paths:
+                _check_tokenizer(Path(path), tokenizer)
 
         dataset = tables[0] if len(tables) == 1 else datasets.concatenate_datasets(tables)
         return prepare_dataset(
@@ -258,6 +267,28 @@ def _load_source(
             )
         dataset = _read_parquet(output)
     return dataset
+
+
+def _check_tokenizer(path: Path, tokenizer: Any) -> None:
+    """Raise when the table at ``path`` was converted with a tokenizer other than the run's."""
+    from dataset_formats.tokenizer_identity import (
+        describe,
+        identity_mismatch,
+        stored_identity,
+        tokenizer_identity,
+    )
+
+    stored = stored_identity(path)
+    if stored is None:
+        return  # converted before identities were stored, or by another tool: nothing to compare
+    difference = identity_mismatch(stored, tokenizer)
+    if difference is not None:
+        current = tokenizer_identity(tokenizer)
+        raise DataError(
+            f"{path} was converted with tokenizer {describe(stored)}, but this run's tokenizer is "
+            f"{describe(current)}: {difference}; convert the data again with `--tokenizer {current['name']}`, "
+            "or set `accept_tokenizer_mismatch: true` to train on it anyway"
+        )
 
 
 def _read_parquet(path: Path) -> Any:

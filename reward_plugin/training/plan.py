@@ -79,7 +79,11 @@ class BatchPlan:
         cls, args: Any, model: nn.Module | None, tokenizer: Any, pad_token_id: int, *, grouped: bool = False
     ) -> BatchPlan:
         """The plan for ``args`` (a ``RewardConfig``), this model (None: not built yet) and tokenizer."""
-        layout = resolve_pair_batching(args.pair_batching, model) if model is not None else "standard"
+        layout = (
+            resolve_pair_batching(args.pair_batching, model, args.pair_attention)
+            if model is not None
+            else "standard"
+        )
         backend = (
             resolve_pair_attention(args.pair_attention, model, args.device)
             if model is not None and layout in FAST_MODES
