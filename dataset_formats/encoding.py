@@ -354,7 +354,10 @@ def _special_layout(tokenizer: Any) -> tuple[int, int]:
 
 
 def build_record_batch(
-    pairs: Sequence[EncodedPair], rows: Sequence[int], margins: Sequence[float | None] | None
+    pairs: Sequence[EncodedPair],
+    rows: Sequence[int],
+    margins: Sequence[float | None] | None,
+    ties: Sequence[bool] | None = None,
 ) -> pa.RecordBatch:
     """Arrow batch of written pairs: the four columns, ``margin`` when ``margins`` is given, ``source_row``.
 
@@ -362,11 +365,12 @@ def build_record_batch(
         pairs: encoded pairs that passed the policy (``ok``).
         rows: the source row number of each pair.
         margins: per-pair margins (None entries become 0.0), or None for no margin column.
+        ties: per-pair tie flags, or None for no ``tie`` column.
 
     Returns:
         A ``pyarrow.RecordBatch`` with :func:`~dataset_formats.schema.pair_schema`.
     """
-    schema = pair_schema(with_margin=margins is not None)
+    schema = pair_schema(with_margin=margins is not None, with_tie=ties is not None)
     list_type = schema.field(PAIR_COLUMNS[0]).type
     columns = []
     for ids in ([p.ids_chosen for p in pairs], [p.ids_rejected for p in pairs]):
@@ -376,6 +380,8 @@ def build_record_batch(
         columns += [id_array, mask]
     if margins is not None:
         columns.append(pa.array([0.0 if m is None else float(m) for m in margins], type=pa.float32()))
+    if ties is not None:
+        columns.append(pa.array([bool(t) for t in ties], type=pa.bool_()))
     columns.append(pa.array(rows, type=pa.int64()))
     return pa.RecordBatch.from_arrays(columns, schema=schema)
 

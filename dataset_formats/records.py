@@ -30,6 +30,9 @@ class PreferencePair:
         scores: ``(chosen score, rejected score)`` when the source scores each response (higher is
             better; a rank is given as its negative), else None. The grouped table
             (:mod:`dataset_formats.groups`) keeps them as per-response ``scores``.
+        tie: why the source says neither response is better (a kind from
+            :data:`dataset_formats.ties.TIE_KINDS`, e.g. ``"equal_scores"``), or None for a real
+            preference. The ``ties`` policy of the conversion decides what becomes of a tie.
     """
 
     prompt: Content | None
@@ -39,6 +42,7 @@ class PreferencePair:
     row: int = -1
     meta: dict[str, Any] = field(default_factory=dict)
     scores: tuple[float, float] | None = None
+    tie: str | None = None
 
     def is_conversational(self) -> bool:
         """True when the pair holds messages rather than plain text."""
