@@ -15,7 +15,9 @@ that boundary so that cutting the prompt is always tried before cutting a respon
 
 A pair whose chosen and rejected token ids come out identical carries no preference and is
 rejected with reason ``identical_tokens`` (``identical_after_truncation`` when the length policy
-cut away the part that differed). Nothing is dropped without a reason.
+cut away the part that differed); one side left with no tokens at all (an empty response whose
+prompt was cut to fit the other side) is ``empty_after_truncation``. Nothing is dropped without a
+reason.
 """
 
 from __future__ import annotations
@@ -259,6 +261,19 @@ class PairEncoder:
                 pair.ids_chosen, pc, rc = self._cut_right(ids_c, b_c, L)
                 pair.ids_rejected, pr, rr = self._cut_right(ids_r, b_r, L)
             pair.prompt_cut, pair.response_cut = pc or pr, rc or rr
+            if not pair.ids_chosen or not pair.ids_rejected:
+                # An empty response next to a long one: the prompt cut for the long side left nothing.
+                name = "chosen" if not pair.ids_chosen else "rejected"
+                return EncodedPair(
+                    None,
+                    None,
+                    reason="empty_after_truncation",
+                    field=name,
+                    message=(
+                        f"{name} has no tokens left after cutting the prompt to fit max_length={L} (its response "
+                        "is empty); raise --max-length"
+                    ),
+                )
         if pair.ids_chosen == pair.ids_rejected:
             cause = " after truncation" if pair.truncated else ""
             return EncodedPair(

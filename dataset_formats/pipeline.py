@@ -26,7 +26,13 @@ from .ties import DEFAULT_TIES, TIE_REASON, add_tie_counts, empty_tie_counts
 
 #: Reasons that come from a policy the user chose (length, ties) or from ties by construction
 #: (the same response twice); they are counted, never raised.
-POLICY_REASONS = ("too_long", "identical_after_truncation", TIE_REASON, "identical_pair")
+POLICY_REASONS = (
+    "too_long",
+    "identical_after_truncation",
+    "empty_after_truncation",
+    TIE_REASON,
+    "identical_pair",
+)
 
 
 @dataclass

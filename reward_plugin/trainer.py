@@ -17,7 +17,7 @@ from transformers import PreTrainedModel, Trainer, TrainerCallback, set_seed
 from transformers.trainer_utils import EvalPrediction, has_length
 
 from dataset_formats.groups import GROUP_COLUMNS, SCORES_COLUMN, is_group_table
-from dataset_formats.schema import MARGIN_COLUMN, PAIR_COLUMNS
+from dataset_formats.schema import MARGIN_COLUMN, PAIR_COLUMNS, TIE_COLUMN
 
 from .config import RewardConfig
 from .data import column_names, pair_lengths, prepare_dataset
@@ -47,6 +47,7 @@ from .pairs.attention import supports_segment_attention
 from .pairs.groups import GROUP_KEYS, GroupCollator, group_rewards
 from .sampler import LengthGroupedPairSampler
 from .scoring import ScoreReader, unwrap_model
+from .ties import davidson_loss, trainer_tie_strength
 
 logger = logging.getLogger(__name__)
 
@@ -349,6 +350,7 @@ class RewardTrainer(Trainer):
                 "chosen_ids",
                 "rejected_ids",
                 MARGIN_COLUMN,
+                TIE_COLUMN,
                 *PACKED_KEYS,
                 *GROUP_COLUMNS,
                 SCORES_COLUMN,
@@ -431,12 +433,22 @@ class RewardTrainer(Trainer):
             rewards_chosen, rewards_rejected, loss = self._group_loss(model, inputs)
         else:
             rewards_chosen, rewards_rejected = self.compute_rewards(model, inputs)
-            loss = pairwise_loss(
-                rewards_chosen,
-                rewards_rejected,
-                margin=inputs.get(MARGIN_COLUMN),
-                center_rewards_coefficient=self.args.center_rewards_coefficient,
-            )
+            if TIE_COLUMN in inputs:  # rows marked as ties: the Davidson loss (reward_plugin.ties)
+                loss = davidson_loss(
+                    rewards_chosen,
+                    rewards_rejected,
+                    inputs[TIE_COLUMN],
+                    tie_strength=trainer_tie_strength(self),
+                    margin=inputs.get(MARGIN_COLUMN),
+                    center_rewards_coefficient=self.args.center_rewards_coefficient,
+                )
+            else:
+                loss = pairwise_loss(
+                    rewards_chosen,
+                    rewards_rejected,
+                    margin=inputs.get(MARGIN_COLUMN),
+                    center_rewards_coefficient=self.args.center_rewards_coefficient,
+                )
         if model.training:
             pairs = torch.stack([rewards_chosen.detach(), rewards_rejected.detach()], 1)
             if "pair_better" in inputs and self.args.world_size > 1:
