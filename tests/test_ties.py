@@ -189,7 +189,9 @@ def test_encode_rows_takes_ties_and_rejects_a_bad_choice(minilm_path):
 # train -------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("ties", [None, "keep", "tie"])
+@pytest.mark.parametrize(
+    "ties", [pytest.param(None, marks=pytest.mark.slow), pytest.param("keep", marks=pytest.mark.slow), "tie"]
+)
 def test_train_on_ultrafeedback_rows_with_each_ties_policy(tmp_path, tiny_llama_dir, ties, capsys):
     source = f"{{path: {UF}" + (f", ties: {ties}" if ties else "") + "}"
     config = tmp_path / "run.yaml"
