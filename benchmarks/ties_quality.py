@@ -158,7 +158,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=80)
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--eval-rows", type=int, default=250)
-    parser.add_argument("--arms", nargs="+", default=["skip", "keep", "tie"])
+    parser.add_argument(
+        "--arms", nargs="+", default=["skip", "keep", "tie"], help="skip, keep, tie and/or pointwise"
+    )
     parser.add_argument("--pointwise", action="store_true", help="add the pointwise arm")
     parser.add_argument("--max-length", type=int, default=256)
     args = parser.parse_args()
@@ -178,7 +180,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             # Conversations (user turn, assistant turn), so the pointwise arm renders the same text.
             held_out, _ = to_table(as_messages(eval_rows), model_path, "skip", tmp, "held_out")
-            arms = [*args.arms, *(["pointwise"] if args.pointwise else [])]
+            arms = [*args.arms, *(["pointwise"] if args.pointwise and "pointwise" not in args.arms else [])]
             for arm in arms:
                 if arm == "pointwise":
                     correct, n = pointwise_arm(
