@@ -101,6 +101,17 @@ def _add_convert_policy(convert: argparse.ArgumentParser) -> None:
     convert.add_argument(
         "--num-proc", type=int, default=1, metavar="N", help="worker processes (same output)"
     )
+    from .ties import DEFAULT_TIES, TIES_CHOICES
+
+    convert.add_argument(
+        "--ties",
+        choices=TIES_CHOICES,
+        default=DEFAULT_TIES,
+        help=(
+            f"pairs the source marks as ties (equal scores, a tie label, strength 0): skip them, keep them "
+            f"as preferences, or write them with a `tie` column for the tie-aware loss (default: {DEFAULT_TIES})"
+        ),
+    )
     convert.add_argument(
         "--option",
         action="append",
@@ -244,6 +255,7 @@ def run_convert(args: argparse.Namespace) -> int:
             stats_json=args.stats_json,
             trust_remote_code=args.trust_remote_code,
             groups=args.groups,
+            ties=args.ties,
         )
     print(stats.summary())
     print(f"wrote {args.output}" + (f"; rejected rows in {args.rejects}" if args.rejects else ""))

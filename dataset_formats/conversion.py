@@ -25,7 +25,8 @@ from .on_error import DEFAULT_ON_ERROR, ON_ERROR_CHOICES
 from .pipeline import BatchProcessor, ConvertStats
 from .reading import DEFAULT_BATCH_SIZE, count_rows, iter_object_batches, iter_row_batches, peek_rows
 from .registry import detect_format, get_format, list_formats
-from .schema import MARGIN_COLUMN, pair_schema
+from .schema import MARGIN_COLUMN, TIE_COLUMN, pair_schema
+from .ties import DEFAULT_TIES, check_ties
 from .tokenizer_identity import IDENTITY_KEY, tokenizer_identity
 from .workers import run_batches
 from .writing import PairWriter, output_kind, remove_stale_temporaries, temporary_path
@@ -119,6 +120,7 @@ def _make_processor(
     on_error: str,
     format_options: dict[str, Any] | None,
     groups: bool = False,
+    ties: str = DEFAULT_TIES,
 ) -> BatchProcessor:
     adapter = get_format(format_name)
     options = adapter.make_options(format_options)
@@ -128,8 +130,14 @@ def _make_processor(
         from .rendering import load_chat_template
 
         template = load_chat_template(chat_template, tokenizer)
+    check_ties(ties)
+    if groups and ties == "tie":
+        raise OptionError(
+            "`ties` 'tie' writes a tie column of pairs, which a grouped table (--groups) has not; "
+            "use ties 'skip' or 'keep' with --groups"
+        )
     return BatchProcessor(
-        adapter, options, encoder, template, raise_errors=on_error == "raise", groups=groups
+        adapter, options, encoder, template, raise_errors=on_error == "raise", groups=groups, ties=ties
     )
 
 
@@ -152,6 +160,7 @@ def convert(
     trust_remote_code: bool = False,
     batch_size: int = DEFAULT_BATCH_SIZE,
     groups: bool = False,
+    ties: str = DEFAULT_TIES,
 ) -> ConvertStats:
     """Convert preference data files into one paired, tokenized table.
 
@@ -177,6 +186,9 @@ def convert(
         batch_size: source rows per batch.
         groups: write the grouped table (one row per source row with its responses and pairs,
             :mod:`dataset_formats.groups`) instead of the pair table.
+        ties: pairs the source marks as ties (equal scores, a tie label, strength 0): ``skip``
+            them, ``keep`` them as preferences in the source's order, or write them with a
+            ``tie`` column (``tie``) for the tie-aware loss (:mod:`dataset_formats.ties`).
 
     Returns:
         The :class:`ConvertStats` of the run.
@@ -192,7 +204,9 @@ def convert(
     format_name = _resolve_format(format, samples)
     tok = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code)
     chat_template = _template_spec(chat_template, tok)
-    processor = _make_processor(format_name, tok, chat_template, policy, on_error, format_options, groups)
+    processor = _make_processor(
+        format_name, tok, chat_template, policy, on_error, format_options, groups, ties
+    )
     stats = ConvertStats(
         format=format_name,
         tokenizer=_tokenizer_name(tokenizer, tok),
@@ -200,6 +214,7 @@ def convert(
         truncation=truncation,
         inputs=[str(p) for p in paths],
         output=str(output),
+        ties_policy=ties,
     )
     metadata = {
         "format": format_name,
@@ -210,10 +225,21 @@ def convert(
         "max_length": max_length,
         "truncation": truncation,
         "groups": groups,
+        "ties": ties,
     }
     batches = run_batches(processor, _source_batches(paths, batch_size), num_proc)
     files = _OutputFiles(output, rejects, stats_json, overwrite, metadata)
-    _write_outputs(batches, files, processor.adapter.produces_margin, groups, stats, paths, progress, started)
+    _write_outputs(
+        batches,
+        files,
+        processor.adapter.produces_margin,
+        groups,
+        stats,
+        paths,
+        progress,
+        started,
+        ties == "tie",
+    )
     return stats
 
 
@@ -259,9 +285,10 @@ def _write_outputs(
     paths: list[Path],
     progress: bool,
     started: float,
+    with_tie: bool = False,
 ) -> None:
     """Write every batch result, then commit the table, rejects and stats together (all or nothing)."""
-    empty = group_schema() if groups else pair_schema(with_margin=produces_margin)
+    empty = group_schema() if groups else pair_schema(with_margin=produces_margin, with_tie=with_tie)
     with (
         PairWriter(
             files.output, overwrite=files.overwrite, metadata=files.metadata, empty_schema=empty
@@ -297,6 +324,7 @@ def encode_rows(
     source: str = "<rows>",
     batch_size: int = DEFAULT_BATCH_SIZE,
     groups: bool = False,
+    ties: str = DEFAULT_TIES,
 ) -> tuple[pa.Table, ConvertStats]:
     """Convert in-memory rows (dicts, or a ``datasets.Dataset``) into a paired ``pyarrow.Table``.
 
@@ -307,10 +335,12 @@ def encode_rows(
         source: the name used for these rows in error messages.
         batch_size: rows per tokenizer call.
         groups: return the grouped table (:mod:`dataset_formats.groups`) instead of pairs.
+        ties: ``skip``, ``keep`` or ``tie``, as in :func:`convert`.
 
     Returns:
         ``(table, stats)``; ``table`` has the four pair columns, ``margin`` when any pair has one
-        (or the adapter always makes one), and ``source_row`` (with ``groups``: the grouped columns).
+        (or the adapter always makes one), ``tie`` with ``ties="tie"``, and ``source_row`` (with
+        ``groups``: the grouped columns).
     """
     started = time.perf_counter()
     _check_choice("on_error", on_error, ON_ERROR_CHOICES)
@@ -324,13 +354,16 @@ def encode_rows(
         format_name = _resolve_format(format, [])
     tok = load_tokenizer(tokenizer)
     chat_template = _template_spec(chat_template, tok)
-    processor = _make_processor(format_name, tok, chat_template, policy, on_error, format_options, groups)
+    processor = _make_processor(
+        format_name, tok, chat_template, policy, on_error, format_options, groups, ties
+    )
     stats = ConvertStats(
         format=format_name,
         tokenizer=_tokenizer_name(tokenizer, tok),
         max_length=max_length,
         truncation=truncation,
         inputs=[source],
+        ties_policy=ties,
     )
     parts: list[pa.RecordBatch] = []
 
@@ -349,7 +382,7 @@ def encode_rows(
         stats.seconds = round(time.perf_counter() - started, 3)
         return table, stats
     with_margin = processor.adapter.produces_margin or any(MARGIN_COLUMN in b.schema.names for b in parts)
-    schema = pair_schema(with_margin=with_margin)
+    schema = pair_schema(with_margin=with_margin, with_tie=ties == "tie")
     parts = [_conform(b, schema) for b in parts]
     table = pa.Table.from_batches(parts, schema=schema)
     stats.margin = with_margin
@@ -361,6 +394,7 @@ def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
     if MARGIN_COLUMN in schema.names and MARGIN_COLUMN not in batch.schema.names:
         zeros = pa.array([0.0] * batch.num_rows, type=pa.float32())
         batch = batch.add_column(schema.get_field_index(MARGIN_COLUMN), schema.field(MARGIN_COLUMN), zeros)
+    assert (TIE_COLUMN in schema.names) == (TIE_COLUMN in batch.schema.names)  # every batch or none
     return batch
 
 

@@ -15,7 +15,9 @@ that boundary so that cutting the prompt is always tried before cutting a respon
 
 A pair whose chosen and rejected token ids come out identical carries no preference and is
 rejected with reason ``identical_tokens`` (``identical_after_truncation`` when the length policy
-cut away the part that differed). Nothing is dropped without a reason.
+cut away the part that differed); one side left with no tokens at all (an empty response whose
+prompt was cut to fit the other side) is ``empty_after_truncation``. Nothing is dropped without a
+reason.
 """
 
 from __future__ import annotations
@@ -282,6 +284,19 @@ class PairEncoder:
                 pair.ids_chosen, pc, rc = self._cut_right(ids_c, b_c, L)
                 pair.ids_rejected, pr, rr = self._cut_right(ids_r, b_r, L)
             pair.prompt_cut, pair.response_cut = pc or pr, rc or rr
+            if not pair.ids_chosen or not pair.ids_rejected:
+                # An empty response next to a long one: the prompt cut for the long side left nothing.
+                name = "chosen" if not pair.ids_chosen else "rejected"
+                return EncodedPair(
+                    None,
+                    None,
+                    reason="empty_after_truncation",
+                    field=name,
+                    message=(
+                        f"{name} has no tokens left after cutting the prompt to fit max_length={L} (its response "
+                        "is empty); raise --max-length"
+                    ),
+                )
         if pair.ids_chosen == pair.ids_rejected:
             cause = " after truncation" if pair.truncated else ""
             return EncodedPair(
@@ -377,7 +392,10 @@ def _special_layout(tokenizer: Any) -> tuple[int, int]:
 
 
 def build_record_batch(
-    pairs: Sequence[EncodedPair], rows: Sequence[int], margins: Sequence[float | None] | None
+    pairs: Sequence[EncodedPair],
+    rows: Sequence[int],
+    margins: Sequence[float | None] | None,
+    ties: Sequence[bool] | None = None,
 ) -> pa.RecordBatch:
     """Arrow batch of written pairs: the four columns, ``margin`` when ``margins`` is given, ``source_row``.
 
@@ -385,11 +403,12 @@ def build_record_batch(
         pairs: encoded pairs that passed the policy (``ok``).
         rows: the source row number of each pair.
         margins: per-pair margins (None entries become 0.0), or None for no margin column.
+        ties: per-pair tie flags, or None for no ``tie`` column.
 
     Returns:
         A ``pyarrow.RecordBatch`` with :func:`~dataset_formats.schema.pair_schema`.
     """
-    schema = pair_schema(with_margin=margins is not None)
+    schema = pair_schema(with_margin=margins is not None, with_tie=ties is not None)
     list_type = schema.field(PAIR_COLUMNS[0]).type
     columns = []
     for ids in ([p.ids_chosen for p in pairs], [p.ids_rejected for p in pairs]):
@@ -399,6 +418,8 @@ def build_record_batch(
         columns += [id_array, mask]
     if margins is not None:
         columns.append(pa.array([0.0 if m is None else float(m) for m in margins], type=pa.float32()))
+    if ties is not None:
+        columns.append(pa.array([bool(t) for t in ties], type=pa.bool_()))
     columns.append(pa.array(rows, type=pa.int64()))
     return pa.RecordBatch.from_arrays(columns, schema=schema)
 

@@ -20,9 +20,17 @@ from .errors import DatasetFormatError, RecordError
 from .groups import build_group_batch
 from .reading import RowBatch
 from .records import PreferencePair
+from .ties import DEFAULT_TIES, TIE_REASON, add_tie_counts, empty_tie_counts
 
-#: Reasons that come from the length policy the user chose; they are counted, never raised.
-POLICY_REASONS = ("too_long", "identical_after_truncation")
+#: Reasons that come from a policy the user chose (length, ties) or from ties by construction
+#: (the same response twice); they are counted, never raised.
+POLICY_REASONS = (
+    "too_long",
+    "identical_after_truncation",
+    "empty_after_truncation",
+    TIE_REASON,
+    "identical_pair",
+)
 
 
 @dataclass
@@ -40,6 +48,9 @@ class ConvertStats:
     ``pairs[0].meta["<kind>_dropped"]`` counts of each row). ``pairs_flagged`` counts written
     pairs that an adapter kept although they look unusual, by flag (the pair's ``meta["flags"]``,
     e.g. hh-rlhf's ``empty_response`` and ``turn_marker_in_response``).
+    ``ties`` counts the pairs the source marks as ties (:mod:`dataset_formats.ties`): ``detected``,
+    ``by_kind``, and what the ``ties_policy`` made of them: ``skipped``, ``written_as_preferences``
+    (``keep``) or ``written_as_ties`` (``tie``); identical responses are always skipped.
     """
 
     rows_read: int = 0
@@ -56,6 +67,8 @@ class ConvertStats:
     ties_dropped: int = 0
     candidates_dropped: dict[str, int] = field(default_factory=dict)
     pairs_flagged: dict[str, int] = field(default_factory=dict)
+    ties: dict[str, Any] = field(default_factory=empty_tie_counts)
+    ties_policy: str = DEFAULT_TIES
     format: str = ""
     tokenizer: str = ""
     max_length: int | None = None
@@ -89,6 +102,7 @@ class ConvertStats:
             self.candidates_dropped[kind] = self.candidates_dropped.get(kind, 0) + count
         for flag, count in other.pairs_flagged.items():
             self.pairs_flagged[flag] = self.pairs_flagged.get(flag, 0) + count
+        add_tie_counts(self.ties, other.ties)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (what ``--stats-json`` writes)."""
@@ -96,6 +110,7 @@ class ConvertStats:
         data["rejected_by_reason"] = dict(sorted(self.rejected_by_reason.items()))
         data["candidates_dropped"] = dict(sorted(self.candidates_dropped.items()))
         data["pairs_flagged"] = dict(sorted(self.pairs_flagged.items()))
+        data["ties"] = {**self.ties, "by_kind": dict(sorted(self.ties.get("by_kind", {}).items()))}
         return data
 
     def summary(self) -> str:
@@ -116,8 +131,15 @@ class ConvertStats:
                 "rejected by reason: "
                 + ", ".join(f"{k}: {v}" for k, v in sorted(self.rejected_by_reason.items()))
             )
+        if self.ties.get("detected"):
+            t = self.ties
+            kinds = ", ".join(f"{k}: {v}" for k, v in sorted(t["by_kind"].items()))
+            lines.append(
+                f"ties: {t['detected']} ({kinds}); policy {self.ties_policy}: skipped {t['skipped']}, "
+                f"written as preferences {t['written_as_preferences']}, as ties {t['written_as_ties']}"
+            )
         if self.ties_dropped:
-            lines.append(f"ties dropped: {self.ties_dropped}")
+            lines.append(f"tied candidates dropped: {self.ties_dropped}")
         if self.candidates_dropped:
             dropped = ", ".join(f"{k}: {v}" for k, v in sorted(self.candidates_dropped.items()))
             lines.append(f"candidates left out: {dropped}")
@@ -207,6 +229,8 @@ class BatchProcessor:
         raise_errors: raise the first bad row's RecordError instead of rejecting it.
         groups: write the grouped table (one row per source row, :mod:`dataset_formats.groups`)
             instead of one row per pair.
+        ties: what to do with pairs the source marks as ties: ``skip``, ``keep`` or ``tie``
+            (:mod:`dataset_formats.ties`).
     """
 
     def __init__(
@@ -217,8 +241,10 @@ class BatchProcessor:
         template: Any,
         raise_errors: bool,
         groups: bool = False,
+        ties: str = DEFAULT_TIES,
     ):
         self.groups = groups
+        self.ties = ties
         self.adapter = adapter
         self.options = options
         self.encoder = encoder
@@ -252,6 +278,13 @@ class BatchProcessor:
                 kind = key[: -len("_dropped")]
                 stats.candidates_dropped[kind] = stats.candidates_dropped.get(kind, 0) + value
 
+    @staticmethod
+    def _count_tie(stats: ConvertStats, kind: str, skipped: bool) -> None:
+        stats.ties["detected"] += 1
+        stats.ties["by_kind"][kind] = stats.ties["by_kind"].get(kind, 0) + 1
+        if skipped:
+            stats.ties["skipped"] += 1
+
     def process(self, path: str, rows: RowBatch) -> BatchResult:
         """Run one batch; with ``raise_errors`` the first bad row (by row number) raises."""
         return self.finish(self.prepare(path, rows))
@@ -271,12 +304,25 @@ class BatchProcessor:
             try:
                 made = self._adapt(record)
             except RecordError as exc:
+                if exc.reason == "identical_pair":  # a tie by construction: counted, always dropped
+                    self._count_tie(stats, "identical_responses", skipped=True)
                 failures.append((row, None, exc.locate(path, row, lines.get(row))))
                 continue
             self._count_dropped(made[0].meta, stats)
             counts[row] = len(made)
             for k, pair in enumerate(made):
                 pair.row = row
+                if pair.tie is not None:
+                    self._count_tie(stats, pair.tie, skipped=self.ties == "skip")
+                    if self.ties == "skip":
+                        error = RecordError(
+                            f"the source marks this pair as a tie ({pair.tie}); skipped under ties=skip "
+                            "(pass --ties keep or --ties tie to use it)",
+                            field=None,
+                            reason=TIE_REASON,
+                        )
+                        failures.append((row, k, error.locate(path, row, lines.get(row))))
+                        continue
                 pairs.append(pair)
                 pair_index.append(k)
         rendered = render_pairs(pairs, self.template, self.encoder.tokenizer)
@@ -353,6 +399,9 @@ class BatchProcessor:
         for i in written:
             for flag in pairs[i].meta.get("flags", ()):
                 stats.pairs_flagged[flag] = stats.pairs_flagged.get(flag, 0) + 1
+            if pairs[i].tie is not None:
+                key = "written_as_ties" if self.ties == "tie" else "written_as_preferences"
+                stats.ties[key] += 1
         batch = None
         if written and self.groups:
             batch = build_group_batch(
@@ -367,6 +416,9 @@ class BatchProcessor:
             margins = [pairs[i].margin for i in written]
             with_margin = self.adapter.produces_margin or any(m is not None for m in margins)
             batch = build_record_batch(
-                kept, [pairs[i].row for i in written], margins if with_margin else None
+                kept,
+                [pairs[i].row for i in written],
+                margins if with_margin else None,
+                [pairs[i].tie is not None for i in written] if self.ties == "tie" else None,
             )
         return BatchResult(batch, stats, rejects)

@@ -33,6 +33,9 @@ class PreferencePair:
             (:mod:`dataset_formats.groups`) keeps them as per-response ``scores``.
         tools: the row's tool schemas, given to the chat template as ``tools`` (None: no tools).
         chat_template_kwargs: the row's extra chat-template variables (e.g. ``enable_thinking``).
+        tie: why the source says neither response is better (a kind from
+            :data:`dataset_formats.ties.TIE_KINDS`, e.g. ``"equal_scores"``), or None for a real
+            preference. The ``ties`` policy of the conversion decides what becomes of a tie.
     """
 
     prompt: Content | None
@@ -44,6 +47,7 @@ class PreferencePair:
     scores: tuple[float, float] | None = None
     tools: list[dict[str, Any]] | None = None
     chat_template_kwargs: dict[str, Any] | None = None
+    tie: str | None = None
 
     def is_conversational(self) -> bool:
         """True when the pair holds messages rather than plain text."""

@@ -111,6 +111,9 @@ class RewardConfig(TrainingArguments):
             pairs, equal to training on the expanded pairs), ``"plackett_luce"`` (the listwise
             likelihood of each group's ranking by its scores) or ``"best_vs_rest"`` (the top-scored
             responses against the rest, a softmax cross-entropy). Pair tables always use the pairwise loss.
+        tie_strength: Davidson's tie parameter ``nu`` of the tie-aware loss, used when the data has a
+            ``tie`` column (``convert --ties tie``); None (default) takes it from the train data's tie
+            fraction (:mod:`reward_plugin.ties`).
         save_reward_stats: after ``train()``, save the mean/std of the model's rewards to
             ``reward_stats.json`` and the model config: from the final evaluation of the eval set, else
             from the last 512 pairs the training forwards scored (no extra pass).
@@ -273,6 +276,13 @@ class RewardConfig(TrainingArguments):
             "margins; equal to the expanded pairs), 'plackett_luce' (listwise, the ranking by the scores) or "
             "'best_vs_rest' (the best responses against the rest, softmax cross-entropy).",
             "choices": list(GROUP_LOSSES),
+        },
+    )
+    tie_strength: float | None = field(
+        default=None,
+        metadata={
+            "help": "Davidson tie parameter nu (> 0) of the tie-aware loss for data with a `tie` column; None "
+            "matches the train data's tie fraction."
         },
     )
     save_final_model: bool = field(

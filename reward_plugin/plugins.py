@@ -12,7 +12,7 @@ from .errors import PluginError
 
 GROUP = "reward_plugin"
 
-DEFAULT_PLUGINS = ("reward_plugin.stages.reward",)
+DEFAULT_PLUGINS = ("reward_plugin.stages.reward", "reward_plugin.pointwise.stage")
 
 LOADER = PluginLoader(GROUP, hookspecs, DEFAULT_PLUGINS, plugin_error=PluginError)
 pm = LOADER.pm

@@ -21,7 +21,7 @@ from transformers import PreTrainedModel, Trainer, TrainerCallback
 from transformers.trainer_utils import EvalPrediction, has_length
 
 from dataset_formats.groups import is_group_table
-from dataset_formats.schema import MARGIN_COLUMN
+from dataset_formats.schema import MARGIN_COLUMN, TIE_COLUMN
 
 from .artifacts.saved_model import write_artifacts, write_model_card_of
 from .config import RewardConfig
@@ -34,6 +34,7 @@ from .modeling import ensure_pad_token
 from .sampler import pair_sampler
 from .scoring import ScoreReader, unwrap_model
 from .serving.export import plain_scoring_save, write_scoring_settings
+from .ties import trainer_tie_strength
 from .training.arguments import all_datasets, dataset_options, reward_args
 from .training.plan import PAIR_COLLATORS, PLAN_COLUMNS, BatchPlan
 from .training.statistics import (
@@ -234,8 +235,10 @@ class RewardTrainer(Trainer):
         return self.plan.pair_rewards(self._score_reader, model, inputs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        # Rows marked as ties (a `tie` column) take the Davidson loss, its nu fixed once (reward_plugin/ties.py).
+        tie_strength = trainer_tie_strength(self) if TIE_COLUMN in inputs else None
         rewards_chosen, rewards_rejected, loss = self.plan.rewards_and_loss(
-            self._score_reader, model, inputs, self.args
+            self._score_reader, model, inputs, self.args, tie_strength=tie_strength
         )
         if model.training:  # groups give each process its own number of pairs
             uneven = "pair_better" in inputs and self.args.world_size > 1

@@ -79,6 +79,8 @@ def _as_dict(pair: PreferencePair) -> dict:
         out["margin"] = pair.margin
     if pair.meta:
         out["meta"] = pair.meta
+    if pair.tie is not None:
+        out["tie"] = pair.tie
     return out
 
 

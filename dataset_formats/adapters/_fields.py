@@ -77,6 +77,37 @@ def number(row: Mapping[str, Any], field: str, *, optional: bool = False) -> flo
     return as_number(value, field)
 
 
+def number_at(row: Mapping[str, Any], path: str, *, optional: bool = False) -> float | None:
+    """A finite number at a dotted ``path`` (``metadata.score_chosen``); a plain name is a column."""
+    from ..ties import MISSING, lookup
+
+    if "." not in path or path in row:
+        if path not in row and not optional:
+            nested = [k for k, v in row.items() if isinstance(v, Mapping) and path in v]
+            if nested:
+                raise RecordError(
+                    f"required field is missing here but {nested[0]!r} holds it; point the score field "
+                    f"option at {nested[0] + '.' + path!r} (e.g. --option chosen_score_field={nested[0]}.{path})",
+                    field=path,
+                    reason="missing_field",
+                )
+        return number(row, path, optional=optional)
+    value = lookup(row, path)
+    if value is MISSING or value is None:
+        if optional:
+            return None
+        head = path.split(".", 1)[0]
+        inner = row.get(head) if isinstance(row, Mapping) else None
+        present = ", ".join(str(k) for k in inner) if isinstance(inner, Mapping) else "no such object"
+        raise RecordError(
+            f"required field is missing or null ({head!r} has: {present}); point the field option at "
+            "where this row keeps the value",
+            field=path,
+            reason="missing_field",
+        )
+    return as_number(value, path)
+
+
 def as_number(value: Any, field: str) -> float:
     """``value`` as a finite float, or a ``wrong_type`` RecordError naming ``field``."""
     fix = "; give a finite number or remove the field"

@@ -21,10 +21,70 @@ class PreferenceOptions:
     Attributes:
         margin_field: the column holding an optional per-row margin ("" to ignore margins).
         allow_empty_response: keep pairs whose chosen or rejected response is empty.
+        tie_field: an optional column that marks a tie (true/false, or 1/0); "" to ignore it.
+        chosen_score_field, rejected_score_field: where each response's score is, to find ties
+            (equal scores; no margin is made of them). ``auto``: ``score_chosen``/``score_rejected``
+            or, when the row has none, ``metadata.score_chosen``/``metadata.score_rejected``
+            (ultrafeedback_binarized flattened); a dotted path; "" to ignore scores. A row with
+            unequal scores may have an empty response (the scores rank it); it is kept and
+            counted under the flag ``empty_response``.
     """
 
     margin_field: str = "margin"
     allow_empty_response: bool = False
+    tie_field: str = "tie"
+    chosen_score_field: str = "auto"
+    rejected_score_field: str = "auto"
+
+
+#: The score fields ``auto`` looks for, in order: TRL's top-level layout, then a nested one.
+AUTO_SCORE_FIELDS = (("score_chosen", "score_rejected"), ("metadata.score_chosen", "metadata.score_rejected"))
+
+
+def tie_label(row: Mapping[str, Any], field: str) -> bool:
+    """Whether the optional boolean column ``field`` marks the row as a tie."""
+    if not field or row.get(field) is None:
+        return False
+    value = row[field]
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
+        return value.strip().lower() in ("true", "1", "yes")
+    raise RecordError(
+        f"the tie label must be true or false, got {_fields._short(value)}; fix it or pass "
+        "--option tie_field= to ignore the column",
+        field=field,
+        reason="wrong_type",
+        value=value,
+    )
+
+
+def response_scores(
+    row: Mapping[str, Any], chosen_field: str, rejected_field: str
+) -> tuple[float, float] | None:
+    """The row's ``(chosen score, rejected score)``, or None when it has none (``auto``: see
+    :class:`PreferenceOptions`)."""
+    from ..ties import MISSING, lookup
+
+    if not chosen_field or not rejected_field:
+        return None
+    if chosen_field == "auto" or rejected_field == "auto":
+        for c, r in AUTO_SCORE_FIELDS:
+            if lookup(row, c) is not MISSING and lookup(row, r) is not MISSING:
+                chosen_field, rejected_field = c, r
+                break
+        else:
+            return None
+    sc = _fields.number_at(row, chosen_field, optional=True)
+    sr = _fields.number_at(row, rejected_field, optional=True)
+    return None if sc is None or sr is None else (sc, sr)
+
+
+def empty_flags(chosen: Any, rejected: Any) -> list[str]:
+    """``["empty_response"]`` when either response is empty (kept because scores rank it), else ``[]``."""
+    return ["empty_response"] if any(not _fields._content(x).strip() for x in (chosen, rejected)) else []
 
 
 def split_common_prompt(
@@ -115,6 +175,8 @@ class PreferenceAdapter(FormatAdapter):
     * optional ``tools`` (tool schemas, a list or a JSON string) and ``chat_template_kwargs`` (an
       object, e.g. ``{"enable_thinking": false}``) on conversational rows: they reach the chat
       template as in TRL's ``RewardTrainer``.
+    * optional ``tie`` (true marks a tie), and scores whose equality marks one
+      (``score_chosen``/``score_rejected``, top level or under ``metadata``).
     """
 
     name = "preference"
@@ -125,12 +187,22 @@ class PreferenceAdapter(FormatAdapter):
     required_fields = ("chosen", "rejected")
 
     def to_pairs(self, row: Mapping[str, Any], options: PreferenceOptions) -> list[PreferencePair]:
-        prompt, chosen, rejected = read_preference(row, allow_empty=options.allow_empty_response)
+        scores = response_scores(row, options.chosen_score_field, options.rejected_score_field)
+        # An empty response that the source scored below the other is a real (if trivial)
+        # preference, as in ultrafeedback_binarized: kept, with a flag the stats count.
+        allow_empty = options.allow_empty_response or (scores is not None and scores[0] != scores[1])
+        prompt, chosen, rejected = read_preference(row, allow_empty=allow_empty)
         margin = None
         if options.margin_field:
             margin = _fields.number(row, options.margin_field, optional=True)
         pair = PreferencePair(prompt, chosen, rejected, margin=margin)
         pair.tools, pair.chat_template_kwargs = read_tools(row), read_chat_template_kwargs(row)
+        if not options.allow_empty_response and empty_flags(chosen, rejected):
+            pair.meta["flags"] = empty_flags(chosen, rejected)
+        if tie_label(row, options.tie_field):
+            pair.tie = "tie_label"
+        elif scores is not None and scores[0] == scores[1]:
+            pair.tie = "equal_scores"
         return [pair]
 
     def detect(self, columns: list[str], sample: list[dict[str, Any]]) -> bool:

@@ -18,7 +18,7 @@ from ..errors import RecordError
 from ..hookspecs import hookimpl
 from ..records import Message, PreferencePair
 from . import _fields
-from .preference import read_preference
+from .preference import empty_flags, read_preference
 
 #: Llama 2 (Touvron et al., 2023, Table 28): margin per preference rating, two variants.
 LLAMA2_MARGINS = {
@@ -105,15 +105,20 @@ class ScorePairOptions:
     Attributes:
         scale: margin = scale * (score_chosen - score_rejected); use 1/(max-min score) to map a
             rating scale onto [0, 1].
-        ties: ``reject`` equal scores (reason ``tie``) or ``keep`` them with margin 0.
         order: when score_chosen < score_rejected, ``reject`` the row (reason ``score_order``)
             or ``swap`` the responses so the higher score is chosen.
-        allow_empty_response: keep pairs with an empty response.
+        chosen_score_field, rejected_score_field: the columns with the scores; a dotted path
+            reaches into an object (``metadata.score_chosen``).
+        allow_empty_response: keep pairs with an empty response (one with a lower score is kept
+            anyway, counted under the flag ``empty_response``).
+
+    Equal scores make a tie (margin 0), which the conversion's ``ties`` policy handles.
     """
 
     scale: float = 1.0
-    ties: Literal["reject", "keep"] = "reject"
     order: Literal["reject", "swap"] = "reject"
+    chosen_score_field: str = "score_chosen"
+    rejected_score_field: str = "score_rejected"
     allow_empty_response: bool = False
 
 
@@ -129,28 +134,27 @@ class ScorePairAdapter(FormatAdapter):
     produces_margin = True
 
     def to_pairs(self, row: Mapping[str, Any], options: ScorePairOptions) -> list[PreferencePair]:
-        prompt, chosen, rejected = read_preference(row, allow_empty=options.allow_empty_response)
-        sc = _fields.number(row, "score_chosen")
-        sr = _fields.number(row, "score_rejected")
-        if sc == sr and options.ties == "reject":
-            raise RecordError(
-                f"score_chosen and score_rejected are equal ({sc:g}); pass --option ties=keep "
-                "to keep ties with margin 0",
-                field="score_rejected",
-                reason="tie",
-                value=sr,
-            )
+        cf, rf = options.chosen_score_field, options.rejected_score_field
+        sc = _fields.number_at(row, cf)
+        sr = _fields.number_at(row, rf)
+        # The scores rank an empty response too (kept with the flag ``empty_response``).
+        prompt, chosen, rejected = read_preference(row, allow_empty=options.allow_empty_response or sc != sr)
+        flags = [] if options.allow_empty_response else empty_flags(chosen, rejected)
+        if sc == sr:
+            return [PreferencePair(prompt, chosen, rejected, margin=0.0, tie="equal_scores")]
         if sc < sr:
             if options.order == "reject":
                 raise RecordError(
-                    f"score_chosen {sc:g} is below score_rejected {sr:g}; pass --option order=swap "
-                    "to trust the scores",
-                    field="score_chosen",
+                    f"{cf} {sc:g} is below {rf} {sr:g}; pass --option order=swap to trust the scores",
+                    field=cf,
                     reason="score_order",
                     value=sc,
                 )
             chosen, rejected, sc, sr = rejected, chosen, sr, sc
-        return [PreferencePair(prompt, chosen, rejected, margin=options.scale * (sc - sr))]
+        pair = PreferencePair(prompt, chosen, rejected, margin=options.scale * (sc - sr))
+        if flags:
+            pair.meta["flags"] = flags
+        return [pair]
 
 
 @dataclass
@@ -196,14 +200,8 @@ class SHPAdapter(FormatAdapter):
                 reason="wrong_type",
                 value=label,
             )
-        if score_a == score_b:
-            raise RecordError(
-                f"score_A and score_B are equal ({score_a:g}); SHP pairs need different scores",
-                field="score_B",
-                reason="tie",
-                value=score_b,
-            )
-        if (score_a > score_b) != (label == 1):
+        tie = score_a == score_b
+        if not tie and (score_a > score_b) != (label == 1):
             raise RecordError(
                 f"labels={label!r} disagrees with score_A={score_a:g}, score_B={score_b:g}",
                 field="labels",
@@ -215,6 +213,9 @@ class SHPAdapter(FormatAdapter):
         )
         fields = ("human_ref_A", "human_ref_B") if label == 1 else ("human_ref_B", "human_ref_A")
         _fields.check_responses(win, lose, allow_empty=options.allow_empty_response, fields=fields)
+        prompt: list[Message] = [{"role": "user", "content": history}]
+        if tie:
+            return [PreferencePair(prompt, win, lose, margin=0.0, tie="equal_scores")]
         ratio = max(win_s, 1.0) / max(lose_s, 1.0)
         if ratio < options.min_score_ratio:
             raise RecordError(
@@ -224,7 +225,6 @@ class SHPAdapter(FormatAdapter):
                 value=ratio,
             )
         margin = math.log(ratio) if options.margin == "log_ratio" else win_s - lose_s
-        prompt: list[Message] = [{"role": "user", "content": history}]
         return [PreferencePair(prompt, win, lose, margin=options.scale * margin)]
 
 
@@ -237,7 +237,7 @@ class HelpSteer2Options:
         prompt_field: the column with the prompt (text, or messages as HelpSteer3's ``context``).
         scale: margin = scale * |strength| (1: the margin is 1, 2 or 3).
         min_strength: reject rows with |strength| below this (reason ``weak_preference``);
-            strength 0 ("about the same") is always rejected (reason ``tie``).
+            strength 0 ("about the same") is a tie, which the conversion's ``ties`` policy handles.
         allow_empty_response: keep pairs with an empty response.
     """
 
@@ -295,13 +295,11 @@ class HelpSteer2Adapter(FormatAdapter):
                 reason="out_of_range",
                 value=strength,
             )
-        if strength == 0:
-            raise RecordError(
-                "preference strength 0 means the responses are about the same",
-                field=options.strength_field,
-                reason="tie",
-                value=strength,
+        if strength == 0:  # "about the same": a tie, in the source's order
+            _fields.check_responses(
+                r1, r2, allow_empty=options.allow_empty_response, fields=("response_1", "response_2")
             )
+            return [PreferencePair(prompt, r1, r2, margin=0.0, tie="strength_zero")]
         if abs(strength) < options.min_strength:
             raise RecordError(
                 f"|preference strength| {abs(strength):g} is below min_strength={options.min_strength}",

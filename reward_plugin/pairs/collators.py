@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from dataset_formats.schema import MARGIN_COLUMN, PAIR_COLUMNS
+from dataset_formats.schema import MARGIN_COLUMN, PAIR_COLUMNS, TIE_COLUMN
 
 from ..errors import DataError
 from .layout import CHOSEN, PAD, PREFIX, REJECTED, shared_prefix_length
@@ -117,7 +117,18 @@ class RewardDataCollatorWithPadding:
             batch[f"attention_mask_{side}"] = self._pad([mask for _, mask in pairs], length, 0)
         if has_margin:
             batch[MARGIN_COLUMN] = torch.tensor(margins, dtype=torch.float32)
+        ties = self.ties(examples)
+        if ties is not None:
+            batch[TIE_COLUMN] = ties
         return batch
+
+    @staticmethod
+    def ties(examples: Sequence[Mapping[str, Any]]) -> torch.Tensor | None:
+        """The optional ``tie`` flag of every pair (``convert --ties tie``) as a bool tensor, or None
+        when pair 0 has none; a missing value counts as not a tie."""
+        if examples[0].get(TIE_COLUMN) is None:
+            return None
+        return torch.tensor([bool(example.get(TIE_COLUMN) or False) for example in examples])
 
     def margins(self, examples: Sequence[Mapping[str, Any]]) -> list[float] | None:
         """The ``margin`` of every pair, or None when pair 0 has none."""
@@ -284,6 +295,9 @@ class PrefixSharedPairCollator(RewardDataCollatorWithPadding):
         }
         if margins is not None:
             batch[MARGIN_COLUMN] = torch.tensor(margins, dtype=torch.float32)
+        ties = self.ties(examples)
+        if ties is not None:
+            batch[TIE_COLUMN] = ties
         return batch
 
 

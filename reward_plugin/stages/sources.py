@@ -10,6 +10,11 @@ as a path, a list of paths, or a mapping::
     train_data: {path: raw.jsonl.gz, format: hh-rlhf}
     train_data: {dataset_info: data/dataset_info.json, dataset: dpo_en_demo}   # LLaMA-Factory
     train_data: [a.parquet, {path: b.jsonl, format: chat, options: {messages: turns}}]
+    train_data: {path: ultrafeedback.jsonl.gz, ties: tie}   # skip (default) | keep | tie
+
+``ties`` says what becomes of pairs the source marks as ties (:mod:`dataset_formats.ties`); on a
+tokenized table with a ``tie`` column, ``skip`` drops the tied rows, ``keep`` drops the column and
+``tie`` keeps it (a table is used as it is when ``ties`` is not given).
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from typing import Any
 
 from dataset_formats.groups import is_group_table
 from dataset_formats.on_error import DEFAULT_ON_ERROR, ON_ERROR_CHOICES
-from dataset_formats.schema import MARGIN_COLUMN, PAIR_COLUMNS
+from dataset_formats.schema import MARGIN_COLUMN, PAIR_COLUMNS, TIE_COLUMN
+from dataset_formats.ties import DEFAULT_TIES, TIES_CHOICES
 
 from ..data import is_tokenized, prepare_dataset
 from ..errors import ConfigError, DataError
@@ -33,7 +39,7 @@ from .prepared import prepared_pairs, prepared_table
 logger = logging.getLogger(__name__)
 
 #: Keys of a source mapping.
-SOURCE_KEYS = ("path", "format", "options", "on_error", "dataset_info", "dataset", "max_samples")
+SOURCE_KEYS = ("path", "format", "options", "on_error", "dataset_info", "dataset", "max_samples", "ties")
 _TABLE_SUFFIXES = (".parquet", ".pq", ".arrow")
 
 
@@ -47,6 +53,8 @@ class DataSource:
         options: adapter options (``--option KEY=VALUE`` of ``reward-plugin convert``).
         on_error: ``raise`` (stop at the first bad row) or ``skip`` (count and drop bad rows).
         max_samples: keep only the first this many pairs.
+        ties: ``skip``, ``keep`` or ``tie`` for the source's ties; None: the conversion default for
+            raw data, a tokenized table as it is.
     """
 
     paths: list[str]
@@ -54,6 +62,7 @@ class DataSource:
     options: dict[str, Any] = field(default_factory=dict)
     on_error: str = DEFAULT_ON_ERROR
     max_samples: int | None = None
+    ties: str | None = None
 
 
 def parse_sources(value: Any, key: str) -> list[DataSource]:
@@ -117,7 +126,10 @@ def _source_from_mapping(item: Mapping[str, Any], where: str) -> DataSource:
         raise ConfigError(
             f"`{where}.format` must be a format name (see `reward-plugin formats`), got {fmt!r}"
         )
-    return DataSource(paths, fmt, options, on_error, max_samples)
+    ties = item.get("ties")
+    if ties is not None and ties not in TIES_CHOICES:
+        raise ConfigError(f"`{where}.ties` must be one of {', '.join(TIES_CHOICES)}, got {ties!r}")
+    return DataSource(paths, fmt, options, on_error, max_samples, ties)
 
 
 def load_sources(
@@ -186,11 +198,15 @@ def load_sources(
             "convert the grouped sources without --groups"
         )
     with_margin = any(MARGIN_COLUMN in p.column_names for p in parts)
+    with_tie = any(TIE_COLUMN in p.column_names for p in parts)
     keep = [*PAIR_COLUMNS, MARGIN_COLUMN] if with_margin else list(PAIR_COLUMNS)
+    keep += [TIE_COLUMN] if with_tie else []
     aligned = []
     for part in parts:
         if with_margin and MARGIN_COLUMN not in part.column_names:
             part = part.add_column(MARGIN_COLUMN, [0.0] * len(part))
+        if with_tie and TIE_COLUMN not in part.column_names:
+            part = part.add_column(TIE_COLUMN, [False] * len(part))
         part = part.select_columns(keep)
         aligned.append(part.cast(aligned[0].features) if aligned else part)
     return datasets.concatenate_datasets(aligned)
@@ -218,6 +234,7 @@ def _load_source(
                 _check_tokenizer(Path(path), tokenizer)
 
         dataset = tables[0] if len(tables) == 1 else datasets.concatenate_datasets(tables)
+        dataset = _apply_ties(dataset, source.ties)
         return prepare_dataset(
             dataset, tokenizer=None, max_length=max_length, truncation=truncation, name=name
         )
@@ -236,6 +253,7 @@ def _load_source(
             "truncation": truncation,
             "on_error": source.on_error,
             "num_proc": num_proc or 1,
+            "ties": source.ties or DEFAULT_TIES,
         }
         dataset = prepared_pairs(source.paths, settings, tokenizer, folder=prepared_dir, name=name)
         if len(dataset) == 0:
@@ -258,6 +276,7 @@ def _load_source(
             on_error=source.on_error,
             num_proc=num_proc or 1,
             format_options=source.options,
+            ties=source.ties or DEFAULT_TIES,
         )
         logger.info("%s data converted from %s:\n%s", name, ", ".join(source.paths), stats.summary())
         if stats.rows_written == 0:
@@ -289,6 +308,19 @@ def _check_tokenizer(path: Path, tokenizer: Any) -> None:
             f"{describe(current)}: {difference}; convert the data again with `--tokenizer {current['name']}`, "
             "or set `accept_tokenizer_mismatch: true` to train on it anyway"
         )
+
+
+def _apply_ties(dataset: Any, ties: str | None) -> Any:
+    """A tokenized table under an explicit ``ties`` policy: ``skip`` drops the rows marked as ties,
+    ``keep`` drops the ``tie`` column, ``tie`` and None leave the table as it is."""
+    if ties is None or ties == "tie" or TIE_COLUMN not in dataset.column_names:
+        return dataset
+    if ties == "skip":
+        import numpy as np
+
+        flags = np.asarray(dataset.with_format("arrow")[:][TIE_COLUMN].to_numpy(zero_copy_only=False))
+        dataset = dataset.select(np.flatnonzero(~flags.astype(bool)))
+    return dataset.remove_columns(TIE_COLUMN)
 
 
 def _read_parquet(path: Path) -> Any:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from dataset_formats.groups import GROUP_COLUMNS, SCORES_COLUMN
-from dataset_formats.schema import MARGIN_COLUMN, PAIR_COLUMNS
+from dataset_formats.schema import MARGIN_COLUMN, PAIR_COLUMNS, TIE_COLUMN
 
 from ..errors import DataError
 from ..loss import group_loss, pairwise_loss
@@ -34,6 +34,7 @@ from ..pairs import (
 from ..pairs.backends import resolve_pair_attention
 from ..pairs.groups import GROUP_KEYS, GroupCollator, group_rewards
 from ..scoring import ScoreReader
+from ..ties import davidson_loss
 
 #: Every column a collator of a plan reads (Trainer drops the others when it may).
 PLAN_COLUMNS = (
@@ -41,6 +42,7 @@ PLAN_COLUMNS = (
     "chosen_ids",
     "rejected_ids",
     MARGIN_COLUMN,
+    TIE_COLUMN,
     *PACKED_KEYS,
     *GROUP_COLUMNS,
     SCORES_COLUMN,
@@ -132,12 +134,19 @@ class BatchPlan:
         return RewardDataCollatorWithPadding(**self.options)
 
     def rewards_and_loss(
-        self, reader: ScoreReader, model: nn.Module, batch: dict[str, Any], args: Any
+        self,
+        reader: ScoreReader,
+        model: nn.Module,
+        batch: dict[str, Any],
+        args: Any,
+        *,
+        tie_strength: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(rewards of the chosen / better, of the rejected / worse side of each pair, loss)`` of a batch.
 
         A group batch (``pair_better``) gets the group loss ``args.group_loss`` over one forward
-        per group; a pair batch the pairwise loss (with its ``margin`` column when present).
+        per group; a pair batch the pairwise loss (with its ``margin`` column when present), or, when
+        it has a ``tie`` column, the Davidson loss with ``tie_strength`` (:mod:`reward_plugin.ties`).
         """
         if "pair_better" in batch:
             rewards = self.response_rewards(reader, model, batch)
@@ -154,6 +163,16 @@ class BatchPlan:
             )
             return rewards[better], rewards[worse], loss
         chosen, rejected = self.pair_rewards(reader, model, batch)
+        if TIE_COLUMN in batch:
+            loss = davidson_loss(
+                chosen,
+                rejected,
+                batch[TIE_COLUMN],
+                tie_strength=tie_strength,
+                margin=batch.get(MARGIN_COLUMN),
+                center_rewards_coefficient=args.center_rewards_coefficient,
+            )
+            return chosen, rejected, loss
         loss = pairwise_loss(
             chosen,
             rejected,
