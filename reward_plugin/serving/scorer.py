@@ -243,7 +243,8 @@ class RewardScorer:
             if not seq:
                 raise DataError(f"item {k} has no tokens after rendering; give it a non-empty completion")
         items = list(enumerate(ids))
-        with torch.inference_mode():
+        # no_grad, not inference_mode: segment attention caches masks that training may reuse with autograd.
+        with torch.no_grad():
             if self.grouped:
                 groups = self._groups(items, keys, group_by_prefix)
                 found = score_grouped(
