@@ -12,7 +12,7 @@ import json
 
 import pytest
 import torch
-from conftest import SHARED_DATA, read_hh_rows, write_jsonl
+from conftest import RM_BENCH, read_hh_rows, write_jsonl
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import dataset_formats as df
@@ -80,7 +80,7 @@ def test_completion_rows_and_best_of_n(tmp_path, tiny_llama_dir):
 
 
 def test_rm_bench_groups_give_each_response_once_and_the_best(tmp_path, tiny_llama_dir):
-    source = SHARED_DATA / "rm-bench" / "chat_filtered.json.gz"
+    source = RM_BENCH / "chat_filtered.slice.json.gz"
     rows = json.loads(gzip.decompress(source.read_bytes()))[:3]
     data = tmp_path / "rm.json"
     data.write_text(json.dumps(rows), encoding="utf-8")
