@@ -87,7 +87,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     _add_train(subparsers)
     _add_eval(subparsers)
     _add_listings(subparsers)
-    from .serving.cli import add_serving_commands  # score, serve
+    from .serving.subcommands import add_serving_commands  # score, serve
 
     add_serving_commands(subparsers)
 

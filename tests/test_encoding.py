@@ -117,10 +117,12 @@ def test_byte_level_bpe_boundary_and_truncation(bpe_tokenizer):
 
 
 def test_bos_written_by_a_template_is_not_doubled(tmp_path, bpe_tokenizer):
+    from tokenizers import Tokenizer
     from tokenizers.processors import TemplateProcessing
     from transformers import PreTrainedTokenizerFast
 
-    backend = bpe_tokenizer.backend_tokenizer
+    # A copy: the session's tokenizer (saved with the tiny models of other tests) keeps its processor.
+    backend = Tokenizer.from_str(bpe_tokenizer.backend_tokenizer.to_str())
     backend.post_processor = TemplateProcessing(
         single="<s> $A", special_tokens=[("<s>", backend.token_to_id("<s>"))]
     )

@@ -88,5 +88,8 @@ def test_no_import_cycle():
 
 @pytest.mark.parametrize("package", PACKAGES)
 def test_no_two_modules_of_a_package_share_a_name(package):
-    names = Counter(p.name for p in (ROOT / package).rglob("*.py") if p.name != "__init__.py")
+    # __init__ and __main__ are names Python gives a package and its `python -m` entry, not concepts.
+    names = Counter(
+        p.name for p in (ROOT / package).rglob("*.py") if p.name not in ("__init__.py", "__main__.py")
+    )
     assert [name for name, count in names.items() if count > 1] == []

@@ -21,16 +21,15 @@ from transformers import AutoModelForSequenceClassification
 from reward_plugin.errors import UnsupportedModelError
 from reward_plugin.pairs import resolve_pair_batching, unsupported_reason
 from reward_plugin.pairs.coverage import (
-    COVERAGE_FILE,
     PATHS,
     TOLERANCE,
-    load_coverage,
     models_markdown,
     sequence_classification_types,
     sweep,
     tiny_config,
     verify_model_type,
 )
+from reward_plugin.pairs.coverage_table import COVERAGE_FILE, load_coverage
 
 #: Re-proved in the default run: plain (llama, mistral with its window), QK-norm (qwen3), sliding
 #: layers + QK-norm (gemma3_text), soft-capping (gemma2), sinks + MoE (gpt_oss), MoE (qwen3_moe),
@@ -122,7 +121,7 @@ def test_the_layout_follows_the_table():
 
 
 def test_a_path_that_is_not_proven_is_refused_with_its_reason(monkeypatch):
-    from reward_plugin.pairs import coverage
+    from reward_plugin.pairs import coverage_table as coverage
 
     qwen3 = tiny_model("qwen3")
     entry = {**load_coverage()["qwen3"], "fast": ["sdpa/segments"], "errors": {"sdpa/mask": 0.25}}

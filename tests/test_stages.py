@@ -74,21 +74,24 @@ def test_in_process_registration_and_errors_naming_the_plugin():
         register_stage(NotAStage())  # type: ignore[arg-type]
     with pytest.raises(PluginError, match="has no name"):
         register_stage(type("Nameless", (_Echo,), {"name": ""}))
-    assert [i.name for i in list_stages()] == ["reward"]
+    assert [i.name for i in list_stages()] == ["pointwise", "reward"]  # the built-in stages
 
 
 def test_stages_and_plugins_commands(capsys):
     assert main(["stages", "--json"]) == 0
-    (row,) = json.loads(capsys.readouterr().out)
-    assert row["name"] == "reward" and row["distribution"] == "built-in"
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == ["pointwise", "reward"]
+    assert all(r["distribution"] == "built-in" for r in rows)
     assert main(["stages"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["name", "origin", "description"] and lines[1].startswith("reward  built-in")
+    assert lines[0].split() == ["name", "origin", "description"]
+    assert [line.split()[:2] for line in lines[1:]] == [["pointwise", "built-in"], ["reward", "built-in"]]
     assert main(["plugins", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     by_name = {r["name"]: r for r in rows}
     assert by_name["reward_plugin.stages.reward"]["provides"] == ["reward"]
     assert by_name["reward_plugin.stages.reward"]["registry"] == "reward_plugin"
+    assert by_name["reward_plugin.pointwise.stage"]["provides"] == ["pointwise"]
     assert by_name["dataset_formats.adapters.hh_rlhf"]["provides"] == ["hh-rlhf"]
     assert all(r["distribution"] == "reward-plugin" and r["version"] for r in rows)
 
@@ -149,7 +152,7 @@ def test_entry_point_stage_is_not_loaded_without_the_allowlist(regression_stage,
     monkeypatch.delenv(ALLOWLIST_ENV, raising=False)
     plugins.load_entry_points(plugins.pm, plugins.GROUP)
     reset()
-    assert [i.name for i in list_stages()] == ["reward"]
+    assert [i.name for i in list_stages()] == ["pointwise", "reward"]  # the built-in stages
 
 
 def test_third_party_stage_is_listed_and_trains_through_the_runner(

@@ -84,6 +84,7 @@ def test_tiny_llama_with_margin_and_centering_matches_trl(tmp_path, tiny_llama, 
     assert_parity(*run_both(tmp_path, tiny_llama, bpe_tokenizer, dataset, center_rewards_coefficient=0.01))
 
 
+@pytest.mark.slow  # a minute on two cores: the MiniLM encoder trained twice (ours and TRL's)
 def test_minilm_matches_trl(tmp_path, minilm_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 

@@ -27,6 +27,7 @@ from dataset_formats.prefix import shared_prefix_length
 from ..errors import UnsupportedModelError
 from ..scoring import find_head, unwrap_model
 from .attention import base_implementation
+from .coverage_table import model_type_reason
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +75,6 @@ def unsupported_reason(model: nn.Module, attention: str = "segments") -> str | N
     # Flash-attention kernels ignore custom masks; the varlen backend runs them with their own varlen function.
     if impl not in MASKED_ATTENTION and impl not in FLASH_ATTENTION:
         return f"{name} uses attn_implementation={impl!r}, which ignores custom 4D masks; load it with 'sdpa', 'eager' or a flash-attention implementation"
-    from .coverage import model_type_reason  # imported here: `python -m reward_plugin.pairs.coverage` runs it
-
     # The coverage table records the sdpa/eager paths: the block-wise backends (segments, varlen, flex)
     # run each block through the model's own attention function as segments do; flash models are
     # judged by their sdpa result (same modules, another kernel).

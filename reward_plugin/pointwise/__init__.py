@@ -15,7 +15,7 @@ weights that combine the outputs into one reward (``reward_attribute_weights``).
 
 from __future__ import annotations
 
-from .data import HELPSTEER2_ATTRIBUTES, encode_responses, read_responses, responses_from_pairs
+from .rows import HELPSTEER2_ATTRIBUTES, encode_responses, read_responses, responses_from_pairs
 from .training import PointwiseConfig, PointwiseTrainer, combined_reward, pointwise_loss
 
 __all__ = [

@@ -115,7 +115,7 @@ def evaluate_pointwise(
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from ..modeling import ensure_pad_token
-    from .data import encode_responses, read_responses
+    from .rows import encode_responses, read_responses
 
     model = AutoModelForSequenceClassification.from_pretrained(model_dir)
     cfg = model.config

@@ -82,7 +82,7 @@ class PointwiseStage(Stage):
         return load_tokenizer(cfg.tokenizer or cfg.model)
 
     def build_datasets(self, cfg: PointwiseStageConfig, tokenizer: Any) -> dict[str, Any]:
-        from .data import encode_responses, read_responses
+        from .rows import encode_responses, read_responses
 
         def load(path: str | None) -> Any:
             if path is None:

@@ -199,7 +199,7 @@ class PointwiseTrainer(Trainer):
             )
 
     def _prepare(self, dataset: Any, tokenizer: Any) -> Any:
-        from .data import encode_responses, read_responses
+        from .rows import encode_responses, read_responses
 
         if dataset is None:
             return None
