@@ -151,7 +151,7 @@ def as_messages(rows: list[dict]) -> list[dict]:
 
 
 def main() -> None:
-    from reward_plugin.metrics import accuracy_interval
+    from reward_plugin.metrics import wilson_interval
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
@@ -192,7 +192,7 @@ def main() -> None:
                     correct, n = pairwise_arm(model_path, train, held_out, seed, args.steps, args.lr, tmp)
                     tied = stats.ties["written_as_preferences"] + stats.ties["written_as_ties"]
                     size = f"{len(train)} ({tied})"
-                low, high = accuracy_interval(correct, n)
+                low, high = wilson_interval(correct / n if n else 0.0, n)
                 totals.setdefault(arm, [0, 0])
                 totals[arm][0] += correct
                 totals[arm][1] += n
@@ -201,7 +201,7 @@ def main() -> None:
                     flush=True,
                 )
     for arm, (correct, n) in totals.items():
-        low, high = accuracy_interval(correct, n)
+        low, high = wilson_interval(correct / n if n else 0.0, n)
         print(f"| {arm} | all | | | {n} | {correct / n:.3f} ({low:.3f}-{high:.3f}) |")
 
 

@@ -52,7 +52,7 @@ def pointwise_report(
         ``accuracy`` and its Wilson 95% interval ``ci_low``/``ci_high``; ``ties_in_truth``: the pairs
         left out because their true combined scores are equal.
     """
-    from ..metrics import accuracy_interval
+    from ..metrics import wilson_interval
 
     mean, std = np.asarray(means), np.asarray(stds)
     predicted = outputs * std + mean
@@ -85,7 +85,7 @@ def pointwise_report(
                 better, worse = (a, b) if true_combined[a] > true_combined[b] else (b, a)
                 total += 1
                 correct += int(predicted_combined[better] > predicted_combined[worse])
-    low, high = accuracy_interval(correct, total)
+    low, high = wilson_interval(correct / total if total else 0.0, total)
     return {
         "rows": len(labels),
         "attributes": per_attribute,
