@@ -6,7 +6,7 @@ Convention (docs/architecture.md, "Docs that run"): a fenced block right after t
 minutes (run in the slow suite), ``<!-- docs-test: bad-input -->`` one that shows mistakes on
 purpose (not run, options not checked). The blocks of one page run in order, in one fresh folder per page,
 with ``bash -euo pipefail``; ``reward-plugin`` is this checkout's CLI. A fast block must not need
-the output of a slow one. Paths under ``../shared`` appear only in docs/benchmarks.md, whose
+the output of a slow one; a slow block run alone (``-m slow``) first runs the page's fast blocks before it. Paths under ``../shared`` appear only in docs/benchmarks.md, whose
 reproduction commands use the project's shared data.
 """
 
@@ -86,7 +86,7 @@ def page_folders(tmp_path_factory) -> dict[Path, Path]:
         f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m reward_plugin "$@"\n', encoding="utf-8"
     )
     shim.chmod(0o755)
-    return {"bin": bin_dir, **{page: tmp_path_factory.mktemp(page.stem) for page in PAGES}}
+    return {"bin": bin_dir, "ran": set(), **{page: tmp_path_factory.mktemp(page.stem) for page in PAGES}}
 
 
 @pytest.mark.parametrize("block", RUN_BLOCKS)
@@ -99,8 +99,19 @@ def test_marked_block_runs(block: Block, page_folders):
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
     }
+    # A slow block may use what the page's earlier fast blocks made: in a run without them
+    # (`-m slow`), they run first, in the same folder.
+    earlier = [
+        b.code
+        for b in ALL_BLOCKS
+        if b.page == block.page
+        and b.run
+        and not b.slow
+        and b.line < block.line
+        and b.id not in page_folders["ran"]
+    ]
     result = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", block.code],
+        ["bash", "-euo", "pipefail", "-c", "\n".join([*earlier, block.code]) if block.slow else block.code],
         cwd=page_folders[block.page],
         env=env,
         capture_output=True,
@@ -109,6 +120,7 @@ def test_marked_block_runs(block: Block, page_folders):
         check=False,
     )
     assert result.returncode == 0, f"{block.id} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    page_folders["ran"].add(block.id)
 
 
 def test_the_readme_runs_the_three_commands_on_the_bundled_sample():
