@@ -144,6 +144,25 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path, tiny_llama_dir, hh
     assert "--resume: no checkpoint-N folder in" in capsys.readouterr().err
 
 
+def test_missing_train_data_is_one_line_naming_the_path(tmp_path, tiny_llama_dir, capsys):
+    missing = tmp_path / "nope.parquet"
+    args = [
+        "train",
+        "--model",
+        tiny_llama_dir,
+        "--train_data",
+        str(missing),
+        "--output_dir",
+        str(tmp_path / "o"),
+    ]
+    assert main([*args, "--max_steps", "1"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        err[-1] == f"error: {missing}: no such file or folder; check the data path (train_data / eval_data)"
+    )
+    assert not any("Traceback" in line for line in err)
+
+
 def independent_rewards(model_dir: Path, table: Path) -> np.ndarray:
     """One unpadded forward per response with the plain transformers model: (n, 2) rewards."""
     import pyarrow.parquet as pq

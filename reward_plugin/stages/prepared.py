@@ -19,6 +19,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..errors import DataError
+
 logger = logging.getLogger(__name__)
 
 #: Sub-folder of ``output_dir`` holding the prepared data.
@@ -26,6 +28,8 @@ PREPARED_DIR = "_prepared_data"
 
 
 def _file_entries(path: Path) -> list[list[Any]]:
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder; check the data path (train_data / eval_data)")
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     out = []
     for f in files:
