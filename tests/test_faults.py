@@ -474,6 +474,7 @@ def register_formats(register):
 """
 
 
+@pytest.mark.slow  # installs a plugin distribution and converts twice: over half a minute each on two cores
 @pytest.mark.parametrize(
     ("module", "body", "expected"),
     [
