@@ -46,8 +46,6 @@ def axolotl_command() -> Path:
     python = os.environ.get("REWARD_PLUGIN_AXOLOTL_PYTHON")
     command = Path(python).parent / "axolotl" if python else ROOT / ".venv-axolotl" / "bin" / "axolotl"
     if not command.is_file():
-        command = Path("/work/main/.venv-axolotl/bin/axolotl")
-    if not command.is_file():
         raise SystemExit(
             "Axolotl is not installed: run .ci/install-axolotl.sh or set REWARD_PLUGIN_AXOLOTL_PYTHON"
         )

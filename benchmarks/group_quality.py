@@ -50,9 +50,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_DISABLED", "true")
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = ROOT.parent / "shared" / "data" / "rm-bench"
-if not DATA_DIR.exists():  # a worktree that does not sit beside shared/
-    DATA_DIR = Path("/work/shared/data/rm-bench")
+#: The RM-Bench files: $REWARD_PLUGIN_TEST_DATA/rm-bench, else ../shared/data/rm-bench beside the checkout.
+DATA_DIR = Path(os.environ.get("REWARD_PLUGIN_TEST_DATA") or ROOT.parent / "shared" / "data") / "rm-bench"
 FILES = ("chat_filtered.json.gz", "safety-response_filtered.json.gz")
 
 #: name -> (training data, group_loss, pairs per prompt in a batch; None: groups)
