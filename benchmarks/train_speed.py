@@ -44,6 +44,21 @@ os.environ.setdefault("WANDB_DISABLED", "true")
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-base-test-part1.jsonl.gz"
 
+
+def _bf16() -> bool:
+    """Precision of every run (``--precision``, passed to the workers in the environment): ``native``
+    is what ``RewardConfig`` picks by default on this machine, bf16 autocast where the CPU computes
+    bf16 in hardware, else fp32 (emulated bf16 is slower than fp32)."""
+    choice = os.environ.get("REWARD_PLUGIN_BENCH_PRECISION", "native")
+    if choice == "native":
+        from reward_plugin.config import cpu_has_native_bf16
+
+        return cpu_has_native_bf16()
+    return choice == "bf16"
+
+
+BF16 = _bf16()
+
 #: name -> (library, pair_batching, group_by_length, pair_attention)
 CAUSAL_CONFIGS = {
     "TRL 1.16": ("trl", None, False, None),
@@ -199,7 +214,7 @@ def speed_trainer(
 ):
     """TRL's ``RewardTrainer``, or ours with the ``RewardConfig`` settings ``ours``, on ``dataset``.
 
-    Both get the same settings: one epoch (or ``max_steps``), learning rate 1e-5, seed 0, bf16,
+    Both get the same settings: one epoch (or ``max_steps``), learning rate 1e-5, seed 0, the precision of ``--precision``,
     gradient checkpointing, ``max_length``, no saving or logging, the model and tokenizer in
     ``workdir/model``. Shared by this benchmark and ``group_speed.py``.
     """
@@ -213,7 +228,7 @@ def speed_trainer(
         "per_device_train_batch_size": batch,
         "learning_rate": 1e-5,
         "seed": 0,
-        "bf16": True,
+        "bf16": BF16,
         "use_cpu": True,
         "gradient_checkpointing": True,
         "max_length": max_length,
@@ -238,11 +253,11 @@ def speed_trainer(
 
 
 def warm_up(trainer) -> None:
-    """One bf16 forward and backward outside the clock: thread pools and the kernels' first use cost
-    every configuration alike."""
+    """One forward and backward (bf16 autocast when the runs use it) outside the clock: thread pools
+    and the kernels' first use cost every configuration alike."""
     import torch
 
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=BF16):
         warm = trainer.model(
             input_ids=torch.full((2, 64), 5), attention_mask=torch.ones(2, 64, dtype=torch.long)
         )
@@ -391,7 +406,7 @@ def table(kind: str, results: list[dict], info: dict, args) -> str:
     lines = [
         (
             f"**{kind}** ({info['params'] / 1e6:.1f}M parameters, {scope}, batch {args.batch}, max_length "
-            f"{args.max_length}, bf16, gradient checkpointing; median of {args.repeats} interleaved run(s), "
+            f"{args.max_length}, {'bf16' if BF16 else 'fp32'}, gradient checkpointing; median of {args.repeats} interleaved run(s), "
             "peak RSS the largest)"
         ),
         "",
@@ -440,9 +455,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-causal", action="store_true")
     parser.add_argument("--skip-minilm", action="store_true")
     parser.add_argument("--only", nargs="*", help="configuration names to run (default: all)")
+    parser.add_argument(
+        "--precision",
+        choices=["native", "bf16", "fp32"],
+        default=os.environ.get("REWARD_PLUGIN_BENCH_PRECISION", "native"),
+        help="both sides: bf16 autocast or fp32; native (default): bf16 where the CPU computes it in hardware",
+    )
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    global BF16
+    os.environ["REWARD_PLUGIN_BENCH_PRECISION"] = args.precision
+    BF16 = _bf16()
     if args.worker:
         workdir, name, kind, library, mode, grouped, attention = json.loads(args.worker)
         result = worker(Path(workdir), name, kind, library, mode, grouped, attention, args)
