@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -78,13 +79,7 @@ def llamafactory_data(folder: Path, rows: int = PAIRS) -> Path:
     demo = json.loads(Path(LLAMAFACTORY_DEMO).read_text(encoding="utf-8"))
     demo = sorted(demo, key=lambda row: len(json.dumps(row)))[:rows]
     (folder / "dpo_en_demo.json").write_text(json.dumps(demo), encoding="utf-8")
-    entry = {
-        "file_name": "dpo_en_demo.json",
-        "ranking": True,
-        "formatting": "sharegpt",
-        "columns": {"messages": "conversations", "chosen": "chosen", "rejected": "rejected"},
-    }
-    (folder / "dataset_info.json").write_text(json.dumps({"dpo_en_demo": entry}), encoding="utf-8")
+    shutil.copyfile(EXAMPLES / "llamafactory" / "dataset_info.json", folder / "dataset_info.json")
     return folder
 
 
