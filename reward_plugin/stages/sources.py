@@ -103,12 +103,12 @@ def _source_from_mapping(item: Mapping[str, Any], where: str) -> DataSource:
             raise ConfigError(f"`{where}`: `dataset_info` and `dataset` go together; give both")
         if "path" in item:
             raise ConfigError(f"`{where}`: give `path` or `dataset_info` + `dataset`, not both")
-        from dataset_formats.adapters.llamafactory import resolve_dataset_info
+        from dataset_formats.catalogs import resolve_dataset
 
-        data_file, info_options = resolve_dataset_info(item["dataset_info"], str(item["dataset"]))
-        paths = [str(data_file)]
-        fmt = fmt or "llamafactory"
-        options = {**info_options, **options}
+        resolved = resolve_dataset(item["dataset_info"], str(item["dataset"]))
+        paths = list(resolved.paths)
+        fmt = fmt or resolved.format
+        options = {**resolved.options, **options}
     else:
         path = item.get("path")
         if not path:
