@@ -164,11 +164,9 @@ def raw_meta(data: str | os.PathLike, rows: set[int]) -> dict[int, dict[str, Any
     """``{row: {"id", "subset", "domain"}}`` (the fields a row has) of raw data rows; {} for tables."""
     from dataset_formats.reading import iter_row_batches
 
-    path = Path(data)
-    if path.suffix.lower() in (".parquet", ".pq", ".arrow") or (
-        path.is_dir() and (path / "state.json").exists()
-    ):
+    if _table_path(data):
         return {}
+    path = Path(data)
     found: dict[int, dict[str, Any]] = {}
     for batch in iter_row_batches(path):
         for number, row in batch:
@@ -209,26 +207,21 @@ def predict_pair_groups(
     return groups_from_pairs(rewards, lengths, metas), margins
 
 
+def _table_path(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names a converted table (rather than raw data)."""
+    from dataset_formats.tables import table_kind
+
+    kind = table_kind(path)
+    return kind == "datasets" or (
+        kind is not None and Path(path).is_file() and not str(path).lower().endswith(".gz")
+    )
+
+
 def read_table(path: str | os.PathLike) -> Any:
     """A converted table (``.parquet``, ``.arrow``, ``datasets`` folder) as ``pyarrow.Table``; None for raw data."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    from dataset_formats import tables
 
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if path.is_dir() and (path / "state.json").exists():
-        import datasets
-
-        return datasets.load_from_disk(str(path)).data.table
-    if path.is_file() and suffix in (".parquet", ".pq"):
-        return pq.read_table(path)
-    if path.is_file() and suffix == ".arrow":
-        with pa.memory_map(str(path)) as source:
-            try:
-                return pa.ipc.open_stream(source).read_all()
-            except pa.ArrowInvalid:
-                return pa.ipc.open_file(source).read_all()
-    return None
+    return tables.read_table(path) if _table_path(path) else None
 
 
 def convert_groups(
@@ -244,9 +237,8 @@ def convert_groups(
     Converted without a length limit, so each response stays one whole sequence;
     :func:`score_groups` cuts them to ``max_length`` as training does.
     """
-    import pyarrow.parquet as pq
-
     from dataset_formats.conversion import convert
+    from dataset_formats.tables import read_table as read_whole
 
     with tempfile.TemporaryDirectory(prefix="reward-plugin-eval-") as tmp:
         output = Path(tmp) / "groups.parquet"
@@ -261,7 +253,7 @@ def convert_groups(
             progress=False,
         )
         logger.info("eval data converted from %s:\n%s", data, stats.summary())
-        return pq.read_table(output)
+        return read_whole(output)
 
 
 def groups_from_table(table: Any, rewards: list[np.ndarray], data: str | os.PathLike) -> list[PromptRewards]:
