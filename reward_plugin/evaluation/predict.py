@@ -283,21 +283,26 @@ def group_margins(table: Any) -> np.ndarray | None:
     return np.array([0.0 if m is None else m for m in margins], dtype=np.float64)
 
 
+@dataclass(frozen=True)
+class EvalSettings:
+    """How evaluation reads, cuts and batches the data (``reward-plugin eval``'s flags of these names).
+
+    Attributes: as the keyword arguments of :func:`~reward_plugin.evaluation.evaluate_model`.
+    """
+
+    format: str = "auto"
+    tokenizer: str | os.PathLike | None = None
+    max_length: int | None = None
+    truncation: str = "left"
+    chat_template: str | None = None
+    format_options: dict[str, Any] | None = None
+    batch_size: int = 16
+
+
 def predict_groups(
-    model_dir: str | os.PathLike,
-    data: str | os.PathLike,
-    *,
-    format: str = "auto",
-    tokenizer: str | os.PathLike | None = None,
-    max_length: int | None = None,
-    truncation: str = "left",
-    chat_template: str | None = None,
-    format_options: dict[str, Any] | None = None,
-    batch_size: int = 16,
+    model_dir: str | os.PathLike, data: str | os.PathLike, settings: EvalSettings | None = None
 ) -> tuple[list[PromptRewards], np.ndarray | None]:
     """The rewards of every prompt of ``data`` under the model in ``model_dir``.
-
-    Args: as in :func:`~reward_plugin.evaluation.evaluate_model`.
 
     Returns:
         ``(groups, the data margin of every pair or None)``.
@@ -306,30 +311,35 @@ def predict_groups(
 
     from ..stages.sources import DataSource, load_sources
 
+    s = settings or EvalSettings()
     table = read_table(data)
     scorer = load_eval_model(
-        model_dir, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length, truncation=truncation
+        model_dir,
+        tokenizer=s.tokenizer,
+        batch_size=s.batch_size,
+        max_length=s.max_length,
+        truncation=s.truncation,
     )
     if table is None:  # raw data
         table = convert_groups(
             data,
             tokenizer=scorer.tokenizer,
-            format=format,
-            chat_template=chat_template,
-            format_options=format_options,
+            format=s.format,
+            chat_template=s.chat_template,
+            format_options=s.format_options,
         )
         one_pair_rows = all(len(links) == 1 for links in table.column("pairs").to_pylist())
-        if one_pair_rows and format not in GROUP_FORMATS:
+        if one_pair_rows and s.format not in GROUP_FORMATS:
             table = None  # one pair per row: evaluate it as training does, with its length policy
     if table is not None and is_group_table(table.column_names):
         return groups_from_table(table, scorer.group_rewards(table), data), group_margins(table)
     dataset = load_sources(
-        [DataSource([str(data)], format=None, options=dict(format_options or {}))],
+        [DataSource([str(data)], format=None, options=dict(s.format_options or {}))],
         tokenizer=scorer.tokenizer,
-        dataset_format=format,
-        max_length=max_length,
-        truncation=truncation,
-        chat_template=chat_template,
+        dataset_format=s.format,
+        max_length=s.max_length,
+        truncation=s.truncation,
+        chat_template=s.chat_template,
         name="eval",
     )
     return predict_pair_groups(scorer, dataset, data)
