@@ -334,32 +334,26 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | RecordError, i
         raise InputFileError(str(path), f"malformed CSV after line {read}: {exc}") from exc
 
 
-class CsvInt(int):
-    """An integer read from a CSV cell; ``source_text`` keeps the cell, for fields that want text."""
+class _CellText:
+    """Keeps the CSV cell a number was read from as ``source_text`` (for fields that want text)."""
 
     source_text: str
 
     def __new__(cls, text: str) -> Self:
-        self = super().__new__(cls, text)
+        self = super().__new__(cls, text)  # type: ignore[call-arg]
         self.source_text = text
         return self
 
     def __reduce__(self):
-        return (CsvInt, (self.source_text,))
+        return (type(self), (self.source_text,))
 
 
-class CsvFloat(float):
-    """A float read from a CSV cell; ``source_text`` keeps the cell, for fields that want text."""
+class CsvInt(_CellText, int):
+    """An integer read from a CSV cell; ``source_text`` keeps the cell."""
 
-    source_text: str
 
-    def __new__(cls, text: str) -> Self:
-        self = super().__new__(cls, text)
-        self.source_text = text
-        return self
-
-    def __reduce__(self):
-        return (CsvFloat, (self.source_text,))
+class CsvFloat(_CellText, float):
+    """A float read from a CSV cell; ``source_text`` keeps the cell."""
 
 
 def _csv_value(value: str | None) -> Any:
