@@ -74,6 +74,7 @@ class TableFile:
     _batches: Callable[[int | None], Iterator[pa.RecordBatch]]
     _read: Callable[[], pa.Table]
     _rows: Callable[[], int]
+    _parts: Callable[[], Iterator[pa.Table]] | None = None
 
     @property
     def metadata(self) -> dict[bytes, bytes]:
@@ -100,6 +101,18 @@ class TableFile:
             raise InputFileError(
                 str(self.path),
                 f"{_KIND_NAMES[self.kind]} read failed after {row} rows: {_one_line(exc)}; re-create the file",
+            ) from exc
+
+    def iter_parts(self) -> Iterator[pa.Table | pa.RecordBatch]:
+        """The rows in their stored parts: a Parquet file's row groups (tables), else record batches."""
+        if self._parts is None:
+            yield from self.iter_batches()
+            return
+        try:
+            yield from self._parts()
+        except (pa.ArrowException, OSError, *_CORRUPT) as exc:
+            raise InputFileError(
+                str(self.path), f"{_KIND_NAMES[self.kind]} read failed: {_one_line(exc)}; re-create the file"
             ) from exc
 
     def read(self) -> pa.Table:
@@ -196,7 +209,12 @@ def _open_parquet(path: Path) -> TableFile:
         for group in range(pf.num_row_groups):  # one row group in memory at a time
             yield from pf.read_row_group(group).to_batches()
 
-    return TableFile(path, "parquet", pf.schema_arrow, batches, pf.read, lambda: pf.metadata.num_rows)
+    def row_groups() -> Iterator[pa.Table]:
+        return (pf.read_row_group(group) for group in range(pf.num_row_groups))
+
+    return TableFile(
+        path, "parquet", pf.schema_arrow, batches, pf.read, lambda: pf.metadata.num_rows, row_groups
+    )
 
 
 def _open_arrow(path: Path) -> TableFile:

@@ -57,6 +57,8 @@ def test_every_kind_reads_the_same_rows_metadata_and_count(tmp_path):
             assert read_schema(path).metadata[b"reward_plugin"] == METADATA[b"reward_plugin"], name
     parquet = open_table(tmp_path / "t.parquet")
     assert [b.num_rows for b in parquet.iter_batches()] == [4, 4, 2]  # as stored: one row group at a time
+    parts = list(parquet.iter_parts())  # row groups, as the writer re-reads its own output
+    assert [type(p) for p in parts] == [pa.Table] * 3 and [p.num_rows for p in parts] == [4, 4, 2]
     assert table_kind(tmp_path / "rows.jsonl") is None and table_kind(tmp_path) is None
 
 
