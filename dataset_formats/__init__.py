@@ -7,9 +7,11 @@ Public API::
     df.get_format("hh-rlhf")                # one adapter
     df.convert("data.jsonl.gz", "out.parquet", format="hh-rlhf", tokenizer="path/to/tok")
     df.register_format(MyAdapter)           # in-process registration (notebooks)
+    df.resolve_dataset("data/dataset_info.json", "dpo_en_demo")  # a catalog entry: files, format, options
 """
 
 from .adapter import FormatAdapter, NoOptions
+from .catalogs import ResolvedDataset, resolve_dataset
 from .errors import (
     DatasetFormatError,
     DuplicateFormatError,
@@ -48,6 +50,7 @@ __all__ = [
     "PluginError",
     "PreferencePair",
     "RecordError",
+    "ResolvedDataset",
     "TemplateError",
     "UnknownFormatError",
     "UnsafeTemplateError",
@@ -58,6 +61,7 @@ __all__ = [
     "list_formats",
     "pair_schema",
     "register_format",
+    "resolve_dataset",
     "unregister_format_plugin",
 ]
 

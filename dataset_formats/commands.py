@@ -71,7 +71,9 @@ def _add_convert_io(convert: argparse.ArgumentParser) -> None:
         "--overwrite", action="store_true", help="replace existing output/rejects/stats files"
     )
     convert.add_argument(
-        "--dataset-info", metavar="PATH", help="a LLaMA-Factory dataset_info.json (with --dataset)"
+        "--dataset-info",
+        metavar="PATH",
+        help="a LLaMA-Factory dataset_info.json, or a catalog a plugin reads (with --dataset)",
     )
     convert.add_argument("--dataset", metavar="NAME", help="the dataset entry of --dataset-info to convert")
 
@@ -228,13 +230,13 @@ def run_convert(args: argparse.Namespace) -> int:
             raise OptionError("--dataset-info and --dataset go together: give both, or neither")
         if inputs:
             raise OptionError("with --dataset-info the input files come from dataset_info.json; drop INPUT")
-        from .adapters.llamafactory import resolve_dataset_info
+        from .catalogs import resolve_dataset
 
-        data_file, info_options = resolve_dataset_info(args.dataset_info, args.dataset)
-        inputs = [str(data_file)]
+        resolved = resolve_dataset(args.dataset_info, args.dataset)
+        inputs = list(resolved.paths)
         if fmt == "auto":
-            fmt = "llamafactory"
-        options = {**info_options, **options}
+            fmt = resolved.format
+        options = {**resolved.options, **options}
     if not inputs:
         raise OptionError("no INPUT given; pass one or more input files (or --dataset-info and --dataset)")
     with _sigterm_as_interrupt():

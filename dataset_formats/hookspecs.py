@@ -27,3 +27,15 @@ def detect_format(columns: list[str], sample: list[dict[str, Any]]) -> str | Non
     ``firstresult``: the first plugin that returns a name wins. Built-ins are ``trylast`` so
     third-party detectors are asked first.
     """
+
+
+@hookspec(firstresult=True)
+def resolve_dataset(catalog: str, name: str) -> Any:
+    """Resolve the dataset ``name`` of the catalog ``catalog`` to its files, format and options.
+
+    A catalog is a file (or folder) that names datasets, such as LLaMA-Factory's
+    ``dataset_info.json``. Return a :class:`dataset_formats.catalogs.ResolvedDataset`, or None
+    when ``catalog`` is not of a kind this plugin reads. ``firstresult``: the first answer wins;
+    the built-in LLaMA-Factory resolver is ``trylast`` and takes any catalog, so a plugin's own
+    catalogs are asked about first.
+    """

@@ -10,52 +10,21 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from .errors import InputFileError
 from .groups import is_group_table
 from .prefix import shared_prefix_lengths
 from .schema import MARGIN_COLUMN, PAIR_COLUMNS, SOURCE_ROW_COLUMN
+from .tables import open_table
 from .writing import METADATA_KEY
 
 PERCENTILES = (50, 90, 95, 99)
 
 
 def _open_batches(path: Path) -> tuple[str, pa.Schema, Iterator[pa.RecordBatch]]:
-    """The kind, schema and record batches of a Parquet file, Arrow IPC file/stream or datasets folder."""
-    if not path.exists():
-        raise InputFileError(str(path), "no such file or directory; check the path")
-    if path.is_dir():
-        import datasets
-
-        try:
-            dataset = datasets.load_from_disk(str(path))
-        except Exception as exc:  # datasets raises several unrelated types for a broken folder
-            raise InputFileError(
-                str(path), f"is not a loadable datasets folder ({type(exc).__name__}: {exc})"
-            ) from exc
-        if isinstance(dataset, datasets.DatasetDict):
-            raise InputFileError(str(path), f"holds splits {list(dataset)}; inspect one split folder")
-        table = dataset.data.table
-        return "datasets", table.schema, iter(table.to_batches())
-    try:
-        if path.suffix.lower() in (".parquet", ".pq"):
-            pf = pq.ParquetFile(path)
-            return "parquet", pf.schema_arrow, pf.iter_batches(batch_size=4096)
-        try:
-            reader = pa.ipc.open_stream(str(path))
-            return "arrow", reader.schema, iter(reader)
-        except pa.ArrowInvalid:
-            file_reader = pa.ipc.open_file(str(path))
-            return (
-                "arrow",
-                file_reader.schema,
-                (file_reader.get_batch(i) for i in range(file_reader.num_record_batches)),
-            )
-    except (pa.ArrowException, OSError) as exc:
-        raise InputFileError(
-            str(path), f"is not a readable Parquet/Arrow file ({exc}); inspect reads convert's outputs"
-        ) from exc
+    """The kind, schema and record batches of a converted table (:mod:`.tables`)."""
+    table = open_table(path)
+    return table.kind, table.schema, table.iter_batches(4096 if table.kind == "parquet" else None)
 
 
 def _percentiles(values: np.ndarray) -> dict[str, float]:

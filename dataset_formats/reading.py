@@ -4,7 +4,8 @@ Supported inputs: JSON Lines (``.jsonl``, ``.ndjson``), JSON (an array of object
 under a ``.json`` name), Parquet, CSV, and a ``datasets.save_to_disk`` folder; any of the
 file formats may be gzip-compressed (``.gz``). JSON Lines, Parquet, CSV and ``datasets`` folders
 are read batch by batch, so memory stays flat however large the file; a JSON array has to be
-parsed whole.
+parsed whole. Parquet files and ``datasets`` folders are read through the one table reader,
+:mod:`dataset_formats.tables`.
 
 A row that cannot be parsed (a malformed JSON line, bytes that are not UTF-8, a value that is
 not an object) is yielded as a located :class:`~dataset_formats.errors.RecordError` in place of
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import InputFileError, RecordError
+from .tables import is_datasets_folder, open_table
 
 if TYPE_CHECKING:  # Python 3.11+ has typing.Self; annotations are not evaluated at run time
     from typing_extensions import Self
@@ -91,11 +93,7 @@ def input_kind(path: str | os.PathLike) -> str:
     if not p.exists():
         raise InputFileError(str(p), "no such file or directory; check the path")
     if p.is_dir():
-        if (
-            (p / "dataset_info.json").exists()
-            or (p / "state.json").exists()
-            or (p / "dataset_dict.json").exists()
-        ):
+        if is_datasets_folder(p):
             return "datasets"
         raise InputFileError(
             str(p), "is a directory, not a file or a datasets.save_to_disk folder; pass a data file instead"
@@ -125,15 +123,13 @@ def iter_row_batches(path: str | os.PathLike, batch_size: int = DEFAULT_BATCH_SI
         InputFileError: the file is missing, a plain directory, unreadable or a corrupt gzip.
     """
     kind = input_kind(path)
-    reader = {
+    reader: Any = {
         "jsonl": _jsonl_rows,
         "json": _json_rows,
-        "parquet": _parquet_batches,
         "csv": _csv_rows,
-        "datasets": _datasets_batches,
-    }[kind]
-    if kind in ("parquet", "datasets"):
-        yield from reader(Path(path), batch_size)
+    }.get(kind)
+    if reader is None:  # parquet, datasets: tables (dataset_formats.tables)
+        yield from _table_batches(Path(path), batch_size, kind)
         return
     batch = RowBatch(lines=[])
     for row, record, line in reader(Path(path)):
@@ -166,12 +162,8 @@ def peek_rows(path: str | os.PathLike, n: int = 20) -> list[dict[str, Any]]:
 def count_rows(path: str | os.PathLike) -> int | None:
     """The number of rows when it is known without reading the data (Parquet, datasets), else None."""
     kind = input_kind(path)
-    if kind == "parquet" and not str(path).lower().endswith(".gz"):
-        import pyarrow.parquet as pq
-
-        return pq.ParquetFile(path).metadata.num_rows
-    if kind == "datasets":
-        return len(_load_datasets_folder(Path(path)))
+    if kind == "datasets" or (kind == "parquet" and not str(path).lower().endswith(".gz")):
+        return open_table(path, kind).num_rows
     return None
 
 
@@ -251,10 +243,6 @@ def _parse_json_object(text: str, path: Path, row: int) -> dict[str, Any] | Reco
             line=row + 1,
         )
     return _as_object(value, path, row, line=row + 1)
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
 
 
 def _json_msg(exc: json.JSONDecodeError) -> str:
@@ -346,32 +334,26 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | RecordError, i
         raise InputFileError(str(path), f"malformed CSV after line {read}: {exc}") from exc
 
 
-class CsvInt(int):
-    """An integer read from a CSV cell; ``source_text`` keeps the cell, for fields that want text."""
+class _CellText:
+    """Keeps the CSV cell a number was read from as ``source_text`` (for fields that want text)."""
 
     source_text: str
 
     def __new__(cls, text: str) -> Self:
-        self = super().__new__(cls, text)
+        self = super().__new__(cls, text)  # type: ignore[call-arg]
         self.source_text = text
         return self
 
     def __reduce__(self):
-        return (CsvInt, (self.source_text,))
+        return (type(self), (self.source_text,))
 
 
-class CsvFloat(float):
-    """A float read from a CSV cell; ``source_text`` keeps the cell, for fields that want text."""
+class CsvInt(_CellText, int):
+    """An integer read from a CSV cell; ``source_text`` keeps the cell."""
 
-    source_text: str
 
-    def __new__(cls, text: str) -> Self:
-        self = super().__new__(cls, text)
-        self.source_text = text
-        return self
-
-    def __reduce__(self):
-        return (CsvFloat, (self.source_text,))
+class CsvFloat(_CellText, float):
+    """A float read from a CSV cell; ``source_text`` keeps the cell."""
 
 
 def _csv_value(value: str | None) -> Any:
@@ -392,58 +374,9 @@ def _csv_value(value: str | None) -> Any:
         return value
 
 
-def _parquet_batches(path: Path, batch_size: int) -> Iterator[RowBatch]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        if path.name.lower().endswith(".gz"):
-            source = _open_binary(path)
-            pf = pq.ParquetFile(pa.PythonFile(source, mode="r"))
-        else:
-            pf = pq.ParquetFile(path)
-    except InputFileError:
-        raise
-    except (pa.ArrowException, OSError, *_CORRUPT) as exc:
-        raise InputFileError(
-            str(path),
-            f"is not a readable Parquet file ({_one_line(exc)}); check that it was written completely",
-        ) from exc
+def _table_batches(path: Path, batch_size: int, kind: str) -> Iterator[RowBatch]:
     row = 0
-    try:
-        for record_batch in pf.iter_batches(batch_size=batch_size):
-            rows = record_batch.to_pylist()
-            yield RowBatch([(row + i, r) for i, r in enumerate(rows)])
-            row += len(rows)
-    except (pa.ArrowException, OSError) as exc:
-        raise InputFileError(
-            str(path), f"Parquet read failed after {row} rows: {_one_line(exc)}; re-create the file"
-        ) from exc
-
-
-def _load_datasets_folder(path: Path):
-    import datasets
-
-    try:
-        loaded = datasets.load_from_disk(str(path))
-    except Exception as exc:  # datasets raises several unrelated types for a broken folder
-        raise InputFileError(
-            str(path), f"is not a loadable datasets folder ({type(exc).__name__}: {exc})"
-        ) from exc
-    if isinstance(loaded, datasets.DatasetDict):
-        splits = list(loaded)
-        if len(splits) != 1:
-            raise InputFileError(
-                str(path), f"holds splits {splits}; pass one split folder, e.g. {str(path / splits[0])!r}"
-            )
-        loaded = loaded[splits[0]]
-    return loaded
-
-
-def _datasets_batches(path: Path, batch_size: int) -> Iterator[RowBatch]:
-    dataset = _load_datasets_folder(path)
-    row = 0
-    for record_batch in dataset.with_format("arrow").iter(batch_size=batch_size):
+    for record_batch in open_table(path, kind).iter_batches(batch_size):
         rows = record_batch.to_pylist()
         yield RowBatch([(row + i, r) for i, r in enumerate(rows)])
         row += len(rows)

@@ -75,32 +75,17 @@ def stored_identity(path: Any) -> dict[str, Any] | None:
     """The tokenizer identity in a converted table's metadata (``.parquet``, ``.arrow`` or a
     ``datasets`` folder), or None when the table has none (converted before identities were stored,
     or written by another tool)."""
-    from pathlib import Path
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+    from .errors import InputFileError
+    from .tables import read_schema, table_kind
     from .writing import METADATA_KEY
 
-    path = Path(path)
-    schema = None
-    try:
-        if path.is_dir():
-            arrows = sorted(path.glob("*.arrow"))
-            if arrows:
-                with pa.memory_map(str(arrows[0])) as source:
-                    schema = pa.ipc.open_stream(source).schema
-        elif path.suffix.lower() == ".arrow":
-            with pa.memory_map(str(path)) as source:
-                try:
-                    schema = pa.ipc.open_stream(source).schema
-                except pa.ArrowInvalid:
-                    schema = pa.ipc.open_file(source).schema
-        elif path.is_file():
-            schema = pq.read_schema(path)
-    except (pa.ArrowInvalid, OSError):
+    if table_kind(path) is None:
         return None
-    raw = (schema.metadata or {}).get(METADATA_KEY) if schema is not None else None
+    try:
+        schema = read_schema(path)
+    except InputFileError:
+        return None
+    raw = (schema.metadata or {}).get(METADATA_KEY)
     if not raw:
         return None
     identity = json.loads(raw).get(IDENTITY_KEY)

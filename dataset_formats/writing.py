@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 
 from .errors import OptionError, OutputExistsError
 from .schema import MARGIN_COLUMN, SOURCE_ROW_COLUMN
+from .tables import open_table
 
 if TYPE_CHECKING:  # Python 3.11+ has typing.Self; annotations are not evaluated at run time
     from typing_extensions import Self
@@ -214,15 +215,12 @@ class PairWriter:
         self._sink.close()
         self._tmp = self._temp_path()
         self._open(new_schema)
-        if self.kind == "parquet":
-            source = pq.ParquetFile(old_path)
-            for i in range(source.num_row_groups):
-                group = source.read_row_group(i)
-                self._sink.write_table(_with_margin(group, new_schema), row_group_size=group.num_rows)
-        else:
-            with pa.ipc.open_stream(str(old_path)) as reader:
-                for chunk in reader:
-                    self._sink.write_batch(_with_margin(chunk, new_schema))
+        written = open_table(old_path, "parquet" if self.kind == "parquet" else "arrow")
+        for part in written.iter_parts():  # Parquet row groups (kept as they were), Arrow batches
+            if self.kind == "parquet":
+                self._sink.write_table(_with_margin(part, new_schema), row_group_size=part.num_rows)
+            else:
+                self._sink.write_batch(_with_margin(part, new_schema))
         _remove(old_path)
         self._buffer = [_with_margin(b, new_schema) for b in self._buffer]
 

@@ -277,32 +277,25 @@ def run_eval(args: argparse.Namespace) -> int:
 
     from .evaluation import evaluate_model, format_report
 
+    # The flags both evaluations take, by their keyword names.
+    common = {
+        key: getattr(args, key)
+        for key in ("tokenizer", "max_length", "truncation", "chat_template", "batch_size")
+    }
     if args.format == "pointwise":  # a multi-attribute model on per-response rows (reward_plugin.pointwise)
         from .pointwise.evaluation import evaluate_pointwise, format_pointwise_report
 
-        report = evaluate_pointwise(
-            args.model,
-            args.data,
-            tokenizer=args.tokenizer,
-            max_length=args.max_length,
-            truncation=args.truncation,
-            chat_template=args.chat_template,
-            batch_size=args.batch_size,
-        )
+        report = evaluate_pointwise(args.model, args.data, **common)
         print(json.dumps(report, indent=2) if args.json else format_pointwise_report(report))
         return 0
     report = evaluate_model(
         args.model,
         args.data,
         format=args.format,
-        tokenizer=args.tokenizer,
-        max_length=args.max_length,
-        truncation=args.truncation,
-        chat_template=args.chat_template,
         format_options=parse_options(args.option),
-        batch_size=args.batch_size,
         plot=args.plot,
         predictions=args.predictions,
+        **common,
     )
     if args.report_json:
         from pathlib import Path

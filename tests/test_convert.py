@@ -264,21 +264,26 @@ def test_truncation_policy_counts(tmp_path, hh_file, minilm):
     assert drop.rows_read == drop.rows_written + drop.rows_rejected
 
 
-def test_margins_on_some_rows_get_a_zero_filled_column_even_after_a_batch_without(tmp_path, scored, minilm):
+@pytest.mark.parametrize("output", ["o.parquet", "o.arrow"])
+def test_margins_on_some_rows_get_a_zero_filled_column_even_after_a_batch_without(
+    tmp_path, scored, minilm, output
+):
+    from dataset_formats.tables import read_table
+
     rows = [{"p": "q", "a": f"a{i}", "b": f"b{i}"} for i in range(6)] + [
         {"p": "q", "a": "z", "b": "w", "m": 2}
     ]
     src = write_jsonl_gz(tmp_path / "in.jsonl.gz", rows)
     stats = convert(
         src,
-        tmp_path / "o.parquet",
+        tmp_path / output,
         format=scored,
         tokenizer=minilm,
         batch_size=2,
         format_options={"scale": "0.5"},
         progress=False,
     )
-    table = pq.read_table(tmp_path / "o.parquet")
+    table = read_table(tmp_path / output)
     assert stats.margin and table.column_names == [*FOUR, "margin", "source_row"]
     assert table.column("margin").to_pylist() == [0.0] * 6 + [1.0]
     in_memory, _ = encode_rows(rows, format=scored, tokenizer=minilm, format_options={"scale": 0.5})

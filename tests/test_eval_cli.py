@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import RM_BENCH
+from conftest import RM_BENCH, read_hh_rows
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from dataset_formats.conversion import encode_rows
@@ -167,3 +167,40 @@ def test_eval_scores_a_decoder_group_in_one_forward(tmp_path, tiny_llama_dir, ca
                 ids = (group["prompt_ids"] + response)[-96:]  # a left cut (no BOS in this tokenizer)
                 expected.append(model(input_ids=torch.tensor([ids])).logits[0, 0].item())
             np.testing.assert_allclose(line["chosen_rewards"] + line["rejected_rewards"], expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("model", ["tiny_llama_dir", "minilm_dir"])
+def test_eval_pairs_equal_a_plain_forward_without_a_trainer(tmp_path, model, request, monkeypatch, capsys):
+    """`eval` on a pair table predicts through the model loader and the batch plan: each reward
+    equals a plain AutoModelForSequenceClassification forward of that one sequence within 1e-4
+    (fp32), for a decoder (fast layout) and an encoder (padded rows), and no Trainer is built."""
+    import pyarrow.parquet as pq
+    import transformers
+
+    model_dir = str(request.getfixturevalue(model))
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    table, _ = encode_rows(read_hh_rows(12), format="hh-rlhf", tokenizer=tokenizer, max_length=64)
+    pq.write_table(table, tmp_path / "pairs.parquet")
+
+    def no_trainer(self, *args, **kwargs):
+        raise AssertionError("eval built a transformers.Trainer")
+
+    monkeypatch.setattr(transformers.Trainer, "__init__", no_trainer)
+    predictions = tmp_path / "P.jsonl"
+    args = ["eval", "--model", model_dir, "--data", str(tmp_path / "pairs.parquet"), "--batch-size", "5"]
+    assert main([*args, "--predictions", str(predictions), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    lines = [json.loads(line) for line in predictions.read_text().splitlines()]
+    assert report["num_pairs"] == len(lines) == table.num_rows
+
+    reference = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32).eval()
+    got, want = [], []
+    with torch.no_grad():
+        for line, row in zip(lines, table.to_pylist()):
+            got += line["chosen_rewards"] + line["rejected_rewards"]
+            for side in ("chosen", "rejected"):
+                ids = torch.tensor([row[f"input_ids_{side}"]])
+                want.append(reference(input_ids=ids).logits[0, 0].item())
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+    gap = np.array(want[0::2]) - np.array(want[1::2])
+    assert report["accuracy"] == pytest.approx(float((gap > 0).mean()), abs=1e-12)

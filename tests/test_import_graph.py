@@ -78,7 +78,14 @@ def test_the_cycle_finder_finds_a_cycle_and_passes_a_tree():
 def test_the_graph_sees_relative_and_lazy_imports():
     graph = import_graph()
     assert "dataset_formats.pipeline" in graph["dataset_formats.workers"]  # module level, relative
-    assert "reward_plugin.trainer" in graph["reward_plugin.evaluation.predict"]  # inside a function
+    assert "reward_plugin.training.plan" in graph["reward_plugin.evaluation.predict"]  # inside a function
+
+
+def test_evaluation_predicts_without_the_trainer():
+    """`reward-plugin eval` predicts through the model loader and the batch plan, not RewardTrainer."""
+    graph = import_graph()
+    assert "reward_plugin.trainer" not in graph["reward_plugin.evaluation.predict"]
+    assert "reward_plugin.model.loading" in graph["reward_plugin.evaluation.predict"]
 
 
 def test_no_import_cycle():

@@ -138,7 +138,7 @@ def test_cli_inspect_errors(tmp_path, capsys):
     assert capsys.readouterr().err == (
         f"error: {plain}: has no column 'input_ids_chosen' (columns: chosen, rejected); is it a converted table?\n"
     )
-    with pytest.raises(InputFileError, match="is not a readable Parquet/Arrow file"):
+    with pytest.raises(InputFileError, match="is not a readable Arrow file"):
         (tmp_path / "junk.arrow").write_bytes(b"junk")
         inspect_output(tmp_path / "junk.arrow")
 

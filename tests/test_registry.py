@@ -59,6 +59,7 @@ def test_built_in_hookimpls_are_trylast():
             i for i in plugins.load_plugins().hook.register_formats.get_hookimpls() if i.plugin_name == module
         ]
         impls += [i for i in plugins.pm.hook.detect_format.get_hookimpls() if i.plugin_name == module]
+        impls += [i for i in plugins.pm.hook.resolve_dataset.get_hookimpls() if i.plugin_name == module]
         assert impls and all(i.trylast for i in impls), module
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..adapter import FormatAdapter
+from ..catalogs import ResolvedDataset
 from ..errors import InputFileError, OptionError, RecordError
 from ..hookspecs import hookimpl
 from ..records import Message, PreferencePair
@@ -236,3 +237,10 @@ def resolve_dataset_info(path: str | Path, name: str) -> tuple[Path, dict[str, s
 @hookimpl(trylast=True)
 def register_formats(register):
     register(LlamaFactoryAdapter())
+
+
+@hookimpl(trylast=True)
+def resolve_dataset(catalog: str, name: str) -> ResolvedDataset:
+    """Any catalog not claimed by a plugin is read as a LLaMA-Factory ``dataset_info.json``."""
+    data_file, options = resolve_dataset_info(catalog, name)
+    return ResolvedDataset((str(data_file),), "llamafactory", options)

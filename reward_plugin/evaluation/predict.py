@@ -1,25 +1,26 @@
 """Score evaluation data with a saved reward model: the rewards of every prompt's responses.
 
-The model and tokenizer load as in training (``RewardTrainer``: PEFT adapters, safetensors,
-``trust_remote_code`` off). A four-column pair table is scored through ``trainer.predict`` (the
-training collator and score reader), so the numbers equal the ``eval_*`` metrics logged by
-``train``; every pair is its own prompt. So is raw data that gives one pair per row (converted as
-training converts it, length policy included). Other raw data is converted to the grouped table
+The model and tokenizer load through the one model loader (:mod:`reward_plugin.model.loading`:
+PEFT adapters, safetensors, ``trust_remote_code`` off) in fp32, and every batch goes through the
+batch plan that training settles (:class:`~reward_plugin.training.plan.BatchPlan`: its collator
+and its forward), without a ``Trainer``. A four-column pair table is scored with the plan's pair
+collator and pair forward, so the numbers equal the ``eval_*`` metrics logged by ``train``; every
+pair is its own prompt. So is raw data that gives one pair per row (converted as training
+converts it, length policy included). Other raw data is converted to the grouped table
 (:mod:`dataset_formats.groups`, one row per source row, each response once, without a length
-limit) and scored by the group collator and forward of :mod:`reward_plugin.pairs.groups`: each
-response once, cut to ``max_length``; for a causal model one block per group (the prompt encoded
-once, each response attending to it and to itself: one forward per group, exact), for an encoder
-one padded row per response. Prompt metadata (``id``, ``subset``, ``domain``) comes from the raw
-rows.
+limit) and scored by the plan's group collator and forward (:mod:`reward_plugin.pairs.groups`):
+each response once, cut to ``max_length``; for a causal model one block per group (the prompt
+encoded once, each response attending to it and to itself: one forward per group, exact), for an
+encoder one padded row per response. Prompt metadata (``id``, ``subset``, ``domain``) comes from
+the raw rows.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,25 +38,101 @@ META_FIELDS = ("id", "subset", "domain")
 GROUP_FORMATS = ("rewardbench", "rewardbench2")
 
 
-@contextlib.contextmanager
-def eval_trainer(
+@dataclass
+class EvalModel:
+    """A saved reward model ready to predict: the loader's model (fp32, eval mode) and its batch plan.
+
+    Attributes:
+        model: the sequence-classification model, on ``device``.
+        tokenizer: its tokenizer (None when the folder has none and none was given).
+        plan: the batch plan (layout, collators, forward) settled for this model, as in training.
+        device: where batches run.
+        batch_size: pairs (pair tables) or groups per forward.
+    """
+
+    model: Any
+    tokenizer: Any
+    plan: Any
+    device: Any
+    batch_size: int = 16
+
+    def _batches(self, rows: list[dict[str, Any]], collator: Any, order: list[int]):
+        """``(positions, batch on the device)`` of ``rows`` in ``order``, ``batch_size`` at a time."""
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            batch = collator([rows[k] for k in chunk])
+            yield chunk, {key: value.to(self.device) for key, value in batch.items()}
+
+    def pair_rewards(self, dataset: Any) -> np.ndarray:
+        """``(n, 2)`` rewards (chosen, rejected) of a four-column pair dataset, in table order.
+
+        Batches of ``batch_size`` pairs in table order, collated and read as training's evaluation
+        reads them (:meth:`BatchPlan.pair_rewards`).
+        """
+        import torch
+
+        plan = self.plan
+        rows = dataset.to_list() if hasattr(dataset, "to_list") else list(dataset)
+        out = np.empty((len(rows), 2), dtype=np.float64)
+        reader = ScoreReader(self.model)
+        try:
+            with torch.no_grad():
+                for chunk, batch in self._batches(rows, plan.collator(), list(range(len(rows)))):
+                    chosen, rejected = plan.pair_rewards(reader, self.model, batch)
+                    out[chunk] = torch.stack([chosen, rejected], 1).float().cpu().numpy()
+        finally:
+            reader.remove()
+        return out
+
+    def group_rewards(self, table: Any) -> list[np.ndarray]:
+        """One reward per response of every group of a grouped table (table order).
+
+        Each response is ``prompt + response`` cut to ``max_length`` as in training; ``batch_size``
+        groups per forward, the longest first.
+        """
+        import torch
+
+        plan = self.plan.for_groups()
+        rows = table.select(["prompt_ids", "response_ids", "pairs"]).to_pylist()
+        size = [len(r["prompt_ids"]) + max(map(len, r["response_ids"])) for r in rows]
+        order = sorted(range(len(rows)), key=lambda k: -size[k])
+        out: list[np.ndarray] = [np.empty(0)] * len(rows)
+        reader = ScoreReader(self.model)
+        try:
+            with torch.no_grad():
+                for chunk, batch in self._batches(rows, plan.collator(), order):
+                    rewards = plan.response_rewards(reader, self.model, batch).float().cpu().numpy()
+                    owner = batch["response_group"].cpu().numpy()
+                    for position, k in enumerate(chunk):
+                        out[k] = rewards[owner == position].astype(np.float64)
+        finally:
+            reader.remove()
+        return out
+
+
+def load_eval_model(
     model_dir: str | os.PathLike,
     *,
     tokenizer: str | os.PathLike | None = None,
     batch_size: int = 16,
     max_length: int | None = None,
     truncation: str = "left",
-    format: str = "auto",
-    chat_template: str | None = None,
-) -> Iterator[Any]:
-    """A ``RewardTrainer`` for prediction only (fp32, no logging), its output in a temporary folder.
+) -> EvalModel:
+    """Load a saved reward model for prediction (fp32) and settle its batch plan.
+
+    Args:
+        model_dir: a saved reward model or PEFT adapter folder, a ``.gguf`` file or a short name.
+        tokenizer: a tokenizer folder or name (default: the model's).
+        batch_size: pairs or groups per forward.
+        max_length, truncation: how the plan's collators cut sequences, as in training.
 
     Raises:
-        ConfigError: ``model_dir`` is not a folder.
+        ConfigError: ``model_dir`` is not a folder, or ``tokenizer`` holds none.
     """
     from ..config import RewardConfig
+    from ..model.loading import load_model, load_tokenizer_for, prepare_model
     from ..model_sources import SHORT_NAMES, is_gguf_path
-    from ..trainer import RewardTrainer
+    from ..training.plan import BatchPlan
 
     if not (Path(model_dir).is_dir() or is_gguf_path(model_dir) or str(model_dir).lower() in SHORT_NAMES):
         raise ConfigError(
@@ -70,32 +147,26 @@ def eval_trainer(
             raise ConfigError(
                 f"--tokenizer {str(tokenizer)!r}: no tokenizer there; pass a tokenizer folder or name"
             )
-    with tempfile.TemporaryDirectory(prefix="reward-plugin-eval-") as tmp:
-        args = RewardConfig(
-            output_dir=tmp,
-            per_device_eval_batch_size=batch_size,
-            max_length=max_length,
-            truncation=truncation,
-            dataset_format=format,
-            chat_template=chat_template,
-            bf16=False,  # evaluation numbers should not depend on the hardware's precision
-            gradient_checkpointing=False,
-            report_to="none",
-            disable_tqdm=True,
-            save_reward_stats=False,
-        )
-        yield RewardTrainer(model=str(model_dir), args=args, processing_class=processing_class)
+    # The training defaults (layout, attention, seed for a new head) with this run's cutting; fp32:
+    # evaluation numbers should not depend on the hardware's precision.
+    args = RewardConfig(max_length=max_length, truncation=truncation, bf16=False, report_to="none")
+    model = load_model(str(model_dir), args)
+    if processing_class is None:
+        processing_class = load_tokenizer_for(str(model_dir), trust_remote_code=args.trust_remote_code)
+    model, pad_token_id = prepare_model(model, processing_class, dropout=False)
+    model.to(args.device).eval()
+    plan = BatchPlan.build(args, model, processing_class, pad_token_id)
+    logger.info("%s", plan.describe())
+    return EvalModel(model, processing_class, plan, args.device, batch_size)
 
 
 def raw_meta(data: str | os.PathLike, rows: set[int]) -> dict[int, dict[str, Any]]:
     """``{row: {"id", "subset", "domain"}}`` (the fields a row has) of raw data rows; {} for tables."""
     from dataset_formats.reading import iter_row_batches
 
-    path = Path(data)
-    if path.suffix.lower() in (".parquet", ".pq", ".arrow") or (
-        path.is_dir() and (path / "state.json").exists()
-    ):
+    if _table_path(data):
         return {}
+    path = Path(data)
     found: dict[int, dict[str, Any]] = {}
     for batch in iter_row_batches(path):
         for number, row in batch:
@@ -117,7 +188,7 @@ def response_lengths(chosen_ids: list[list[int]], rejected_ids: list[list[int]])
 
 
 def predict_pair_groups(
-    trainer: Any, dataset: Any, data: str | os.PathLike
+    scorer: EvalModel, dataset: Any, data: str | os.PathLike
 ) -> tuple[list[PromptRewards], np.ndarray | None]:
     """Score a four-column pair dataset; every pair is its own prompt group.
 
@@ -125,8 +196,7 @@ def predict_pair_groups(
         ``(groups, data margins or None)``, one group per pair in table order with its response
         lengths and ``source_row`` (plus the raw row's ``id``/``subset``/``domain``) as metadata.
     """
-    output = trainer.predict(dataset)
-    rewards = np.asarray(output.predictions, dtype=np.float64)
+    rewards = scorer.pair_rewards(dataset)
     lengths = response_lengths(dataset["input_ids_chosen"], dataset["input_ids_rejected"])
     metas = [{} for _ in range(len(dataset))]
     if "source_row" in dataset.column_names:
@@ -137,26 +207,21 @@ def predict_pair_groups(
     return groups_from_pairs(rewards, lengths, metas), margins
 
 
+def _table_path(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names a converted table (rather than raw data)."""
+    from dataset_formats.tables import table_kind
+
+    kind = table_kind(path)
+    return kind == "datasets" or (
+        kind is not None and Path(path).is_file() and not str(path).lower().endswith(".gz")
+    )
+
+
 def read_table(path: str | os.PathLike) -> Any:
     """A converted table (``.parquet``, ``.arrow``, ``datasets`` folder) as ``pyarrow.Table``; None for raw data."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    from dataset_formats import tables
 
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if path.is_dir() and (path / "state.json").exists():
-        import datasets
-
-        return datasets.load_from_disk(str(path)).data.table
-    if path.is_file() and suffix in (".parquet", ".pq"):
-        return pq.read_table(path)
-    if path.is_file() and suffix == ".arrow":
-        with pa.memory_map(str(path)) as source:
-            try:
-                return pa.ipc.open_stream(source).read_all()
-            except pa.ArrowInvalid:
-                return pa.ipc.open_file(source).read_all()
-    return None
+    return tables.read_table(path) if _table_path(path) else None
 
 
 def convert_groups(
@@ -172,9 +237,8 @@ def convert_groups(
     Converted without a length limit, so each response stays one whole sequence;
     :func:`score_groups` cuts them to ``max_length`` as training does.
     """
-    import pyarrow.parquet as pq
-
     from dataset_formats.conversion import convert
+    from dataset_formats.tables import read_table as read_whole
 
     with tempfile.TemporaryDirectory(prefix="reward-plugin-eval-") as tmp:
         output = Path(tmp) / "groups.parquet"
@@ -189,49 +253,7 @@ def convert_groups(
             progress=False,
         )
         logger.info("eval data converted from %s:\n%s", data, stats.summary())
-        return pq.read_table(output)
-
-
-def group_collator(trainer: Any) -> Any:
-    """A :class:`~reward_plugin.pairs.groups.GroupCollator` with the trainer's cutting and padding.
-
-    The layout follows the trainer's pair layout: one block per group (the prompt encoded once,
-    each response attending to it and to itself) for a causal model that runs the fast layouts,
-    one padded row per response otherwise (encoders).
-    """
-    return trainer.plan.for_groups().collator()
-
-
-def score_groups(trainer: Any, table: Any, batch_size: int) -> list[np.ndarray]:
-    """One reward per response of every group of a grouped table (table order), one forward per batch.
-
-    Each response is ``prompt + response`` cut to ``max_length`` as in training; ``batch_size``
-    groups per forward, the longest first.
-    """
-    import torch
-
-    rows = table.select(["prompt_ids", "response_ids", "pairs"]).to_pylist()
-    collator = group_collator(trainer)
-    device = trainer.args.device
-    model = trainer.model
-    model.eval()
-    reader = ScoreReader(model)
-    size = [len(r["prompt_ids"]) + max(map(len, r["response_ids"])) for r in rows]
-    order = sorted(range(len(rows)), key=lambda k: -size[k])
-    out: list[np.ndarray] = [np.empty(0)] * len(rows)
-    try:
-        with torch.no_grad():
-            for start in range(0, len(order), batch_size):
-                chunk = order[start : start + batch_size]
-                batch = collator([rows[k] for k in chunk])
-                batch = {key: value.to(device) for key, value in batch.items()}
-                rewards = trainer.plan.response_rewards(reader, model, batch).float().cpu().numpy()
-                owner = batch["response_group"].cpu().numpy()
-                for position, k in enumerate(chunk):
-                    out[k] = rewards[owner == position].astype(np.float64)
-    finally:
-        reader.remove()
-    return out
+        return read_whole(output)
 
 
 def groups_from_table(table: Any, rewards: list[np.ndarray], data: str | os.PathLike) -> list[PromptRewards]:
@@ -261,21 +283,26 @@ def group_margins(table: Any) -> np.ndarray | None:
     return np.array([0.0 if m is None else m for m in margins], dtype=np.float64)
 
 
+@dataclass(frozen=True)
+class EvalSettings:
+    """How evaluation reads, cuts and batches the data (``reward-plugin eval``'s flags of these names).
+
+    Attributes: as the keyword arguments of :func:`~reward_plugin.evaluation.evaluate_model`.
+    """
+
+    format: str = "auto"
+    tokenizer: str | os.PathLike | None = None
+    max_length: int | None = None
+    truncation: str = "left"
+    chat_template: str | None = None
+    format_options: dict[str, Any] | None = None
+    batch_size: int = 16
+
+
 def predict_groups(
-    model_dir: str | os.PathLike,
-    data: str | os.PathLike,
-    *,
-    format: str = "auto",
-    tokenizer: str | os.PathLike | None = None,
-    max_length: int | None = None,
-    truncation: str = "left",
-    chat_template: str | None = None,
-    format_options: dict[str, Any] | None = None,
-    batch_size: int = 16,
+    model_dir: str | os.PathLike, data: str | os.PathLike, settings: EvalSettings | None = None
 ) -> tuple[list[PromptRewards], np.ndarray | None]:
     """The rewards of every prompt of ``data`` under the model in ``model_dir``.
-
-    Args: as in :func:`~reward_plugin.evaluation.evaluate_model`.
 
     Returns:
         ``(groups, the data margin of every pair or None)``.
@@ -284,38 +311,35 @@ def predict_groups(
 
     from ..stages.sources import DataSource, load_sources
 
-    settings = {
-        "tokenizer": tokenizer,
-        "batch_size": batch_size,
-        "max_length": max_length,
-        "truncation": truncation,
-        "format": format,
-        "chat_template": chat_template,
-    }
+    s = settings or EvalSettings()
     table = read_table(data)
-    with eval_trainer(model_dir, **settings) as trainer:
-        if table is None:  # raw data
-            table = convert_groups(
-                data,
-                tokenizer=trainer.processing_class,
-                format=format,
-                chat_template=chat_template,
-                format_options=format_options,
-            )
-            one_pair_rows = all(len(links) == 1 for links in table.column("pairs").to_pylist())
-            if one_pair_rows and format not in GROUP_FORMATS:
-                table = None  # one pair per row: evaluate it as training does, with its length policy
-        if table is not None and is_group_table(table.column_names):
-            return groups_from_table(table, score_groups(trainer, table, batch_size), data), group_margins(
-                table
-            )
-        dataset = load_sources(
-            [DataSource([str(data)], format=None, options=dict(format_options or {}))],
-            tokenizer=trainer.processing_class,
-            dataset_format=format,
-            max_length=max_length,
-            truncation=truncation,
-            chat_template=chat_template,
-            name="eval",
+    scorer = load_eval_model(
+        model_dir,
+        tokenizer=s.tokenizer,
+        batch_size=s.batch_size,
+        max_length=s.max_length,
+        truncation=s.truncation,
+    )
+    if table is None:  # raw data
+        table = convert_groups(
+            data,
+            tokenizer=scorer.tokenizer,
+            format=s.format,
+            chat_template=s.chat_template,
+            format_options=s.format_options,
         )
-        return predict_pair_groups(trainer, dataset, data)
+        one_pair_rows = all(len(links) == 1 for links in table.column("pairs").to_pylist())
+        if one_pair_rows and s.format not in GROUP_FORMATS:
+            table = None  # one pair per row: evaluate it as training does, with its length policy
+    if table is not None and is_group_table(table.column_names):
+        return groups_from_table(table, scorer.group_rewards(table), data), group_margins(table)
+    dataset = load_sources(
+        [DataSource([str(data)], format=None, options=dict(s.format_options or {}))],
+        tokenizer=scorer.tokenizer,
+        dataset_format=s.format,
+        max_length=s.max_length,
+        truncation=s.truncation,
+        chat_template=s.chat_template,
+        name="eval",
+    )
+    return predict_pair_groups(scorer, dataset, data)

@@ -152,21 +152,14 @@ def evaluate_model(
         dataset_formats.DatasetFormatError: the data cannot be read or converted.
     """
     from .plot import plot_evaluation, require_matplotlib
-    from .predict import predict_groups
+    from .predict import EvalSettings, predict_groups
 
     if plot is not None:
         require_matplotlib()
-    groups, margins = predict_groups(
-        model_dir,
-        data,
-        format=format,
-        tokenizer=tokenizer,
-        max_length=max_length,
-        truncation=truncation,
-        chat_template=chat_template,
-        format_options=format_options,
-        batch_size=batch_size,
+    settings = EvalSettings(
+        format, tokenizer, max_length, truncation, chat_template, format_options, batch_size
     )
+    groups, margins = predict_groups(model_dir, data, settings)
     report: dict[str, Any] = {"model": str(model_dir), "data": str(data)}
     report.update(group_report(groups, margins))
     if format in BENCHMARK_REPORTS:  # RewardBench v1 / 2: the benchmark's own scores

@@ -137,17 +137,18 @@ def prepared_table(path: Path, *, folder: Path, name: str) -> Any:
     """
     import datasets
     import pyarrow as pa
-    import pyarrow.parquet as pq
+
+    from dataset_formats.tables import open_table
 
     target = folder / f"{name}-{fingerprint([str(path)], {'copy': 'parquet'}, None)}.arrow"
     if not target.is_file():
         folder.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
         try:
-            source = pq.ParquetFile(path)
-            with pa.ipc.new_stream(str(tmp), source.schema_arrow) as sink:
-                for group in range(source.num_row_groups):  # one row group in memory at a time
-                    sink.write_table(source.read_row_group(group))
+            source = open_table(path, "parquet")
+            with pa.ipc.new_stream(str(tmp), source.schema) as sink:
+                for batch in source.iter_batches():  # one row group in memory at a time
+                    sink.write_batch(batch)
             os.replace(tmp, target)
         except BaseException:
             tmp.unlink(missing_ok=True)

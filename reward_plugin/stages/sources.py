@@ -40,7 +40,6 @@ logger = logging.getLogger(__name__)
 
 #: Keys of a source mapping.
 SOURCE_KEYS = ("path", "format", "options", "on_error", "dataset_info", "dataset", "max_samples", "ties")
-_TABLE_SUFFIXES = (".parquet", ".pq", ".arrow")
 
 
 @dataclass
@@ -103,12 +102,12 @@ def _source_from_mapping(item: Mapping[str, Any], where: str) -> DataSource:
             raise ConfigError(f"`{where}`: `dataset_info` and `dataset` go together; give both")
         if "path" in item:
             raise ConfigError(f"`{where}`: give `path` or `dataset_info` + `dataset`, not both")
-        from dataset_formats.adapters.llamafactory import resolve_dataset_info
+        from dataset_formats.catalogs import resolve_dataset
 
-        data_file, info_options = resolve_dataset_info(item["dataset_info"], str(item["dataset"]))
-        paths = [str(data_file)]
-        fmt = fmt or "llamafactory"
-        options = {**info_options, **options}
+        resolved = resolve_dataset(item["dataset_info"], str(item["dataset"]))
+        paths = list(resolved.paths)
+        fmt = fmt or resolved.format
+        options = {**resolved.options, **options}
     else:
         path = item.get("path")
         if not path:
@@ -325,61 +324,38 @@ def _apply_ties(dataset: Any, ties: str | None) -> Any:
 
 def _read_parquet(path: Path) -> Any:
     import datasets
-    import pyarrow.parquet as pq
 
-    return datasets.Dataset(datasets.table.InMemoryTable(pq.read_table(path)))
+    from dataset_formats.tables import read_table
+
+    return datasets.Dataset(datasets.table.InMemoryTable(read_table(path)))
 
 
 def _load_table(path: Path, prepared_dir: Path | None = None, name: str = "train") -> Any:
     """A tokenized table as a ``datasets.Dataset``, or None when ``path`` holds raw data.
 
-    With ``prepared_dir`` a Parquet table is copied once into a memory-mapped Arrow file there.
+    Tables are read through :mod:`dataset_formats.tables`. With ``prepared_dir`` a Parquet table
+    is copied once into a memory-mapped Arrow file there.
     """
     import datasets
 
-    if path.is_dir() and any((path / f).exists() for f in ("state.json", "dataset_dict.json")):
-        loaded = datasets.load_from_disk(str(path))
-        if isinstance(loaded, datasets.DatasetDict):
-            raise ConfigError(
-                f"{path} is a DatasetDict with splits {', '.join(loaded)}; point at one split's folder "
-                f"({path / next(iter(loaded))})"
-            )
+    from dataset_formats.tables import load_datasets_folder, read_schema, read_table, table_kind
+
+    kind = table_kind(path)
+    if kind == "datasets":
+        loaded = load_datasets_folder(path)
         # Raw rows in a datasets folder are converted like any other raw input.
         return loaded if is_tokenized(loaded.column_names) else None
-    suffix = path.suffix.lower()
-    if suffix not in _TABLE_SUFFIXES or not path.is_file():
-        return None
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    if suffix == ".arrow":
-        try:
-            table = _read_arrow(path)
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise DataError(f"{path}: not an Arrow IPC file or stream ({exc})") from exc
+    if kind is None or not path.is_file() or path.name.lower().endswith(".gz"):
+        return None  # raw data (a compressed Parquet file too: read as raw rows)
+    if kind == "arrow":
+        table = read_table(path)
         return (
             datasets.Dataset(datasets.table.InMemoryTable(table))
             if is_tokenized(table.column_names)
             else None
         )
-    try:
-        names = pq.read_schema(path).names
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise DataError(f"{path}: not a readable Parquet file ({exc})") from exc
-    if not is_tokenized(names):
+    if not is_tokenized(read_schema(path).names):
         return None
     return (
         _read_parquet(path) if prepared_dir is None else prepared_table(path, folder=prepared_dir, name=name)
     )
-
-
-def _read_arrow(path: Path) -> Any:
-    import pyarrow as pa
-
-    with pa.memory_map(str(path)) as source:
-        try:
-            return pa.ipc.open_stream(source).read_all()
-        except pa.ArrowInvalid:
-            pass
-    with pa.memory_map(str(path)) as source:
-        return pa.ipc.open_file(source).read_all()
