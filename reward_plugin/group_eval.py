@@ -70,6 +70,16 @@ def group_rows(
     return slots, sums
 
 
+def group_prediction_step(
+    trainer: Any, model: Any, inputs: dict[str, torch.Tensor]
+) -> tuple[None, Any, None]:
+    """``prediction_step`` of a group batch: one prediction row per group (:func:`group_rows`), unpacked
+    into pairs after the loop (:func:`grouped_evaluation`); no loss, no labels."""
+    with torch.no_grad(), trainer.compute_loss_context_manager():
+        rewards = trainer.plan.response_rewards(trainer._score_reader, model, inputs)
+    return None, group_rows(inputs, rewards, trainer.args.group_loss), None
+
+
 def _unpack(predictions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """``(rewards (n, 2), margins (n,), loss sums (g, 4))`` of gathered group rows; None for pair outputs."""
     parts = predictions if isinstance(predictions, list) else [predictions]  # eval_do_concat_batches=False

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -99,3 +99,14 @@ def pair_sampler(args: Any, dataset: Any) -> LengthGroupedPairSampler | None:
     return LengthGroupedPairSampler(
         lengths, batch_size=args.train_batch_size * max(1, args.world_size), seed=seed
     )
+
+
+def pair_eval_sampler(args: Any, dataset: Any, default: Callable[[], Any]) -> Any:
+    """The eval sampler: with ``train_sampling_strategy="group_by_length"``, the pairs in order (None
+    across processes: the loader's own), since transformers' length grouping looks for an
+    ``input_ids`` column that pairs do not have; otherwise ``default()`` (Trainer's own)."""
+    from transformers.trainer_utils import has_length
+
+    if args.train_sampling_strategy == "group_by_length" and has_length(dataset):
+        return torch.utils.data.SequentialSampler(dataset) if args.world_size <= 1 else None
+    return default()

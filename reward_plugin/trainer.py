@@ -1,10 +1,9 @@
 """`RewardTrainer`: pairwise reward-model training on top of `transformers.Trainer`.
 
-This module holds only the Trainer hooks. What they use lives where its name says: the batch
-plan (layout, collator, how rewards are read) in :mod:`reward_plugin.training.plan`, model and
-tokenizer loading in :mod:`reward_plugin.model.loading`, the reward statistics and the evaluation
-they reuse in :mod:`reward_plugin.training.statistics`, the files next to the weights in
-:mod:`reward_plugin.artifacts.saved_model`.
+This module holds only the Trainer hooks. What they use lives where its name says: in
+``reward_plugin.training`` the batch plan (``plan``), the arguments, data preparation
+(``dataset_preparation``) and the reward statistics (``statistics``); model and tokenizer loading in
+``reward_plugin.model.loading``; the files next to the weights in ``reward_plugin.artifacts.saved_model``.
 """
 
 from __future__ import annotations
@@ -18,33 +17,31 @@ import numpy as np
 import torch
 from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainerCallback
-from transformers.trainer_utils import EvalPrediction, has_length
+from transformers.trainer_utils import EvalPrediction
 
-from dataset_formats.groups import is_group_table
-from dataset_formats.schema import MARGIN_COLUMN, TIE_COLUMN
+from dataset_formats.schema import TIE_COLUMN
 
 from .artifacts.saved_model import write_artifacts, write_model_card_of
 from .config import RewardConfig
-from .data import column_names, prepare_dataset
-from .errors import ConfigError
-from .group_eval import group_rows, grouped_evaluation
+from .group_eval import group_prediction_step, grouped_evaluation
 from .metrics import compute_reward_metrics
 from .model.loading import load_model_and_tokenizer, prepare_model
 from .modeling import ensure_pad_token
-from .sampler import pair_sampler
+from .sampler import pair_eval_sampler, pair_sampler
 from .scoring import ScoreReader, unwrap_model
 from .serving.export import plain_scoring_save, write_scoring_settings
 from .ties import trainer_tie_strength
-from .training.arguments import all_datasets, dataset_options, reward_args
-from .training.plan import PAIR_COLLATORS, PLAN_COLUMNS, BatchPlan
+from .training.arguments import given_tokenizer, reward_args
+from .training.dataset_preparation import prepare_datasets, prepare_eval_sets, prepare_for_trainer
+from .training.plan import PLAN_COLUMNS, BatchPlan, pair_predictions
 from .training.statistics import (
     RECENT_PAIRS,
     Evaluation,
     RecentRewards,
     compute_reward_stats,
-    gather_pairs,
     is_own_eval_set,
     model_state,
+    record_training_rewards,
 )
 
 logger = logging.getLogger(__name__)
@@ -64,10 +61,9 @@ class RewardTrainer(Trainer):
     ``(n, 2)`` (chosen, rejected); its ``label_ids`` are the data's margins (zeros without).
 
     After ``train()`` the reward mean/std (the eval set's final evaluation, else the last 512 pairs
-    the training forwards scored) go to
-    ``model.config.reward_mean``/``reward_std``, and the final model is saved to ``output_dir``
-    with its tokenizer, ``reward_stats.json`` and a model card ``README.md`` (``save_final_model``);
-    ``save_model(dir)`` writes the same set anywhere.
+    the training forwards scored) go to ``model.config.reward_mean``/``reward_std``, and the final
+    model is saved to ``output_dir`` with its tokenizer, ``reward_stats.json`` and a model card
+    ``README.md`` (``save_final_model``); ``save_model(dir)`` writes the same set anywhere.
 
     Args:
         model: a ``PreTrainedModel`` with ``num_labels=1`` (normally from
@@ -109,35 +105,28 @@ class RewardTrainer(Trainer):
         tokenizer: Any = None,
         optimizer_cls_and_kwargs: tuple[type, dict[str, Any]] | None = None,
     ):
-        if model is None and model_init is None:
-            raise ConfigError("pass `model` (a model or a name/path) or `model_init`")
-        if tokenizer is not None and processing_class is not None and tokenizer is not processing_class:
-            raise ConfigError(
-                "pass the tokenizer once: `processing_class` or its old name `tokenizer`, not both"
-            )
+        tokenizer = given_tokenizer(model, model_init, processing_class, tokenizer)
         self.args = reward_args(model, args, max_length)
         self._peft_config = peft_config
-        model, self.processing_class = load_model_and_tokenizer(
-            model, processing_class if processing_class is not None else tokenizer, self.args
-        )
+        model, tokenizer = load_model_and_tokenizer(model, tokenizer, self.args)
+        self.processing_class = tokenizer
         self._pad_token_id = 0  # a model_init model gets its pad token when Trainer builds it
         if model is not None:
             model = self._prepare_model(model)
         elif self.processing_class is not None:
             self._pad_token_id = ensure_pad_token(None, self.processing_class)
-        train_dataset, eval_dataset = self._prepare_datasets(train_dataset, eval_dataset)
-        grouped = any(is_group_table(column_names(ds)) for ds in all_datasets(train_dataset, eval_dataset))
-        # The plan needs the model; a `model_init` model only exists once Trainer.__init__ built it.
-        self.plan = BatchPlan.build(
-            self.args, model, self.processing_class, self._pad_token_id, grouped=grouped
+        train_dataset, eval_dataset, self._uses_margin, grouped = prepare_datasets(
+            self, train_dataset, eval_dataset
         )
+        # The plan needs the model; a `model_init` model only exists once Trainer.__init__ built it.
+        self.plan = BatchPlan.build(self.args, model, tokenizer, self._pad_token_id, grouped=grouped)
         super().__init__(
             model=model,
             args=self.args,
             data_collator=data_collator if data_collator is not None else self.plan.collator(),
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
-            processing_class=self.processing_class,
+            processing_class=tokenizer,
             model_init=model_init,
             compute_metrics=compute_metrics if compute_metrics is not None else compute_reward_metrics,
             callbacks=callbacks,
@@ -146,9 +135,7 @@ class RewardTrainer(Trainer):
             preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         )
         if model is None:
-            self.plan = BatchPlan.build(
-                self.args, self.model, self.processing_class, self._pad_token_id, grouped=grouped
-            )
+            self.plan = BatchPlan.build(self.args, self.model, tokenizer, self._pad_token_id, grouped=grouped)
             if data_collator is None:
                 self.data_collator = self.plan.collator()
         logger.info("%s", self.plan.describe())
@@ -156,9 +143,7 @@ class RewardTrainer(Trainer):
         self.model_accepts_loss_kwargs = False
         self.can_return_loss = True
         self.label_names = []
-        self._train_rewards = RecentRewards(
-            TRAIN_STATS_PAIRS
-        )  # train metrics; statistics without an eval set
+        self._train_rewards = RecentRewards(TRAIN_STATS_PAIRS)  # train metrics; stats without an eval set
         self.reward_stats: dict[str, Any] | None = None
         self._final_eval: Evaluation | None = None  # the last evaluation of the own eval set
         self._capture_eval_rewards = False
@@ -169,17 +154,6 @@ class RewardTrainer(Trainer):
         return self.plan.layout
 
     # ----------------------------------------------------------------- set-up
-
-    def _prepare_datasets(self, train_dataset: Any, eval_dataset: Any) -> tuple[Any, Any]:
-        """Tokenize text data and check the columns of every dataset (see :func:`prepare_dataset`)."""
-        train_dataset = self._prepare(train_dataset, "train") if train_dataset is not None else None
-        if isinstance(eval_dataset, dict):
-            eval_dataset = {key: self._prepare(ds, key) for key, ds in eval_dataset.items()}
-        elif eval_dataset is not None:
-            eval_dataset = self._prepare(eval_dataset, "eval")
-        datasets = all_datasets(train_dataset, eval_dataset)
-        self._uses_margin = any(MARGIN_COLUMN in column_names(ds) for ds in datasets)
-        return train_dataset, eval_dataset
 
     def _prepare_model(self, model: nn.Module) -> nn.Module:
         """Pad token, PEFT, dropout and the score reader, for the given or a ``model_init`` model."""
@@ -196,18 +170,6 @@ class RewardTrainer(Trainer):
     def call_model_init(self, trial: Any = None) -> nn.Module:
         return self._prepare_model(super().call_model_init(trial))
 
-    def _prepare(self, dataset: Any, name: str) -> Any:
-        options = dataset_options(self.args)
-        prepared = prepare_dataset(dataset, tokenizer=self.processing_class, name=name, **options)
-        plan = getattr(self, "plan", None)
-        if plan is not None and not plan.grouped and is_group_table(column_names(prepared)):
-            # A grouped set given after __init__ (evaluate/predict): the plan's collator becomes the
-            # group collator, which takes pair rows too (as groups of two).
-            self.plan = plan.for_groups()
-            if type(self.data_collator) in PAIR_COLLATORS:
-                self.data_collator = self.plan.collator()
-        return prepared
-
     def _set_signature_columns_if_needed(self) -> None:
         if self._signature_columns is None:
             self._signature_columns = list(PLAN_COLUMNS)
@@ -216,17 +178,11 @@ class RewardTrainer(Trainer):
         sampler = pair_sampler(self.args, train_dataset if train_dataset is not None else self.train_dataset)
         if sampler is not None:
             return sampler
-        return (
-            super()._get_train_sampler()
-            if train_dataset is None
-            else super()._get_train_sampler(train_dataset)
-        )
+        return super()._get_train_sampler(*([] if train_dataset is None else [train_dataset]))
 
     def _get_eval_sampler(self, eval_dataset: Any):
-        if self.args.train_sampling_strategy == "group_by_length" and has_length(eval_dataset):
-            # transformers' length grouping looks for an `input_ids` column that pairs do not have.
-            return torch.utils.data.SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
-        return super()._get_eval_sampler(eval_dataset)
+        default = functools.partial(super()._get_eval_sampler, eval_dataset)
+        return pair_eval_sampler(self.args, eval_dataset, default)
 
     # ------------------------------------------------------------ the loss
 
@@ -240,12 +196,8 @@ class RewardTrainer(Trainer):
         rewards_chosen, rewards_rejected, loss = self.plan.rewards_and_loss(
             self._score_reader, model, inputs, self.args, tie_strength=tie_strength
         )
-        if model.training:  # groups give each process its own number of pairs
-            uneven = "pair_better" in inputs and self.args.world_size > 1
-            pairs = torch.stack([rewards_chosen.detach(), rewards_rejected.detach()], 1)
-            self._train_rewards.add(
-                gather_pairs(self.accelerator, pairs, uneven=uneven).float(), self.state.global_step + 1
-            )
+        if model.training:
+            record_training_rewards(self, inputs, rewards_chosen, rewards_rejected)
         if return_outputs:
             return loss, {"rewards_chosen": rewards_chosen, "rewards_rejected": rewards_rejected}
         return loss
@@ -253,19 +205,13 @@ class RewardTrainer(Trainer):
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
         if "pair_better" in inputs:  # one row per group, unpacked after the loop (group_eval.py)
-            with torch.no_grad(), self.compute_loss_context_manager():
-                rewards = self.plan.response_rewards(self._score_reader, model, inputs)
-            return None, group_rows(inputs, rewards, self.args.group_loss), None
+            return group_prediction_step(self, model, inputs)
         with torch.no_grad(), self.compute_loss_context_manager():
             loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
         loss = loss.detach()
         if prediction_loss_only:
             return loss, None, None
-        rewards = torch.stack([outputs["rewards_chosen"], outputs["rewards_rejected"]], dim=1).float()
-        margin = inputs.get(MARGIN_COLUMN, inputs.get("pair_margin"))
-        labels = (
-            margin.float() if margin is not None else torch.zeros(rewards.shape[0], device=rewards.device)
-        )
+        rewards, labels = pair_predictions(inputs, outputs["rewards_chosen"], outputs["rewards_rejected"])
         return loss, rewards, labels
 
     # ------------------------------------------------------- logging, eval
@@ -279,10 +225,7 @@ class RewardTrainer(Trainer):
         self, eval_dataset: Any = None, ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval"
     ):
         own = is_own_eval_set(self, eval_dataset)
-        if isinstance(eval_dataset, dict):
-            eval_dataset = {key: self._prepare(ds, key) for key, ds in eval_dataset.items()}
-        elif eval_dataset is not None and not isinstance(eval_dataset, str):
-            eval_dataset = self._prepare(eval_dataset, "eval")
+        eval_dataset = prepare_eval_sets(self, eval_dataset)
         self._capture_eval_rewards, self._captured_rewards = own, None
         try:
             metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
@@ -295,30 +238,20 @@ class RewardTrainer(Trainer):
     def evaluation_loop(
         self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
     ):
-        loop = functools.partial(
-            super().evaluation_loop,
-            dataloader,
-            description,
-            prediction_loss_only,
-            ignore_keys,
-            metric_key_prefix,
-        )
+        arguments = (dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        loop = functools.partial(super().evaluation_loop, *arguments)
         # Grouped: one row per group, unpacked into pairs after the gather (reward_plugin/group_eval.py).
-        grouped = self.plan.grouped
-        output = (
-            grouped_evaluation(self, loop, metric_key_prefix, prediction_loss_only) if grouped else loop()
-        )
+        if self.plan.grouped:
+            output = grouped_evaluation(self, loop, metric_key_prefix, prediction_loss_only)
+        else:
+            output = loop()
         if self._capture_eval_rewards and output.predictions is not None:
             self._captured_rewards = np.asarray(output.predictions)
         return output
 
     def final_evaluation(self) -> dict[str, float]:
-        """The metrics of the eval set for the model as it is now, evaluating only if needed.
-
-        When the last evaluation of the eval set (the one ``eval_strategy`` ran at the end of
-        training, or the one the reward statistics needed) saw the current weights, its metrics
-        are returned without another forward pass.
-        """
+        """The metrics of the eval set for the model as it is now: those of its last evaluation (at the
+        end of training, or for the reward statistics) when it saw the current weights, else a new one."""
         if self._final_eval is None or self._final_eval.model_state != model_state(self):
             return self.evaluate()
         return dict(self._final_eval.metrics)
@@ -327,7 +260,8 @@ class RewardTrainer(Trainer):
         self, test_dataset: Any, ignore_keys: list[str] | None = None, metric_key_prefix: str = "test"
     ):
         """Per-pair rewards: ``predictions`` of shape ``(n, 2)`` (chosen, rejected), plus metrics."""
-        return super().predict(self._prepare(test_dataset, "test"), ignore_keys, metric_key_prefix)
+        test_dataset = prepare_for_trainer(self, test_dataset, "test")
+        return super().predict(test_dataset, ignore_keys, metric_key_prefix)
 
     # ----------------------------------------------------- after training
 
@@ -342,13 +276,9 @@ class RewardTrainer(Trainer):
         return output
 
     def compute_reward_stats(self) -> dict[str, Any]:
-        """Mean/std of the model's rewards, stored in the model config and ``self.reward_stats``.
-
-        With an eval set, from its final evaluation; without one, from the rewards of the last
-        :data:`TRAIN_STATS_PAIRS` pairs the training forwards scored (a separate pass over up to
-        that many train pairs when ``args.reward_stats_pass`` asks for it); see
-        :mod:`reward_plugin.training.statistics`.
-        """
+        """Mean/std of the model's rewards, stored in the model config and ``self.reward_stats``: from the
+        eval set's final evaluation, else the last :data:`TRAIN_STATS_PAIRS` pairs the training forwards
+        scored (see :func:`reward_plugin.training.statistics.compute_reward_stats`)."""
         stats = compute_reward_stats(self, TRAIN_STATS_PAIRS)
         config = unwrap_model(self.model).config
         config.reward_mean, config.reward_std = stats["mean"], stats["std"]

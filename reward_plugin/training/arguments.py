@@ -38,6 +38,16 @@ def reward_args(model: Any, args: RewardConfig | None, max_length: int | None) -
     return args
 
 
+def given_tokenizer(model: Any, model_init: Any, processing_class: Any, tokenizer: Any) -> Any:
+    """The tokenizer given as ``processing_class`` or by its old name ``tokenizer`` (None when neither);
+    raises when there is no model to train or the two names carry different tokenizers."""
+    if model is None and model_init is None:
+        raise ConfigError("pass `model` (a model or a name/path) or `model_init`")
+    if tokenizer is not None and processing_class is not None and tokenizer is not processing_class:
+        raise ConfigError("pass the tokenizer once: `processing_class` or its old name `tokenizer`, not both")
+    return processing_class if processing_class is not None else tokenizer
+
+
 def all_datasets(train_dataset: Any, eval_dataset: Any) -> list[Any]:
     """The train set and every eval set (a dict's values), the ones given."""
     evals = eval_dataset.values() if isinstance(eval_dataset, dict) else [eval_dataset]

@@ -220,3 +220,14 @@ class BatchPlan:
         )
         rewards = reader.rewards(model, input_ids=input_ids, attention_mask=mask)
         return rewards[: chosen_ids.shape[0]], rewards[chosen_ids.shape[0] :]
+
+
+def pair_predictions(
+    inputs: dict[str, Any], rewards_chosen: torch.Tensor, rewards_rejected: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rewards, labels)`` of a pair batch for the eval loop: rewards ``(n, 2)`` (chosen, rejected)
+    in fp32, labels the batch's margins (``margin`` or a group batch's ``pair_margin``), zeros without."""
+    rewards = torch.stack([rewards_chosen, rewards_rejected], dim=1).float()
+    margin = inputs.get(MARGIN_COLUMN, inputs.get("pair_margin"))
+    labels = margin.float() if margin is not None else torch.zeros(rewards.shape[0], device=rewards.device)
+    return rewards, labels

@@ -133,6 +133,18 @@ def gather_pairs(accelerator: Any, pairs: torch.Tensor, *, uneven: bool) -> torc
     return pairs[pairs[:, 2] == 1, :2]
 
 
+def record_training_rewards(
+    trainer: Any, inputs: dict[str, Any], chosen: torch.Tensor, rejected: torch.Tensor
+) -> None:
+    """Keep a training batch's rewards, gathered from every process, in ``trainer``'s
+    :class:`RecentRewards` (groups give each process its own number of pairs)."""
+    uneven = "pair_better" in inputs and trainer.args.world_size > 1
+    pairs = torch.stack([chosen.detach(), rejected.detach()], 1)
+    trainer._train_rewards.add(
+        gather_pairs(trainer.accelerator, pairs, uneven=uneven).float(), trainer.state.global_step + 1
+    )
+
+
 def own_eval_set(trainer: Any) -> tuple[str, Any]:
     """``(split name, dataset)`` the statistics and the final evaluation use: the eval set, or its
     first entry when it is a dict (``(\"eval\", None)`` without one)."""
