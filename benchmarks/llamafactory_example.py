@@ -7,11 +7,12 @@ Llama-3-8B cannot be downloaded here), ``dataset_dir`` (LLaMA-Factory's own ``dp
 rows, from ``../shared/data``) and ``max_steps`` (``--steps``, 1 by default). Everything else is the
 example's: LoRA rank 8 on all linear layers, ``cutoff_len`` 2048, batch 1 x 8 accumulated pairs, bf16.
 
-The command's stderr is read as it arrives and every line (progress-bar updates included) gets a
-timestamp, which splits the wall time into phases:
+The command's output is read as it arrives and every line (progress-bar updates included) gets a
+timestamp, which with the Trainer's own ``train_runtime`` splits the wall time into phases:
 
 * start -> data ready: interpreter start, conversion of the 300 rows, model loading;
-* training: from the first training progress-bar line to the last (the optimizer steps);
+* training: the Trainer's ``train_runtime`` (its loop: the optimizer steps), ending at the last
+  training progress-bar update;
 * after training: from the last training progress-bar update to the command's exit (reward
   statistics, the adapter, tokenizer, card and ``reward_stats.json`` written, interpreter exit).
 
@@ -46,6 +47,7 @@ DEMO = DATA / "llamafactory-dpo_en_demo.json"
 
 #: a training progress-bar update of the Trainer, which has no description: " 30%|###   | 3/10 [00:12<..."
 #: (conversion and saving bars start with theirs: "Writing model shards: 100%|...| 1/1 [...")
+TRAIN_RUNTIME = re.compile(r"train_runtime\W+([0-9.]+)")
 STEP_BAR = re.compile(r"^\s*\d+%\|[^|]*\| (\d+)/(\d+) \[")
 
 
@@ -78,13 +80,13 @@ def timed_run(config: Path, cwd: Path, steps: int) -> dict:
         [sys.executable, "-m", "reward_plugin", "train", str(config)],
         cwd=cwd,
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     events: list[tuple[float, str]] = []
     buffer = b""
-    assert proc.stderr is not None
-    while chunk := proc.stderr.read1(4096):
+    assert proc.stdout is not None
+    while chunk := proc.stdout.read1(4096):
         now = time.monotonic() - start
         buffer += chunk
         parts = re.split(rb"[\r\n]", buffer)
@@ -106,8 +108,13 @@ def timed_run(config: Path, cwd: Path, steps: int) -> dict:
     ]
     if not bars:
         raise SystemExit("no training progress bar found in the output")
-    first = min(t for t, _ in bars)
     last = max(t for t, done in bars if done == steps)
+    # The Trainer's own clock of its loop ({'train_runtime': ...} on stdout): the progress bar's
+    # first line is not a start mark (it can arrive with the first step's end).
+    runtime = [float(m.group(1)) for _, text in events for m in [TRAIN_RUNTIME.search(text)] if m]
+    if not runtime:
+        raise SystemExit("no train_runtime in the output")
+    first = last - runtime[-1]
     pairs_line = next((text for _, text in events if "train pairs:" in text), "")
     return {
         "total_s": total,
