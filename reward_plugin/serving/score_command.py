@@ -70,6 +70,9 @@ class _Row:
     def __init__(self, number: int, line: int | None):
         self.number, self.line = number, line
         self.items: list[tuple[Any, Any]] = []
+        #: The row's ``tools`` and ``chat_template_kwargs`` (for every item of the row).
+        self.tools: list[dict[str, Any]] | None = None
+        self.template_kwargs: dict[str, Any] | None = None
         self.kind = "error"
         self.error: str | None = None
 
@@ -99,13 +102,17 @@ def _parse(path: Path, number: int, line: int | None, row: Any, fmt: str, adapte
         return item
     try:
         if fmt == COMPLETIONS_FORMAT:
+            from dataset_formats.chat_inputs import read_chat_template_kwargs, read_tools
+
             prompt, completions, single = _completions_row(row)
+            item.tools, item.template_kwargs = read_tools(row), read_chat_template_kwargs(row)
             item.items = [(prompt, c) for c in completions]
             item.kind = "completion" if single else "completions"
             return item
         pairs = adapter.to_pairs(row, options)
         if not pairs:
             raise RecordError("the row gives no preference pair", reason="no_pairs")
+        item.tools, item.template_kwargs = pairs[0].tools, pairs[0].chat_template_kwargs
         if len(pairs) == 1:
             p = pairs[0]
             item.items, item.kind = [(p.prompt, p.chosen), (p.prompt, p.rejected)], "pair"
@@ -171,8 +178,18 @@ def score_file(
 
             def flush() -> None:
                 good = [r for r in chunk if r.error is None]
-                items = [it for r in good for it in r.items]
-                rewards = scorer.score([p for p, _ in items], [c for _, c in items]) if items else []
+                items = [(p, c, r.tools, r.template_kwargs) for r in good for p, c in r.items]
+                columns = list(zip(*items)) if items else [[]] * 4
+                rewards = (
+                    scorer.score(
+                        list(columns[0]),
+                        list(columns[1]),
+                        tools=list(columns[2]),
+                        chat_template_kwargs=list(columns[3]),
+                    )
+                    if items
+                    else []
+                )
                 start = 0
                 for r in chunk:
                     mine = [] if r.error else rewards[start : start + len(r.items)]
@@ -192,7 +209,13 @@ def score_file(
                 if row.error is None:
                     try:  # render now so that a template failure stays this row's error
                         for k, (prompt, completion) in enumerate(row.items):
-                            scorer.encoder.render(prompt, completion, k)
+                            scorer.encoder.render(
+                                prompt,
+                                completion,
+                                k,
+                                tools=row.tools,
+                                chat_template_kwargs=row.template_kwargs,
+                            )
                     except UnsafeTemplateError:
                         raise
                     except (RecordError, DataError, TemplateError) as exc:

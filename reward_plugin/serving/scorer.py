@@ -205,24 +205,47 @@ class RewardScorer:
         completions: Sequence[Content] | None = None,
         **kwargs: Any,
     ) -> list[float]:
-        """TRL's reward-function call: one reward per completion (extra keyword arguments are ignored)."""
+        """TRL's reward-function call: one reward per completion.
+
+        GRPO passes a dataset's extra columns as keyword lists, one entry per completion: a
+        ``tools`` column (tool schemas) and a ``chat_template_kwargs`` column (e.g.
+        ``{"enable_thinking": False}``) reach the chat template as in training; other keyword
+        arguments are ignored.
+        """
         if completions is None:
             raise DataError("pass completions=[...] (and prompts=[...], one per completion)")
         if prompts is None:
             prompts = [None] * len(completions)
-        return self.score(prompts, completions)
+        return self.score(
+            prompts,
+            completions,
+            tools=kwargs.get("tools"),
+            chat_template_kwargs=kwargs.get("chat_template_kwargs"),
+        )
 
     def score(
-        self, prompts: Sequence[Content], completions: Sequence[Content], *, normalize: bool | None = None
+        self,
+        prompts: Sequence[Content],
+        completions: Sequence[Content],
+        *,
+        tools: Sequence[Any] | None = None,
+        chat_template_kwargs: Sequence[Any] | None = None,
+        normalize: bool | None = None,
     ) -> list[float]:
         """One reward per ``(prompt, completion)``, in order.
 
         Args:
             prompts: texts or message lists (None or "" for no prompt).
             completions: texts or assistant message lists.
+            tools: per completion, the tool schemas the chat template shows (a list, its JSON string,
+                or None), as a training row's ``tools`` column.
+            chat_template_kwargs: per completion, extra chat-template variables (an object or None),
+                as a training row's ``chat_template_kwargs`` column.
             normalize: override the scorer's ``normalize`` for this call.
         """
-        prompt_texts, ids = self.encoder.encode(prompts, completions)
+        prompt_texts, ids = self.encoder.encode(
+            prompts, completions, tools=tools, chat_template_kwargs=chat_template_kwargs
+        )
         return self.score_ids(ids, prompt_texts, normalize=normalize)
 
     def score_texts(self, texts: Sequence[str], *, normalize: bool | None = None) -> list[float]:

@@ -4,7 +4,9 @@ Endpoints:
 
 - ``POST /score``: ``{"prompts": [...], "completions": [...]}`` (texts or message lists, as
   :class:`~.scorer.RewardScorer` takes them) or ``{"messages": [conversation, ...]}`` (each ending
-  with the assistant's answer) -> ``{"rewards": [...]}``; ``"normalize": false`` for raw rewards.
+  with the assistant's answer) -> ``{"rewards": [...]}``; ``"normalize": false`` for raw rewards;
+  ``"tools"`` (tool schemas) and ``"chat_template_kwargs"`` (e.g. ``{"enable_thinking": false}``)
+  reach the chat template as in training, one value for every item or a list with one per item.
 - ``POST /get_reward`` (OpenRLHF's remote reward model): ``{"query": [full texts]}`` ->
   ``{"rewards": [...], "scores": [...]}``.
 - ``POST /classify`` (vLLM's shape): ``{"input": text | [texts] | [ids] | [[ids]]}`` or
@@ -43,7 +45,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import DataError
-from .encoding import ItemTooLongError
+from .encoding import ItemTooLongError, message_ok
 
 logger = logging.getLogger(__name__)
 
@@ -188,18 +190,40 @@ def _list(body: dict[str, Any], field: str, limits: ServerLimits) -> list[Any]:
 
 
 def _messages_ok(value: Any) -> bool:
-    return (
-        isinstance(value, list)
-        and bool(value)
-        and all(
-            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-            for m in value
-        )
+    return isinstance(value, list) and bool(value) and all(message_ok(m) for m in value)
+
+
+def _per_item(body: dict[str, Any], field: str, n: int) -> list[Any] | None:
+    """A ``/score`` body's ``tools`` or ``chat_template_kwargs``: one value for every item, or a list
+    with one entry per item (None when absent). ``tools`` as one value is a list of schema objects
+    (or its JSON string); per item it is a list of such lists (or strings, or nulls).
+    ``chat_template_kwargs`` as one value is an object; per item a list of objects (or nulls)."""
+    value = body.get(field)
+    if value is None:
+        return None
+    shared = (
+        isinstance(value, (str, dict))
+        if field == "chat_template_kwargs"
+        else isinstance(value, str) or (isinstance(value, list) and all(isinstance(t, dict) for t in value))
     )
+    if shared:
+        return [value] * n
+    if not isinstance(value, list) or len(value) != n:
+        kind = "an object" if field == "chat_template_kwargs" else "a list of tool schemas"
+        raise RequestError(
+            422, f"'{field}' must be {kind} for every item, or a list with one entry per item ({n})", field
+        )
+    return value
 
 
-def _score_items(body: dict[str, Any], limits: ServerLimits) -> tuple[list[Any], list[Any]]:
-    """``(prompts, completions)`` of a ``/score`` body."""
+def _score_items(body: dict[str, Any], limits: ServerLimits) -> tuple[list[Any], list[Any], dict[str, Any]]:
+    """``(prompts, completions, {"tools", "chat_template_kwargs"})`` of a ``/score`` body."""
+    prompts, completions = _score_texts(body, limits)
+    extras = {field: _per_item(body, field, len(completions)) for field in ("tools", "chat_template_kwargs")}
+    return prompts, completions, extras
+
+
+def _score_texts(body: dict[str, Any], limits: ServerLimits) -> tuple[list[Any], list[Any]]:
     if "messages" in body:
         conversations = _list(body, "messages", limits)
         prompts, completions = [], []
@@ -329,13 +353,21 @@ def create_app(
             raise RequestError(422, "the body must be a JSON object", "body")
         return body
 
-    def encode(prompts: list[Any], completions: list[Any]) -> tuple[list[str], list[list[int]]]:
+    def encode(
+        prompts: list[Any], completions: list[Any], extras: dict[str, Any] | None = None
+    ) -> tuple[list[str], list[list[int]]]:
         try:
-            return scorer.encoder.encode(prompts, completions, max_tokens=limits.max_item_tokens)
+            return scorer.encoder.encode(
+                prompts, completions, max_tokens=limits.max_item_tokens, **(extras or {})
+            )
         except ItemTooLongError as exc:
             raise RequestError(422, str(exc), exc.field) from None
         except DataError as exc:
-            raise RequestError(422, str(exc), "completions") from None
+            message = str(exc)
+            field = next(
+                (f for f in ("chat_template_kwargs", "tools") if message.startswith(f + "[")), "completions"
+            )
+            raise RequestError(422, message, field) from None
         except ValueError as exc:  # a chat template refusing the messages
             raise RequestError(422, f"cannot render the messages: {exc}", "messages") from None
 
@@ -374,11 +406,11 @@ def create_app(
     @app.post("/score")
     async def score(request: Request) -> dict[str, Any]:
         body = await read_json(request)
-        prompts, completions = _score_items(body, limits)
+        prompts, completions, extras = _score_items(body, limits)
         normalize = body.get("normalize")
         if normalize is not None and not isinstance(normalize, bool):
             raise RequestError(422, "'normalize' must be true or false", "normalize")
-        keys, ids = await run_in_threadpool(encode, prompts, completions)
+        keys, ids = await run_in_threadpool(encode, prompts, completions, extras)
         rewards = await batcher.submit(ids, keys, by_prefix=False, normalize=normalize)
         return {"rewards": rewards}
 
