@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -30,7 +31,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
+#: The data: $REWARD_PLUGIN_TEST_DATA, else ../shared/data beside the checkout.
+SHARED = Path(os.environ.get("REWARD_PLUGIN_TEST_DATA") or ROOT.parent / "shared" / "data")
 
 
 def smollm2_tokenizer():
