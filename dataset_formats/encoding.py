@@ -30,6 +30,7 @@ from typing import Any
 import pyarrow as pa
 
 from .errors import OptionError, RecordError, TemplateError, UnsafeTemplateError
+from .prefix import common_prefix_length
 from .schema import PAIR_COLUMNS, pair_schema
 
 TRUNCATION_CHOICES = ("left", "right", "drop")
@@ -246,13 +247,9 @@ class PairEncoder:
         return ids, boundary
 
     def _common_prefix_boundary(self, a: list[int], b: list[int]) -> int:
-        """Index after the longest common token prefix, leaving at least one content token in each."""
-        nl, nt = self.n_lead, self.n_trail
-        limit = min(len(a), len(b)) - nt - 1
-        i = nl
-        while i < limit and a[i] == b[i]:
-            i += 1
-        return max(nl, min(i, limit))
+        """Index after the longest common token prefix (:func:`~dataset_formats.prefix.common_prefix_length`)
+        past the template's leading tokens, leaving each a content token before its trailing ones."""
+        return common_prefix_length((a, b), start=self.n_lead, keep=self.n_trail + 1)
 
     # policy ------------------------------------------------------------------------------------
 

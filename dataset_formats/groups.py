@@ -25,6 +25,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from .prefix import common_prefix_length
 from .schema import MARGIN_COLUMN, PAIR_COLUMNS, SOURCE_ROW_COLUMN, pair_schema
 
 PROMPT_IDS_COLUMN = "prompt_ids"
@@ -60,24 +61,6 @@ def group_schema() -> pa.Schema:
 def is_group_table(columns: Sequence[str]) -> bool:
     """Whether ``columns`` are those of a grouped table."""
     return all(c in columns for c in GROUP_COLUMNS)
-
-
-def common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
-    """Leading tokens all ``sequences`` share, capped so each keeps at least one token of its own.
-
-    Example::
-
-        >>> common_prefix_length([[1, 2, 3], [1, 2, 4, 5], [1, 2, 3, 6]])
-        2
-        >>> common_prefix_length([[1, 2], [1, 2, 3]])
-        1
-    """
-    cap = min(len(s) for s in sequences) - 1
-    first = sequences[0]
-    n = 0
-    while n < cap and all(s[n] == first[n] for s in sequences[1:]):
-        n += 1
-    return max(n, 0)
 
 
 def make_group(

@@ -173,9 +173,26 @@ def test_inspect_shows_group_sizes_and_the_tokens_against_the_expanded_pairs(min
 def test_doctests_of_the_group_modules():
     import doctest
 
-    import dataset_formats.groups
+    import dataset_formats.prefix  # the group prefix rule (common_prefix_length) lives there
     import reward_plugin.pairs.groups
 
-    for module in (dataset_formats.groups, reward_plugin.pairs.groups):
+    for module in (dataset_formats.prefix, reward_plugin.pairs.groups):
         result = doctest.testmod(module)
         assert result.failed == 0 and result.attempted >= 2, module.__name__
+
+
+def test_one_prefix_rule_for_pairs_groups_encoding_and_eval():
+    from dataset_formats.prefix import common_prefix_length, shared_prefix_length
+
+    pair = ([5, 1, 2, 3, 9], [5, 1, 2, 4, 9])
+    assert shared_prefix_length(*pair) == common_prefix_length(pair) == 3
+    # Capped: each side keeps `keep` tokens of its own (1 by default; 0 is the plain common prefix).
+    assert common_prefix_length(([1, 2], [1, 2, 3])) == 1
+    assert common_prefix_length(([1, 2], [1, 2, 3]), keep=0) == 2
+    assert common_prefix_length(([1, 2, 3], [1, 2, 3]), keep=2) == 1
+    # `start`: leading tokens taken as shared unread, and a floor when the cap is below it.
+    assert common_prefix_length(([7, 1, 2, 3], [8, 1, 2, 4]), start=1) == 3
+    assert common_prefix_length(([7, 1], [8, 1]), start=1, keep=2) == 1
+    # A group: the tokens all of its sequences share.
+    assert common_prefix_length([[1, 2, 3], [1, 2, 4, 5], [1, 2, 3, 6]]) == 2
+    assert common_prefix_length([[4, 4, 4]]) == 2

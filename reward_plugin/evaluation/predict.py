@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from dataset_formats.prefix import common_prefix_length
+
 from ..errors import ConfigError
 from ..scoring import ScoreReader
 from .prompts import PromptRewards, groups_from_pairs
@@ -176,13 +178,11 @@ def raw_meta(data: str | os.PathLike, rows: set[int]) -> dict[int, dict[str, Any
 
 
 def response_lengths(chosen_ids: list[list[int]], rejected_ids: list[list[int]]) -> np.ndarray:
-    """``(n, 2)`` token lengths of each pair's two responses: what follows their common prefix."""
+    """``(n, 2)`` token lengths of each pair's two responses: what follows their common prefix
+    (:func:`~dataset_formats.prefix.common_prefix_length` uncapped: a side may have no token of its own)."""
     out = np.zeros((len(chosen_ids), 2), dtype=np.int64)
     for k, (c, r) in enumerate(zip(chosen_ids, rejected_ids)):
-        shared = 0
-        limit = min(len(c), len(r))
-        while shared < limit and c[shared] == r[shared]:
-            shared += 1
+        shared = common_prefix_length((c, r), keep=0)
         out[k] = len(c) - shared, len(r) - shared
     return out
 
