@@ -123,13 +123,13 @@ def trl_style(model, tokenizer, prompts, completions, batch: int) -> tuple[list[
 
 def needed_tokens(scorer, prompts, completions) -> int:
     """Tokens with each group's shared prefix counted once."""
-    from reward_plugin.pairs.groups import _block
+    from reward_plugin.pairs.blocks import lay_out_block
 
     keys, ids = scorer.encoder.encode(prompts, completions)
     groups: dict[str, list[list[int]]] = {}
     for key, seq in zip(keys, ids):
         groups.setdefault(key, []).append(seq)
-    return sum(len(_block(g)[0]) for g in groups.values())
+    return sum(len(lay_out_block(g).ids) for g in groups.values())
 
 
 def timed_pair(first, second, repeats: int) -> tuple[float, object, float, object]:

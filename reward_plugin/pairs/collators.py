@@ -18,7 +18,7 @@ import torch
 from dataset_formats.schema import MARGIN_COLUMN, PAIR_COLUMNS, TIE_COLUMN
 
 from ..errors import DataError
-from .layout import CHOSEN, PAD, PREFIX, REJECTED, shared_prefix_length
+from .blocks import lay_out_block, lay_out_rows, pack_blocks
 
 #: Current TRL's tokenized columns; attention masks are all ones.
 TRL_ID_COLUMNS = ("chosen_ids", "rejected_ids")
@@ -252,47 +252,19 @@ class PrefixSharedPairCollator(RewardDataCollatorWithPadding):
         for index, example in enumerate(examples):
             chosen = _real_tokens(*self.side_tokens(example, "chosen", index))
             rejected = _real_tokens(*self.side_tokens(example, "rejected", index))
-            blocks.append(_block(chosen, rejected))
+            blocks.append(lay_out_block((chosen, rejected)))
         margins = self.margins(examples)
-        lengths = [len(b[0]) for b in blocks]
         rows = (
-            _best_packing(lengths, self.attention_cost_tokens)
+            pack_blocks([len(b.ids) for b in blocks], self.attention_cost_tokens)
             if self.pack
             else [[i] for i in range(len(blocks))]
         )
-        length = max(sum(len(blocks[i][0]) for i in row) for row in rows)
-        if self.pad_to_multiple_of:
-            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        shape = (len(rows), length)
-        ids = torch.full(shape, self.pad_token_id, dtype=torch.long)
-        positions = torch.zeros(shape, dtype=torch.long)
-        pair_ids = torch.full(shape, -1, dtype=torch.long)
-        segments = torch.full(shape, PAD, dtype=torch.long)
-        chosen_index = torch.empty(len(blocks), dtype=torch.long)
-        rejected_index = torch.empty(len(blocks), dtype=torch.long)
-        spans = torch.empty(len(blocks), 5, dtype=torch.long)
-        for r, row in enumerate(rows):
-            start = 0
-            for pair in row:
-                block_ids, block_pos, block_seg, chosen_end, rejected_end, sizes = blocks[pair]
-                end = start + len(block_ids)
-                ids[r, start:end] = torch.tensor(block_ids)
-                positions[r, start:end] = torch.tensor(block_pos)
-                segments[r, start:end] = torch.tensor(block_seg)
-                pair_ids[r, start:end] = pair
-                chosen_index[pair] = r * length + start + chosen_end
-                rejected_index[pair] = r * length + start + rejected_end
-                spans[pair] = torch.tensor([r, start, *sizes])
-                start = end
-        batch = {
-            "chosen_index": chosen_index,
-            "rejected_index": rejected_index,
-            "packed_input_ids": ids,
-            "packed_position_ids": positions,
-            "packed_pair_ids": pair_ids,
-            "packed_segments": segments,
-            "packed_spans": spans,
-        }
+        # A pair is the group layout with K=2: its two ends are the chosen and rejected rewards.
+        laid = lay_out_rows(
+            blocks, rows, pad_token_id=self.pad_token_id, pad_to_multiple_of=self.pad_to_multiple_of
+        )
+        ends = laid.pop("response_index")
+        batch = {"chosen_index": ends[0::2].contiguous(), "rejected_index": ends[1::2].contiguous(), **laid}
         if margins is not None:
             batch[MARGIN_COLUMN] = torch.tensor(margins, dtype=torch.float32)
         ties = self.ties(examples)
@@ -303,46 +275,3 @@ class PrefixSharedPairCollator(RewardDataCollatorWithPadding):
 
 def _real_tokens(ids: list[int], mask: list[int]) -> list[int]:
     return [i for i, m in zip(ids, mask) if m] if not all(mask) else ids
-
-
-def _block(
-    chosen: list[int], rejected: list[int]
-) -> tuple[list[int], list[int], list[int], int, int, tuple[int, int, int]]:
-    """(ids, positions, segments, last chosen offset, last rejected offset, (prefix, chosen tail,
-    rejected tail) lengths) of one pair block."""
-    p = shared_prefix_length(chosen, rejected)
-    ids = chosen + rejected[p:]
-    positions = list(range(len(chosen))) + list(range(p, len(rejected)))
-    segments = [PREFIX] * p + [CHOSEN] * (len(chosen) - p) + [REJECTED] * (len(rejected) - p)
-    return ids, positions, segments, len(chosen) - 1, len(ids) - 1, (p, len(chosen) - p, len(rejected) - p)
-
-
-def _best_packing(lengths: list[int], attention_cost_tokens: float | None) -> list[list[int]]:
-    """The cheapest first-fit-decreasing packing over capacities from the longest block to all blocks."""
-    longest, total = max(lengths), sum(lengths)
-    if attention_cost_tokens is None:
-        return _pack(lengths, longest)
-    best, best_cost = None, float("inf")
-    for rows in range(1, len(lengths) + 1):
-        bins = _pack(lengths, max(longest, -(-total // rows)))
-        width = max(sum(lengths[i] for i in b) for b in bins)
-        cost = len(bins) * width * (1 + width / attention_cost_tokens)
-        if cost < best_cost:
-            best, best_cost = bins, cost
-    return best
-
-
-def _pack(lengths: list[int], capacity: int) -> list[list[int]]:
-    """First-fit-decreasing bins (lists of block indices) of ``capacity`` tokens (>= the longest block)."""
-    bins: list[list[int]] = []
-    room: list[int] = []
-    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-        for b, free in enumerate(room):
-            if lengths[i] <= free:
-                bins[b].append(i)
-                room[b] -= lengths[i]
-                break
-        else:
-            bins.append([i])
-            room.append(capacity - lengths[i])
-    return bins

@@ -31,9 +31,9 @@ from dataset_formats.schema import MARGIN_COLUMN
 
 from ..errors import DataError
 from ..scoring import ScoreReader
-from .collators import RewardDataCollatorWithPadding, _as_list, _best_packing
+from .blocks import lay_out_block, lay_out_rows, pack_blocks
+from .collators import RewardDataCollatorWithPadding, _as_list
 from .forward import packed_scores
-from .layout import PAD, PREFIX
 
 #: Layouts a :class:`GroupCollator` writes.
 GROUP_LAYOUTS = ("standard", "prefix_shared", "packed")
@@ -81,21 +81,6 @@ def group_sequences(example: Mapping[str, Any], index: int) -> tuple[list[list[i
     sequences = [[t for t, m in zip(ids, mask) if m] for ids, mask in sides]
     margin = example.get(MARGIN_COLUMN)
     return sequences, [{"better": 0, "worse": 1, "margin": margin}]
-
-
-def _block(sequences: list[list[int]]) -> tuple[list[int], list[int], list[int], list[int], list[int]]:
-    """(ids, positions, segments, last-token offset of each sequence, span lengths) of one group block."""
-    cap = min(len(s) for s in sequences) - 1
-    p = 0
-    while p < cap and all(s[p] == sequences[0][p] for s in sequences[1:]):
-        p += 1
-    ids, positions, segments, ends = sequences[0][:p], list(range(p)), [PREFIX] * p, []
-    for k, seq in enumerate(sequences):
-        ids += seq[p:]
-        positions += range(p, len(seq))
-        segments += [k + 1] * (len(seq) - p)
-        ends.append(len(ids) - 1)
-    return ids, positions, segments, ends, [p] + [len(s) - p for s in sequences]
 
 
 @dataclass
@@ -181,45 +166,15 @@ class GroupCollator(RewardDataCollatorWithPadding):
         return length
 
     def _packed(self, groups: list[list[list[int]]]) -> dict[str, torch.Tensor]:
-        blocks = [_block(sequences) for sequences in groups]
-        lengths = [len(b[0]) for b in blocks]
+        blocks = [lay_out_block(sequences) for sequences in groups]
         rows = (
-            _best_packing(lengths, self.attention_cost_tokens)
+            pack_blocks([len(b.ids) for b in blocks], self.attention_cost_tokens)
             if self.layout == "packed"
             else [[i] for i in range(len(blocks))]
         )
-        length = self._padded_length(max(sum(lengths[i] for i in row) for row in rows))
-        shape = (len(rows), length)
-        ids = torch.full(shape, self.pad_token_id, dtype=torch.long)
-        positions = torch.zeros(shape, dtype=torch.long)
-        block_ids = torch.full(shape, -1, dtype=torch.long)
-        segments = torch.full(shape, PAD, dtype=torch.long)
-        widest = max(len(b[4]) for b in blocks)
-        spans = torch.zeros(len(blocks), 2 + widest, dtype=torch.long)
-        first = [0]
-        for b in blocks[:-1]:
-            first.append(first[-1] + len(b[3]))
-        response_index = torch.empty(first[-1] + len(blocks[-1][3]), dtype=torch.long)
-        for r, row in enumerate(rows):
-            start = 0
-            for g in row:
-                block_tokens, block_pos, block_seg, ends, sizes = blocks[g]
-                end = start + len(block_tokens)
-                ids[r, start:end] = torch.tensor(block_tokens)
-                positions[r, start:end] = torch.tensor(block_pos)
-                segments[r, start:end] = torch.tensor(block_seg)
-                block_ids[r, start:end] = g
-                response_index[first[g] : first[g] + len(ends)] = torch.tensor(ends) + r * length + start
-                spans[g, : 2 + len(sizes)] = torch.tensor([r, start, *sizes])
-                start = end
-        return {
-            "response_index": response_index,
-            "packed_input_ids": ids,
-            "packed_position_ids": positions,
-            "packed_pair_ids": block_ids,
-            "packed_segments": segments,
-            "packed_spans": spans,
-        }
+        return lay_out_rows(
+            blocks, rows, pad_token_id=self.pad_token_id, pad_to_multiple_of=self.pad_to_multiple_of
+        )
 
 
 def group_rewards(

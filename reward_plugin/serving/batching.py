@@ -20,8 +20,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from dataset_formats.prefix import common_prefix_length
+
+from ..pairs.blocks import first_fit_decreasing, lay_out_block, lay_out_rows
 from ..pairs.forward import packed_scores
-from ..pairs.groups import _block
 from ..scoring import ScoreReader
 
 #: Default tokens per forward.
@@ -30,7 +32,8 @@ DEFAULT_TOKEN_BUDGET = 16384
 
 @dataclass
 class Block:
-    """One group block: the item numbers of its sequences, in order, and its layout from ``_block``."""
+    """One group block: the item numbers of its sequences, in order, and its layout
+    (:func:`~reward_plugin.pairs.blocks.lay_out_block`)."""
 
     items: list[int]
     ids: list[int]
@@ -40,20 +43,13 @@ class Block:
     sizes: list[int]
 
 
-def _common(a: list[int], b: list[int], limit: int) -> int:
-    n = 0
-    while n < limit and a[n] == b[n]:
-        n += 1
-    return n
-
-
 def group_blocks(groups: Sequence[Sequence[tuple[int, list[int]]]], token_budget: int) -> list[Block]:
     """Blocks of ``groups`` (each a list of ``(item, token ids)``), none over ``token_budget`` tokens
     unless one sequence alone is (a group that does not fit is split, its prefix repeated)."""
     blocks: list[Block] = []
 
     def close(members: list[tuple[int, list[int]]]) -> None:
-        blocks.append(Block([k for k, _ in members], *_block([s for _, s in members])))
+        blocks.append(Block([k for k, _ in members], *lay_out_block([s for _, s in members])))
 
     for group in groups:
         current: list[tuple[int, list[int]]] = []
@@ -62,7 +58,7 @@ def group_blocks(groups: Sequence[Sequence[tuple[int, list[int]]]], token_budget
             seq = item[1]
             if current:
                 first = current[0][1]
-                p = min(prefix, _common(first, seq, min(len(first), len(seq)) - 1))
+                p = min(prefix, common_prefix_length((first, seq)))
                 size = p + (total + len(seq)) - (len(current) + 1) * p
                 if size > token_budget:
                     close(current)
@@ -79,44 +75,15 @@ def group_blocks(groups: Sequence[Sequence[tuple[int, list[int]]]], token_budget
 
 def pack_forwards(blocks: list[Block], token_budget: int) -> Iterator[list[Block]]:
     """Blocks in forwards of at most ``token_budget`` tokens, longest first (first fit)."""
-    bins: list[tuple[int, list[Block]]] = []
-    for block in sorted(blocks, key=lambda b: -len(b.ids)):
-        for index, (used, members) in enumerate(bins):
-            if used + len(block.ids) <= token_budget:
-                members.append(block)
-                bins[index] = (used + len(block.ids), members)
-                break
-        else:
-            bins.append((len(block.ids), [block]))
-    for _, members in bins:
-        yield members
+    order = first_fit_decreasing([len(b.ids) for b in blocks], token_budget)
+    for members in order:
+        yield [blocks[i] for i in members]
 
 
 def packed_batch(blocks: list[Block], device: torch.device | str) -> dict[str, torch.Tensor]:
     """The one-row packed batch of ``blocks`` (keys of :func:`~reward_plugin.pairs.forward.packed_scores`)
     plus ``response_index``: the flat position of every sequence's last token, in block order."""
-    total = sum(len(b.ids) for b in blocks)
-    widest = max(len(b.sizes) for b in blocks)
-    ids, positions, segments, owners, index = [], [], [], [], []
-    spans = torch.zeros(len(blocks), 2 + widest, dtype=torch.long)
-    start = 0
-    for g, block in enumerate(blocks):
-        ids += block.ids
-        positions += block.positions
-        segments += block.segments
-        owners += [g] * len(block.ids)
-        index += [start + e for e in block.ends]
-        spans[g, : 2 + len(block.sizes)] = torch.tensor([0, start, *block.sizes])
-        start += len(block.ids)
-    assert start == total
-    batch = {
-        "packed_input_ids": torch.tensor([ids]),
-        "packed_position_ids": torch.tensor([positions]),
-        "packed_segments": torch.tensor([segments]),
-        "packed_pair_ids": torch.tensor([owners]),
-        "packed_spans": spans,
-        "response_index": torch.tensor(index),
-    }
+    batch = lay_out_rows(blocks, [list(range(len(blocks)))])
     return {k: v.to(device) for k, v in batch.items()}
 
 
