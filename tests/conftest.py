@@ -156,14 +156,18 @@ def tokenized_pairs(tokenizer, n: int = 16, max_length: int = 48, margin: bool =
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory, bpe_tokenizer) -> str:
     """A folder holding a saved 2-layer Llama reward model (random, seeded) and the BPE tokenizer."""
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), bpe_tokenizer)
+
+
+def save_tiny_llama(folder: Path, tokenizer) -> str:
+    """Save a 2-layer Llama reward model (random, seed 0) sized to ``tokenizer``, and the tokenizer, in ``folder``."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    folder = tmp_path_factory.mktemp("tiny-llama")
     torch.manual_seed(0)
-    config = tiny_llama_config(vocab_size=len(bpe_tokenizer), pad_token_id=bpe_tokenizer.pad_token_id)
+    config = tiny_llama_config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
     AutoModelForSequenceClassification.from_config(config).save_pretrained(folder)
-    bpe_tokenizer.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
     return str(folder)
 
 

@@ -14,8 +14,7 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
-from conftest import tiny_llama_config, write_jsonl
+from conftest import save_tiny_llama, write_jsonl
 from test_chat_tools import ROWS, our_ids, qwen_tokenizer
 
 import dataset_formats as df
@@ -29,17 +28,10 @@ FP32_TOLERANCE = 1e-4
 @pytest.fixture(scope="module")
 def qwen_dir(tmp_path_factory, bpe_tokenizer_path) -> str:
     """A saved tiny Llama reward model whose tokenizer carries Qwen's special tokens and the qwen3 template."""
-    from transformers import AutoModelForSequenceClassification
-
     tokenizer = qwen_tokenizer(
         bpe_tokenizer_path, (templates_dir() / "qwen3.jinja").read_text(encoding="utf-8")
     )
-    folder = tmp_path_factory.mktemp("qwen-tools")
-    torch.manual_seed(0)
-    config = tiny_llama_config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
-    AutoModelForSequenceClassification.from_config(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
+    return save_tiny_llama(tmp_path_factory.mktemp("qwen-tools"), tokenizer)
 
 
 @pytest.fixture(scope="module")
