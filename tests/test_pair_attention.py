@@ -12,6 +12,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from test_groups_forward import random_groups
 from test_pair_batching import ARCHS, make_model, random_rows
 
 from reward_plugin.pairs import attention as pair_attention
@@ -22,6 +23,7 @@ from reward_plugin.pairs.attention import (
     use_segment_attention,
 )
 from reward_plugin.pairs.collators import PrefixSharedPairCollator
+from reward_plugin.pairs.groups import GroupCollator
 from reward_plugin.pairs.masks import allowed_pairs
 
 
@@ -49,6 +51,32 @@ def test_segment_attention_equals_the_dense_pair_mask(monkeypatch, kernel, windo
     g = torch.Generator().manual_seed(0)
     q = torch.randn(rows, 4, length, 8, generator=g, requires_grad=True)
     k = torch.randn(rows, 2, length, 8, generator=g, requires_grad=True)  # grouped queries
+    v = torch.randn(rows, 2, length, 8, generator=g, requires_grad=True)
+    got = segment_attention(q, k, v, spans_from_batch(batch), sliding_window=window)
+    want = dense_reference(q, k, v, batch, window)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    weights = torch.randn(got.shape, generator=g)
+    grads = torch.autograd.grad((got * weights).sum(), (q, k, v))
+    want_grads = torch.autograd.grad((want * weights).sum(), (q, k, v))
+    for a, b in zip(grads, want_grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", ["math", "sdpa"])
+@pytest.mark.parametrize("window", [None, 3])
+@pytest.mark.parametrize("cost", [None, float("inf")])
+def test_segment_attention_equals_the_dense_mask_for_groups(monkeypatch, kernel, window, cost):
+    """Groups of 1-6 responses: the tails 2..K of a block attend in one call under their own mask."""
+    if kernel == "sdpa":
+        monkeypatch.setattr(pair_attention, "CPU_MATH_MAX_SCORES", 0)
+    batch = GroupCollator(pad_token_id=0, layout="packed", attention_cost_tokens=cost)(
+        random_groups(9, seed=4)
+    )
+    assert max(int((span[3:] > 0).sum()) for span in batch["packed_spans"]) == 6  # some blocks have K = 6
+    rows, length = batch["packed_input_ids"].shape
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(rows, 6, length, 8, generator=g, requires_grad=True)
+    k = torch.randn(rows, 2, length, 8, generator=g, requires_grad=True)  # 3 query heads per key head
     v = torch.randn(rows, 2, length, 8, generator=g, requires_grad=True)
     got = segment_attention(q, k, v, spans_from_batch(batch), sliding_window=window)
     want = dense_reference(q, k, v, batch, window)
