@@ -84,6 +84,14 @@ def test_plain_text_rewards_equal_a_plain_forward_raw_and_normalized(trained_dir
     assert normalized(prompts=prompts, completions=completions) == pytest.approx(want, abs=FP32_TOLERANCE)
 
 
+def test_default_token_budget_is_smaller_on_cpu(trained_dir):
+    from reward_plugin.serving.batching import CPU_TOKEN_BUDGET, DEFAULT_TOKEN_BUDGET, default_token_budget
+
+    assert RewardScorer.from_pretrained(trained_dir, device="cpu").token_budget == CPU_TOKEN_BUDGET == 4096
+    assert default_token_budget("cuda:0") == DEFAULT_TOKEN_BUDGET == 16384
+    assert RewardScorer.from_pretrained(trained_dir, device="cpu", token_budget=999).token_budget == 999
+
+
 def test_small_token_budget_splits_forwards_with_the_same_rewards(trained_dir):
     prompts, completions = items()
     expected = plain_forward(trained_dir, [p + c for p, c in zip(prompts, completions)])

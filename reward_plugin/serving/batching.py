@@ -26,8 +26,17 @@ from ..pairs.blocks import first_fit_decreasing, lay_out_block, lay_out_rows
 from ..pairs.forward import packed_scores
 from ..scoring import ScoreReader
 
-#: Default tokens per forward.
+#: Default tokens per forward on an accelerator: large forwards keep a GPU busy.
 DEFAULT_TOKEN_BUDGET = 16384
+#: Default tokens per forward on CPU: past a few thousand tokens the activations leave the caches, and
+#: the same tokens took 1.18x as long at 16,384 per forward as at 2,048-4,096 (SmolLM2 shape, 2 cores;
+#: benchmarks/token_budget.py, docs/benchmarks.md "The reward server under load").
+CPU_TOKEN_BUDGET = 4096
+
+
+def default_token_budget(device: torch.device | str) -> int:
+    """The tokens per forward a scorer uses on ``device`` unless told otherwise."""
+    return CPU_TOKEN_BUDGET if torch.device(device).type == "cpu" else DEFAULT_TOKEN_BUDGET
 
 
 @dataclass
@@ -135,4 +144,12 @@ def score_padded(
     return out
 
 
-__all__ = ["DEFAULT_TOKEN_BUDGET", "group_blocks", "pack_forwards", "score_grouped", "score_padded"]
+__all__ = [
+    "CPU_TOKEN_BUDGET",
+    "DEFAULT_TOKEN_BUDGET",
+    "default_token_budget",
+    "group_blocks",
+    "pack_forwards",
+    "score_grouped",
+    "score_padded",
+]

@@ -23,7 +23,7 @@ import torch
 from ..errors import ConfigError, DataError
 from ..metrics import read_reward_stats
 from ..scoring import ScoreReader
-from .batching import DEFAULT_TOKEN_BUDGET, score_grouped, score_padded
+from .batching import default_token_budget, score_grouped, score_padded
 from .encoding import Content, ScoringEncoder
 from .export import chat_template_source, read_scoring_settings
 
@@ -116,7 +116,7 @@ class RewardScorer:
         settings: dict[str, Any] | None = None,
         stats: dict[str, Any] | None = None,
         normalize: bool = True,
-        token_budget: int = DEFAULT_TOKEN_BUDGET,
+        token_budget: int | None = None,
         max_length: int | None = None,
         chat_template: str | None = None,
         device: torch.device | str | None = None,
@@ -129,7 +129,9 @@ class RewardScorer:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
-        self.token_budget = int(token_budget)
+        self.token_budget = (
+            int(token_budget) if token_budget is not None else default_token_budget(self.device)
+        )
         if self.token_budget < 1:
             raise ConfigError(f"token_budget must be a positive number of tokens, got {token_budget!r}")
         if chat_template is not None:
@@ -161,7 +163,7 @@ class RewardScorer:
         device: torch.device | str | None = None,
         dtype: torch.dtype | str | None = None,
         normalize: bool = True,
-        token_budget: int = DEFAULT_TOKEN_BUDGET,
+        token_budget: int | None = None,
         max_length: int | None = None,
         chat_template: str | None = None,
         trust_remote_code: bool = False,
@@ -174,7 +176,8 @@ class RewardScorer:
             dtype: weights' dtype (default: bfloat16 on a GPU that supports it, else float32).
             normalize: return ``(r - mean) / std`` with the saved ``reward_stats.json`` (raw when False
                 or when the folder has none).
-            token_budget: tokens per forward (memory stays flat on long inputs).
+            token_budget: tokens per forward (memory stays flat on long inputs); default 16384 on a GPU,
+                4096 on CPU (larger CPU forwards run slower).
             max_length: the length limit (default: the one used in training, from ``reward_scoring.json``).
             chat_template: a shipped template name or ``.jinja`` path for conversational items
                 (default: the template saved with the model).

@@ -28,7 +28,10 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
         "--max-length", type=int, metavar="N", help="length limit (default: the one used in training)"
     )
     parser.add_argument(
-        "--token-budget", type=int, default=16384, metavar="N", help="tokens per forward (default 16384)"
+        "--token-budget",
+        type=int,
+        metavar="N",
+        help="tokens per forward (default 16384 on a GPU, 4096 on CPU)",
     )
     parser.add_argument("--chat-template", metavar="NAME|PATH", help="chat template (default: the saved one)")
 
