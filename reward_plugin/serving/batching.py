@@ -29,7 +29,7 @@ from ..scoring import ScoreReader
 #: Default tokens per forward on an accelerator: large forwards keep a GPU busy.
 DEFAULT_TOKEN_BUDGET = 16384
 #: Default tokens per forward on CPU: past a few thousand tokens the activations leave the caches, and
-#: the same tokens took 1.18x as long at 16,384 per forward as at 2,048-4,096 (SmolLM2 shape, 2 cores;
+#: the same tokens took 1.2x as long at 16,384 per forward as at 2,048-4,096 (SmolLM2 shape, 2 cores;
 #: benchmarks/token_budget.py, docs/benchmarks.md "The reward server under load").
 CPU_TOKEN_BUDGET = 4096
 
