@@ -10,6 +10,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from .logs import configure_logging
+
 TRAIN_EPILOG = """\
 overrides:
   --KEY VALUE        any RewardConfig / TrainingArguments field or stage key, as in the YAML file
@@ -194,30 +196,6 @@ def _add_listings(subparsers: argparse._SubParsersAction) -> None:
     plugins.set_defaults(func=run_plugins)
 
 
-class _StderrHandler(logging.StreamHandler):
-    """A handler that writes to whatever ``sys.stderr`` is when a record is emitted."""
-
-    @property  # type: ignore[override]
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value) -> None:
-        pass
-
-
-def _configure_logging() -> None:
-    """Our loggers at INFO on stderr (conversion stats, data sizes); libraries keep their own levels."""
-    handler = _StderrHandler()
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    for name in ("reward_plugin", "dataset_formats"):
-        logger = logging.getLogger(name)
-        if not logger.handlers:
-            logger.addHandler(handler)
-            logger.setLevel(logging.INFO)
-            logger.propagate = False
-
-
 # train -----------------------------------------------------------------------------------------
 
 
@@ -241,7 +219,7 @@ def run_check(args: argparse.Namespace) -> int:
 def run_train(args: argparse.Namespace) -> int:
     from .hosts.runner import run_training
 
-    _configure_logging()
+    configure_logging()
     if args.check:
         return run_check(args)
     result = run_training(args.config, args.overrides, resume=args.resume)

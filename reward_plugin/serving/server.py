@@ -23,7 +23,8 @@ request with its own rewards. Limits: body bytes (413), items per request (413),
 (422), each answer a JSON ``{"error", "field"}``; malformed JSON is a 400; any other failure is a
 500 without a traceback (logged on the server). With an API key every request needs
 ``Authorization: Bearer KEY`` (401 otherwise; compared in constant time). SIGTERM stops accepting
-connections, answers the requests in flight, and exits 0.
+connections, gives a connection accepted before it ``DRAIN_GRACE_S`` to deliver its request,
+answers the requests in flight, logs the drain's account (requests received and answered) and exits 0.
 """
 
 from __future__ import annotations
@@ -59,6 +60,11 @@ class ServerLimits:
     max_body_bytes: int = 16 * 2**20
     max_batch: int = 256
     max_wait_ms: float = 5.0
+
+
+#: On SIGTERM, connections already accepted whose first request has not been read yet get this long
+#: to deliver it (it is then answered) before idle connections are closed.
+DRAIN_GRACE_S = 1.0
 
 
 class RequestError(Exception):
@@ -296,6 +302,8 @@ def create_app(
     expected = f"Bearer {api_key}".encode() if api_key else None
     vocab = len(scorer.tokenizer)
 
+    traffic = {"received": 0, "answered": 0}
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Any):
         batcher.start()
@@ -303,9 +311,19 @@ def create_app(
             yield
         finally:
             batcher.stop()
+            # Logged after uvicorn waited for every request task: the drain's own account.
+            log = logger.info if traffic["answered"] == traffic["received"] else logger.warning
+            log(
+                "drained: answered %d of the %d requests received (%d scored in %d batches)",
+                traffic["answered"],
+                traffic["received"],
+                batcher.requests,
+                batcher.batches,
+            )
 
     app = FastAPI(title="reward-plugin reward server", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.batcher = batcher
+    app.state.traffic = traffic
 
     def error(status: int, message: str, field: str | None = None) -> JSONResponse:
         return JSONResponse({"error": message, "field": field}, status_code=status)
@@ -330,6 +348,13 @@ def create_app(
         except Exception:  # no traceback reaches a client
             logger.exception("request %s %s failed", request.method, request.url.path)
             return error(500, "internal error while scoring; see the server log")
+
+    @app.middleware("http")
+    async def counted(request: Request, call_next: Any):  # outermost (added last): sees every answer
+        traffic["received"] += 1
+        response = await call_next(request)
+        traffic["answered"] += 1
+        return response
 
     async def read_json(request: Request) -> dict[str, Any]:
         declared = request.headers.get("content-length")
@@ -478,6 +503,29 @@ def serve(
             with super().capture_signals():
                 yield
                 self._captured_signals.clear()
+
+        async def shutdown(self, sockets: Any = None) -> None:
+            # uvicorn closes at once every connection that has no request in progress, which includes
+            # one accepted a moment ago whose request is still on its way: its client would see a
+            # reset for a request it had sent. Stop accepting first, then give such connections
+            # DRAIN_GRACE_S to deliver their request (it joins the drain and is answered).
+            for listener in self.servers:
+                listener.close()
+            for sock in sockets or []:
+                sock.close()
+            fresh = [c for c in self.server_state.connections if getattr(c, "cycle", 0) is None]
+            logger.info(
+                "stopped accepting connections; %d open, %d without a request yet (waiting up to %.1f s)",
+                len(self.server_state.connections),
+                len(fresh),
+                DRAIN_GRACE_S,
+            )
+            deadline = time.monotonic() + DRAIN_GRACE_S
+            while time.monotonic() < deadline and any(
+                getattr(c, "cycle", 0) is None and c in self.server_state.connections for c in fresh
+            ):
+                await asyncio.sleep(0.01)
+            await super().shutdown()
 
     config = uvicorn.Config(app, host=host, port=port, log_level="info", access_log=False, lifespan="on")
     server = _Server(config)

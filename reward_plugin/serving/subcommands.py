@@ -147,8 +147,10 @@ def run_score(args: argparse.Namespace) -> int:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    from ..logs import configure_logging
     from .server import ServerLimits, serve
 
+    configure_logging()  # the server's own lines (address, drain account) next to uvicorn's
     limits = ServerLimits(
         max_items=args.max_items,
         max_item_tokens=args.max_item_tokens,
