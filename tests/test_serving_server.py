@@ -295,7 +295,8 @@ def test_a_connection_accepted_before_sigterm_has_its_request_answered(tiny_llam
     own = Server(tiny_llama_dir)
     try:
         connection = socket.create_connection(("127.0.0.1", own.port), timeout=60)
-        time.sleep(0.3)  # accepted by the idle server's event loop
+        # A later connection answered means ours was accepted before it (the accept queue is in order).
+        assert httpx.get(own.url + "/health", timeout=60).status_code == 200
         own.process.send_signal(signal.SIGTERM)
         waiting = own.wait_for_line(r"stopped accepting connections; \d+ open, (\d+) without a request yet")
         assert int(waiting.group(1)) == 1
