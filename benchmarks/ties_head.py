@@ -11,7 +11,9 @@ per token sequence, so every arm can train until its loss has settled, on every 
   untied pairs are the test set, so over the 4 folds every untied pair is tested exactly once.
 - ``skip`` and ``keep`` train with :func:`reward_plugin.loss.pairwise_loss`, ``tie`` with
   :func:`reward_plugin.ties.davidson_loss` (``nu`` from the train table's tie fraction, as
-  ``RewardTrainer`` sets it), ``pointwise`` with :func:`reward_plugin.pointwise.pointwise_loss` on
+  ``RewardTrainer`` sets it), ``tie_learned`` the same with ``nu`` learned as
+  ``learn_tie_strength`` learns it (:class:`reward_plugin.ties.TieStrengthEstimator`: the
+  maximum-likelihood ``nu`` of the last 2,048 pairs after each batch), ``pointwise`` with :func:`reward_plugin.pointwise.pointwise_loss` on
   each response's standardised score (:func:`reward_plugin.pointwise.responses_from_pairs` and
   ``encode_responses``, as the pointwise stage reads them). Same optimiser (AdamW), steps and
   batch (8 pairs, or the 16 responses of 8 pairs) in every arm.
@@ -28,6 +30,7 @@ Reads ``../shared/data/ultrafeedback-binarized-1000.jsonl.gz`` (``--data``).
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import sys
 import tempfile
@@ -40,7 +43,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ties_quality  # the split, the conversation rows and the conversion of the full-model run
 
-ARMS = ("skip", "keep", "tie", "pointwise")
+ARMS = ("skip", "keep", "tie", "tie_learned", "pointwise")
 
 
 class Features:
@@ -131,7 +134,7 @@ def main() -> None:
     from reward_plugin.metrics import wilson_interval
     from reward_plugin.pointwise import pointwise_loss, responses_from_pairs
     from reward_plugin.pointwise.rows import encode_responses, read_responses
-    from reward_plugin.ties import davidson_loss, resolve_tie_strength
+    from reward_plugin.ties import TieStrengthEstimator, davidson_loss, resolve_tie_strength
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--folds", type=int, default=4)
@@ -164,6 +167,8 @@ def main() -> None:
     correct: dict[str, dict[int, list[int]]] = {arm: {s: [] for s in args.seeds} for arm in args.arms}
     final_loss: dict[str, list[float]] = {arm: [] for arm in args.arms}
     sizes: dict[str, list[str]] = {arm: [] for arm in args.arms}
+    learned_nu: list[float] = []  # the tie_learned arm's final nu, per fold and seed
+    fraction_nu: list[float] = []  # the tie arm's nu (the train table's tie fraction), per fold
     started = time.perf_counter()
     for f, held in enumerate(folds):
         held_set = set(held.tolist())
@@ -188,34 +193,45 @@ def main() -> None:
                         index = torch.randint(len(x), (16,), generator=g)
                         return x[index], y[index]
 
-                    def loss_fn(head, batch):
+                    def loss_fn(head, batch, estimator=None):
                         return pointwise_loss(head(batch[0]), batch[1])
 
                 else:
+                    policy = "tie" if arm.startswith("tie") else arm
                     table, stats = ties_quality.to_table(
-                        ties_quality.as_messages(train_rows), model_path, arm, tmp, f"train_{arm}"
+                        ties_quality.as_messages(train_rows), model_path, policy, tmp, f"train_{policy}"
                     )
                     tie = torch.tensor(table["tie"] if "tie" in table.column_names else [False] * len(table))
                     sizes[arm].append(
-                        f"{len(table)} ({int(tie.sum()) if arm == 'tie' else stats.ties['written_as_preferences']})"
+                        f"{len(table)} ({int(tie.sum()) if policy == 'tie' else stats.ties['written_as_preferences']})"
                     )
                     draw = pair_batches(
                         features(table["input_ids_chosen"]), features(table["input_ids_rejected"]), tie
                     )
                     nu = resolve_tie_strength(None, table)
+                    if arm == "tie":
+                        fraction_nu.append(nu)
 
-                    def loss_fn(head, batch, arm=arm, nu=nu):
+                    def loss_fn(head, batch, estimator=None, policy=policy, nu=nu):
                         rc, rr, t = head(batch[0]).squeeze(-1), head(batch[1]).squeeze(-1), batch[2]
-                        if arm == "tie":
+                        if policy != "tie":
+                            return pairwise_loss(rc, rr)
+                        if estimator is None:
                             return davidson_loss(rc, rr, t, tie_strength=nu)
-                        return pairwise_loss(rc, rr)
+                        loss = davidson_loss(rc, rr, t, tie_strength=estimator.tie_strength)
+                        estimator.add(rc - rr, t)  # the next batch's nu, as RewardTrainer updates it
+                        return loss
 
                 for seed in args.seeds:
+                    estimator = TieStrengthEstimator(nu) if arm == "tie_learned" else None
                     torch.manual_seed(seed)
                     head = features.head()
                     torch.nn.init.normal_(head.weight, std=0.02)
                     torch.nn.init.zeros_(head.bias)
-                    final_loss[arm].append(train_head(head, draw, loss_fn, args.steps, args.lr, seed))
+                    step_loss = functools.partial(loss_fn, estimator=estimator)
+                    final_loss[arm].append(train_head(head, draw, step_loss, args.steps, args.lr, seed))
+                    if estimator is not None:
+                        learned_nu.append(estimator.tie_strength)
                     with torch.no_grad():
                         right = (head(test_c) > head(test_r)).squeeze(-1).int().tolist()
                     correct[arm][seed] += right
@@ -251,6 +267,17 @@ def main() -> None:
                 f"{sum(losses_f) / len(losses_f):.3f} |",
                 flush=True,
             )
+
+    if learned_nu:
+        print(
+            f"\ntie_learned: final nu over {len(learned_nu)} heads (folds x seeds) {min(learned_nu):.3f}-"
+            f"{max(learned_nu):.3f}, mean {sum(learned_nu) / len(learned_nu):.3f}"
+            + (
+                f"; tie's nu from the tie fraction {min(fraction_nu):.3f}-{max(fraction_nu):.3f}"
+                if fraction_nu
+                else ""
+            )
+        )
 
 
 if __name__ == "__main__":

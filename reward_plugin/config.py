@@ -114,6 +114,10 @@ class RewardConfig(TrainingArguments):
         tie_strength: Davidson's tie parameter ``nu`` of the tie-aware loss, used when the data has a
             ``tie`` column (``convert --ties tie``); None (default) takes it from the train data's tie
             fraction (:mod:`reward_plugin.ties`).
+        learn_tie_strength: learn ``nu`` with the model: from ``tie_strength`` (or the data's value), after
+            each training batch it becomes the maximum-likelihood ``nu`` of the last 2,048 pairs the
+            training forwards scored; logged as ``tie_strength`` and saved in the model config. Needs a
+            train table with a ``tie`` column.
         save_reward_stats: after ``train()``, save the mean/std of the model's rewards to
             ``reward_stats.json`` and the model config: from the final evaluation of the eval set, else
             from the last 512 pairs the training forwards scored (no extra pass).
@@ -283,6 +287,14 @@ class RewardConfig(TrainingArguments):
         metadata={
             "help": "Davidson tie parameter nu (> 0) of the tie-aware loss for data with a `tie` column; None "
             "matches the train data's tie fraction."
+        },
+    )
+    learn_tie_strength: bool = field(
+        default=False,
+        metadata={
+            "help": "Learn the Davidson tie parameter nu with the model: starting from tie_strength (or the data's "
+            "value), after each training batch it is the maximum-likelihood nu of the last 2,048 training pairs. "
+            "Logged as tie_strength and saved in the model config. Needs a train table with a `tie` column."
         },
     )
     save_final_model: bool = field(

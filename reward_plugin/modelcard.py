@@ -45,6 +45,7 @@ def render_model_card(
     reward_stats: dict[str, Any] | None = None,
     peft: bool = False,
     uses_margin: bool = False,
+    tie_strength: float | None = None,
     versions: dict[str, str] | None = None,
 ) -> str:
     """The text of a reward model's card: YAML front matter, usage, training setup and results.
@@ -57,6 +58,8 @@ def render_model_card(
         reward_stats: the saved reward statistics (``mean``, ``std``, ...).
         peft: whether the folder holds a PEFT adapter rather than full weights.
         uses_margin: whether the training data carried a per-pair margin.
+        tie_strength: Davidson's ``nu`` when the training data had ties trained as ties (a ``tie``
+            column), else None.
         versions: library versions to list.
 
     Returns:
@@ -64,7 +67,7 @@ def render_model_card(
     """
     sections = [
         _front_matter(base_model, peft),
-        _introduction(model_name, base_model, args, uses_margin),
+        _introduction(model_name, base_model, args, uses_margin, tie_strength),
         _usage(peft),
         _reward_statistics(reward_stats) if reward_stats else [],
         _table("Results", "metric", sorted(metrics.items())) if metrics else [],
@@ -82,16 +85,27 @@ def _front_matter(base_model: str | None, peft: bool) -> list[str]:
     return front + ["tags:", "- reward-model", "- reward-plugin", "- text-classification", "---", ""]
 
 
-def _introduction(model_name: str, base_model: str | None, args: Any, uses_margin: bool) -> list[str]:
+def _introduction(
+    model_name: str, base_model: str | None, args: Any, uses_margin: bool, tie_strength: float | None
+) -> list[str]:
     """The title and what the model is: base model and the exact loss it was trained with."""
     centred = args is not None and getattr(args, "center_rewards_coefficient", None)
+    d = "r_chosen - r_rejected" + (" - margin" if uses_margin else "")
+    if tie_strength is None:
+        loss = f"loss `-logsigmoid({d})`"
+    else:
+        learned = "learned" if args is not None and getattr(args, "learn_tie_strength", False) else "set"
+        loss = (
+            "Davidson's tie-aware extension of Bradley-Terry as the loss: `-log P(chosen wins)` = "
+            f"`log(1 + exp(-d) + nu * exp(-d / 2))` with `d = {d}` on untied pairs and `-log P(tie)` = "
+            "`log(exp(d / 2) + exp(-d / 2) + nu) - log(nu)` with `d = r_chosen - r_rejected` on ties, "
+            f"nu = {tie_strength:.4g} ({learned}; `tie_strength` in config.json)"
+        )
     text = (
         "A pairwise (Bradley-Terry) reward model: it gives one scalar score per text, higher for the "
         "response people preferred."
         + (f" Trained from `{base_model}`" if base_model else "")
-        + " with reward-plugin's `RewardTrainer`, loss `-logsigmoid(r_chosen - r_rejected"
-        + (" - margin" if uses_margin else "")
-        + ")`"
+        + f" with reward-plugin's `RewardTrainer`, {loss}"
         + (" plus the reward-centring term" if centred else "")
         + "."
     )

@@ -23,6 +23,7 @@ from dataset_formats.schema import TIE_COLUMN
 
 from .artifacts.saved_model import write_artifacts, write_model_card_of
 from .config import RewardConfig
+from .errors import ConfigError
 from .group_eval import group_prediction_step, grouped_evaluation
 from .metrics import compute_reward_metrics
 from .model.loading import load_model_and_tokenizer, prepare_model
@@ -30,7 +31,7 @@ from .modeling import ensure_pad_token
 from .sampler import pair_eval_sampler, pair_sampler
 from .scoring import ScoreReader, unwrap_model
 from .serving.export import plain_scoring_save, write_scoring_settings
-from .ties import trainer_tie_strength
+from .ties import learn_tie_strength, tie_fraction, trainer_tie_strength
 from .training.arguments import given_tokenizer, reward_args
 from .training.dataset_preparation import prepare_datasets, prepare_eval_sets, prepare_for_trainer
 from .training.plan import PLAN_COLUMNS, BatchPlan, pair_predictions
@@ -198,6 +199,8 @@ class RewardTrainer(Trainer):
         )
         if model.training:
             record_training_rewards(self, inputs, rewards_chosen, rewards_rejected)
+            if tie_strength is not None and self.args.learn_tie_strength:
+                learn_tie_strength(self, inputs, rewards_chosen, rewards_rejected)
         if return_outputs:
             return loss, {"rewards_chosen": rewards_chosen, "rewards_rejected": rewards_rejected}
         return loss
@@ -219,6 +222,8 @@ class RewardTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:
             logs.update(self._train_rewards.log_metrics())
+            if self.args.learn_tie_strength and getattr(self, "_tie_strength", None) is not None:
+                logs["tie_strength"] = self._tie_strength
         super().log(logs, start_time)
 
     def evaluate(
@@ -266,7 +271,14 @@ class RewardTrainer(Trainer):
     # ----------------------------------------------------- after training
 
     def train(self, *args: Any, **kwargs: Any):
+        if self.args.learn_tie_strength and tie_fraction(self.train_dataset) is None:
+            raise ConfigError(
+                "`learn_tie_strength` needs a train table with a `tie` column (`convert --ties tie`, or "
+                "`ties: tie` in train_data)"
+            )
         output = super().train(*args, **kwargs)
+        if getattr(self, "_tie_strength", None) is not None:  # the nu trained with, set or learned
+            unwrap_model(self.model).config.tie_strength = self._tie_strength
         if self.args.save_reward_stats:
             self.compute_reward_stats()
         if self.args.save_final_model:

@@ -16,7 +16,13 @@ import torch
 from dataset_formats import encode_rows
 from reward_plugin.cli import main
 from reward_plugin.loss import pairwise_loss
-from reward_plugin.ties import davidson_loss, resolve_tie_strength
+from reward_plugin.ties import (
+    TieStrengthEstimator,
+    davidson_loss,
+    davidson_tie_mle,
+    resolve_tie_strength,
+    win_differences,
+)
 
 UF = Path(__file__).parent / "fixtures" / "ultrafeedback" / "ultrafeedback-binarized-slice.jsonl"
 UF_ROWS = [json.loads(line) for line in UF.read_text(encoding="utf-8").splitlines()]
@@ -94,6 +100,73 @@ def test_tie_strength_from_the_data_and_bad_values():
 
     with pytest.raises(ConfigError, match="tie_strength"):
         resolve_tie_strength(0.0, table)
+
+
+# a learned nu -------------------------------------------------------------------------------------
+
+
+def _nu_maximising_the_reference(rc, rr, tie, margin) -> float:
+    """Golden-section search of ``log nu`` on :func:`_davidson_reference` (convex in ``log nu``)."""
+    low, high = math.log(1e-4), math.log(1e4)
+    ratio = (math.sqrt(5) - 1) / 2
+    for _ in range(80):
+        a, b = high - ratio * (high - low), low + ratio * (high - low)
+        if _davidson_reference(rc, rr, tie, math.exp(a), margin) < _davidson_reference(
+            rc, rr, tie, math.exp(b), margin
+        ):
+            high = b
+        else:
+            low = a
+    return math.exp((low + high) / 2)
+
+
+@pytest.mark.parametrize("tie_rate", [0.1, 0.4])
+def test_learned_nu_maximises_the_likelihood_of_the_model(tie_rate):
+    gen = np.random.default_rng(5)
+    rc, rr = gen.normal(0, 2, 80), gen.normal(0, 2, 80)
+    tie = gen.random(80) < tie_rate
+    margin = np.where(gen.random(80) < 0.5, gen.uniform(0, 1, 80), 0.0)
+    diff = win_differences(torch.tensor(rc), torch.tensor(rr), torch.tensor(tie), torch.tensor(margin))
+    got = davidson_tie_mle(diff, torch.tensor(tie))
+    # bisection in float64 on the derivative against golden section on the probabilities: the
+    # search's own resolution (about 1e-6 in log nu) and float32 differences, so 1e-4 relative
+    assert got == pytest.approx(_nu_maximising_the_reference(rc, rr, tie, margin), rel=1e-4)
+    best = _davidson_reference(rc, rr, tie, got, margin)
+    assert best < _davidson_reference(rc, rr, tie, got * 1.05, margin)
+    assert best < _davidson_reference(rc, rr, tie, got / 1.05, margin)
+
+
+def test_learned_nu_recovers_the_nu_the_pairs_were_drawn_with():
+    """Pairs drawn from Davidson's model with nu = 0.6 at known reward differences: the estimate is
+    within 0.06 of it (its standard error at 20,000 pairs is about 0.015, so 4 standard errors)."""
+    gen = np.random.default_rng(11)
+    nu, n = 0.6, 20_000
+    d = gen.normal(0, 1.5, n)  # r_a - r_b
+    pa, pb, pt = np.exp(d / 2), np.exp(-d / 2), np.full(n, nu)  # strengths over sqrt(pi_a * pi_b)
+    u = gen.random(n) * (pa + pb + pt)
+    outcome = np.where(u < pa, 0, np.where(u < pa + pb, 1, 2))  # a wins, b wins, tie
+    diff = np.where(outcome == 1, -d, d)  # the winner goes first, as "chosen"
+    got = davidson_tie_mle(torch.tensor(diff), torch.tensor(outcome == 2))
+    assert abs(got - nu) < 0.06
+
+
+def test_learned_nu_needs_both_kinds_of_pair_and_keeps_a_window():
+    diffs = torch.tensor([0.5, -0.2, 1.0])
+    assert davidson_tie_mle(diffs, torch.tensor([False, False, False])) is None
+    assert davidson_tie_mle(diffs, torch.tensor([True, True, True])) is None
+    estimator = TieStrengthEstimator(0.3, window=4)
+    assert estimator.add(diffs, torch.tensor([False, False, False])) == 0.3  # nothing to learn from yet
+    nu = estimator.add(torch.tensor([0.0, 0.1]), torch.tensor([True, True]))
+    kept, ties = estimator.pairs()
+    assert kept.tolist() == pytest.approx([-0.2, 1.0, 0.0, 0.1]) and ties.tolist() == [
+        False,
+        False,
+        True,
+        True,
+    ]
+    assert nu == pytest.approx(davidson_tie_mle(kept, ties))
+    with pytest.raises(ValueError, match="one value per pair"):
+        davidson_tie_mle(diffs, torch.tensor([True]))
 
 
 # convert -----------------------------------------------------------------------------------------
@@ -208,7 +281,8 @@ logging_steps: 1
 save_strategy: "no"
 bf16: false
 gradient_checkpointing: false
-""",
+"""
+        + ("learn_tie_strength: true\n" if ties == "tie" else ""),
         encoding="utf-8",
     )
     assert main(["train", str(config)]) == 0
@@ -220,6 +294,12 @@ gradient_checkpointing: false
     assert stats["ties_policy"] == (ties or "skip")
     written = {"skip": "skipped", "keep": "written_as_preferences", "tie": "written_as_ties"}[ties or "skip"]
     assert stats["ties"][written] >= sum(EQUAL) - 1
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())
+    if ties == "tie":  # learned from the data's value (nu = 2p / (1 - p)), saved with the model
+        p = stats["ties"]["written_as_ties"] / stats["pairs_written"]
+        assert saved["tie_strength"] > 0 and saved["tie_strength"] != pytest.approx(2 * p / (1 - p))
+    else:
+        assert "tie_strength" not in saved
 
 
 def test_trainer_uses_the_davidson_loss_for_a_table_with_a_tie_column(tmp_path, tiny_llama_dir, minilm_path):
@@ -247,3 +327,68 @@ def test_trainer_uses_the_davidson_loss_for_a_table_with_a_tie_column(tmp_path, 
         rc.double().tolist(), rr.double().tolist(), batch["tie"].tolist(), 0.5, [0.0] * 6
     )
     assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def _tie_table(tokenizer, n=24):
+    rows = [
+        {
+            "prompt": f"Question {i}?",
+            "chosen": f"A good answer {i}.",
+            "rejected": f"No {i}.",
+            "tie": i % 3 == 0,
+        }
+        for i in range(n)
+    ]
+    return encode_rows(rows, format="preference", tokenizer=tokenizer, ties="tie")[0]
+
+
+def test_trainer_learns_nu_and_saves_it(tmp_path, tiny_llama_dir):
+    import datasets
+
+    from reward_plugin import RewardConfig, RewardTrainer
+
+    args = RewardConfig(
+        output_dir=str(tmp_path),
+        max_length=32,
+        bf16=False,
+        gradient_checkpointing=False,
+        per_device_train_batch_size=6,
+        learning_rate=1e-3,
+        max_steps=4,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        learn_tie_strength=True,
+    )
+    table = _tie_table(tiny_llama_dir)
+    trainer = RewardTrainer(model=tiny_llama_dir, args=args, train_dataset=datasets.Dataset(table))
+    start = resolve_tie_strength(None, trainer.train_dataset)  # 8 ties of 24 pairs: nu = 1.0
+    assert start == pytest.approx(1.0)
+    trainer.train()
+    logged = [entry["tie_strength"] for entry in trainer.state.log_history if "tie_strength" in entry]
+    assert len(logged) == 4 and logged[-1] != pytest.approx(start)
+    # the final nu is the likelihood's maximum over the 24 pairs the 4 steps scored, found independently
+    diffs, ties = trainer._tie_estimator.pairs()
+    assert len(diffs) == 24 and int(ties.sum()) == 8
+    expected = _nu_maximising_the_reference(diffs.tolist(), [0.0] * 24, ties.tolist(), [0.0] * 24)
+    assert trainer._tie_strength == pytest.approx(expected, rel=1e-4)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["tie_strength"] == pytest.approx(trainer._tie_strength) == pytest.approx(logged[-1])
+    card = (tmp_path / "README.md").read_text()
+    assert "Davidson" in card and f"nu = {trainer._tie_strength:.4g} (learned" in card
+    assert "-logsigmoid" not in card
+
+
+def test_learn_tie_strength_without_a_tie_column_is_a_clear_error(tmp_path, tiny_llama_dir):
+    import datasets
+
+    from reward_plugin import RewardConfig, RewardTrainer
+    from reward_plugin.errors import ConfigError
+
+    table = _tie_table(tiny_llama_dir).drop_columns(["tie"])
+    args = RewardConfig(
+        output_dir=str(tmp_path), max_length=32, bf16=False, report_to=[], learn_tie_strength=True
+    )
+    trainer = RewardTrainer(model=tiny_llama_dir, args=args, train_dataset=datasets.Dataset(table))
+    with pytest.raises(ConfigError, match="learn_tie_strength.*tie"):
+        trainer.train()

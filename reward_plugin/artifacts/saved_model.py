@@ -27,6 +27,7 @@ def write_model_card_of(trainer: Any, output_dir: str, model_name: str | None = 
         reward_stats=trainer.reward_stats,
         peft=trainer._peft_config is not None or hasattr(trainer.model, "peft_config"),
         uses_margin=trainer._uses_margin,
+        tie_strength=getattr(trainer, "_tie_strength", None),
         versions=library_versions(),
     )
 
